@@ -1,0 +1,70 @@
+"""Which SQLite driver localmem uses, and the rules for its connections.
+
+The standard library's ``sqlite3`` is used where it can load extensions (sqlite-vec) and has
+FTS5. Many Python builds (pyenv, python.org macOS, this project's CI) compile ``sqlite3``
+without ``enable_load_extension``; there ``sqlean`` (the sqlean.py package, a drop-in
+``sqlite3`` built with extension loading and FTS5) is used instead. ``LOCALMEM_SQLITE_DRIVER``
+(``sqlite3`` or ``sqlean``) forces one, which the tests use to exercise both.
+
+A connection must never cross ``fork()``: SQLite's POSIX locks are not inherited, so a child
+that used, or even closed, its parent's connection could checkpoint and delete a WAL the
+parent still relies on. ``abandon()`` keeps such inherited objects referenced forever so that
+garbage collection does not close them in the child.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from types import ModuleType
+from typing import Any
+
+_ABANDONED: list[Any] = []
+
+
+def _usable(module: ModuleType) -> bool:
+    if not hasattr(module.Connection, "enable_load_extension"):
+        return False
+    try:
+        conn = module.connect(":memory:")
+        try:
+            conn.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
+        finally:
+            conn.close()
+    except module.Error:
+        return False
+    return True
+
+
+@functools.cache
+def dbapi() -> ModuleType:
+    """The DB-API module in use (``sqlite3`` or ``sqlean``)."""
+    forced = os.environ.get("LOCALMEM_SQLITE_DRIVER", "").strip()
+    if forced == "sqlite3":
+        if not _usable(sqlite3):
+            raise ImportError(
+                "LOCALMEM_SQLITE_DRIVER=sqlite3, but this Python's sqlite3 cannot load "
+                "extensions or lacks FTS5"
+            )
+        return sqlite3
+    if forced not in ("", "sqlean"):
+        raise ImportError(f"LOCALMEM_SQLITE_DRIVER must be 'sqlite3' or 'sqlean', not {forced!r}")
+    if not forced and _usable(sqlite3):
+        return sqlite3
+    import sqlean  # the sqlean.py distribution
+
+    return sqlean
+
+
+def connect(path: str) -> Any:
+    """A connection in autocommit mode (transactions are explicit), usable from any thread.
+
+    Callers serialise access themselves (``Store`` holds a lock around every use).
+    """
+    return dbapi().connect(path, isolation_level=None, check_same_thread=False)
+
+
+def abandon(obj: Any) -> None:
+    """Keep an object inherited across fork() alive, unused, so it is never closed here."""
+    _ABANDONED.append(obj)

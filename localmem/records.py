@@ -1,0 +1,66 @@
+"""The values localmem hands back: plain frozen dataclasses that hold no connection."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Strategy(str, enum.Enum):
+    """How ``Memory.get_memory`` chooses messages (values as in the original design)."""
+
+    SESSION_ONLY = "session_only"
+    """No stored history: the agent's live session already holds the context."""
+    RECENT_HISTORY = "recent_history"
+    """The last ``limit`` messages of the conversation inside the lookback window."""
+    SEMANTIC_SEARCH = "semantic_search"
+    HYBRID = "hybrid"
+    CROSS_CONVERSATION = "cross_conversation"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message. ``created_at`` is a timezone-aware UTC datetime."""
+
+    msg_id: str
+    conversation_id: str
+    owner_id: str
+    role: str
+    content: str
+    created_at: datetime
+    feature: str | None = None
+    metadata: dict[str, Any] | None = field(default=None, compare=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievedMessage(Message):
+    """A message chosen by a strategy.
+
+    ``source`` names the path that found it (``"recent"`` for the recency strategies);
+    ``score`` is ``None`` for recency, where order is by time, not relevance.
+    """
+
+    score: float | None = None
+    source: str = "recent"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryResult:
+    """The answer of ``Memory.get_memory``. ``messages`` are oldest first for recency."""
+
+    messages: tuple[RetrievedMessage, ...]
+    strategy: Strategy
+    cache_hit: bool
+    context_summary: str
+    latency_ms: float
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self):
+        return iter(self.messages)

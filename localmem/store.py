@@ -1,0 +1,488 @@
+"""The SQLite store: one file holding messages, their FTS5 index, conversations and meta.
+
+Rules this module keeps (see DESIGN.md):
+
+* WAL, ``synchronous=NORMAL`` (``durability="full"``: ``FULL``), ``busy_timeout``.
+* Every write is one ``BEGIN IMMEDIATE`` transaction, retried until ``lock_timeout``, then
+  ``LockTimeoutError``. A message, its FTS5 row and its conversation's version are written by
+  the same transaction (triggers), so no crash can separate them.
+* The schema version lives in ``PRAGMA user_version``; ``MIGRATIONS[i]`` takes a file from
+  version ``i`` to ``i + 1``, in one transaction. A file from a newer localmem is refused.
+* Messages are immutable. Each conversation, keyed by ``(owner_id, conversation_id)``, has a
+  ``version`` that every insert or delete of one of its messages bumps: caches compare it to
+  know whether what they hold is current.
+* A raw driver error never escapes: ``_mapped_errors`` turns it into a ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import driver
+from .errors import (
+    ClosedError,
+    CorruptDatabaseError,
+    InvalidInputError,
+    LockTimeoutError,
+    StorageFullError,
+    StoreError,
+)
+from .records import Message
+from .validate import NewMessage, from_utc_us, new_msg_id, now_us
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 -> 1: messages, FTS5, conversations, meta.
+    (
+        """CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE messages (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            msg_id          TEXT NOT NULL UNIQUE,
+            conversation_id TEXT NOT NULL,
+            owner_id        TEXT NOT NULL,
+            feature         TEXT,
+            role            TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
+            content         TEXT NOT NULL,
+            metadata        TEXT,
+            created_at      INTEGER NOT NULL  -- microseconds since 1970-01-01 UTC
+        )""",
+        "CREATE INDEX messages_by_conversation"
+        " ON messages (conversation_id, owner_id, created_at, id)",
+        "CREATE INDEX messages_by_owner ON messages (owner_id, created_at, id)",
+        """CREATE TABLE conversations (
+            owner_id        TEXT NOT NULL,
+            conversation_id TEXT NOT NULL,
+            version         INTEGER NOT NULL,
+            message_count   INTEGER NOT NULL,
+            PRIMARY KEY (owner_id, conversation_id)
+        ) WITHOUT ROWID""",
+        # External-content FTS5 over messages.content. remove_diacritics 2 folds accents,
+        # so "coração" matches "coracao" and the reverse, in Portuguese and English alike.
+        """CREATE VIRTUAL TABLE messages_fts USING fts5(
+            content, content='messages', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2'
+        )""",
+        """CREATE TRIGGER messages_after_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+            INSERT INTO conversations (owner_id, conversation_id, version, message_count)
+                VALUES (new.owner_id, new.conversation_id, 1, 1)
+                ON CONFLICT DO UPDATE SET version = version + 1,
+                                          message_count = message_count + 1;
+        END""",
+        # Conversation rows are never deleted, so a version never repeats.
+        """CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+            UPDATE conversations SET version = version + 1, message_count = message_count - 1
+                WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
+        END""",
+        """CREATE TRIGGER messages_are_immutable BEFORE UPDATE ON messages BEGIN
+            SELECT RAISE(ABORT, 'localmem messages are immutable');
+        END""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = "msg_id, conversation_id, owner_id, role, content, created_at, feature, metadata"
+_INSERT = (
+    "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at,"
+    " feature, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_MAX_PARAMS = 500  # per IN (...) lookup, well under SQLite's limit
+
+# SQLite primary result codes (https://sqlite.org/rescode.html).
+_BUSY, _LOCKED, _CORRUPT, _FULL, _NOTADB = 5, 6, 11, 13, 26
+
+
+def row_to_message(row: Sequence[Any]) -> Message:
+    """A ``messages`` row in ``_COLUMNS`` order as a Message."""
+    return Message(
+        msg_id=row[0],
+        conversation_id=row[1],
+        owner_id=row[2],
+        role=row[3],
+        content=row[4],
+        created_at=from_utc_us(row[5]),
+        feature=row[6],
+        metadata=None if row[7] is None else json.loads(row[7]),
+    )
+
+
+def _params(m: NewMessage) -> tuple[Any, ...]:
+    return (
+        m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, m.created_us,
+        m.feature, m.metadata_json,
+    )
+
+
+def _same(stored: Sequence[Any], new: NewMessage) -> bool:
+    """Is ``new`` a retry of the stored row? created_at counts only if the caller gave it."""
+    same = (
+        stored[1] == new.conversation_id
+        and stored[2] == new.owner_id
+        and stored[3] == new.role
+        and stored[4] == new.content
+        and stored[6] == new.feature
+        and stored[7] == new.metadata_json
+    )
+    return same and (not new.explicit_created_at or stored[5] == new.created_us)
+
+
+def _conflict(new: NewMessage) -> InvalidInputError:
+    return InvalidInputError(
+        f"msg_id {new.msg_id!r} already exists with different fields; a msg_id names one message"
+    )
+
+
+def _error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def _is_busy(exc: BaseException) -> bool:
+    code = _error_code(exc)
+    if code is not None:
+        return code in (_BUSY, _LOCKED)
+    return "locked" in str(exc).lower()
+
+
+def map_error(exc: Exception, path: str) -> StoreError:
+    """The StoreError that stands for a driver error."""
+    code = _error_code(exc)
+    text = str(exc).lower()
+    if _is_busy(exc):
+        return LockTimeoutError(f"{path}: the database stayed locked by another connection ({exc})")
+    if code == _FULL or "disk is full" in text:
+        return StorageFullError(f"{path}: the disk is full ({exc})")
+    if code in (_CORRUPT, _NOTADB) or "not a database" in text or "malformed" in text:
+        return CorruptDatabaseError(f"{path}: not a usable localmem database ({exc})")
+    return StoreError(f"{path}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationState:
+    """What a cache needs to know to trust an entry: the version and how many messages."""
+
+    version: int
+    message_count: int
+
+
+class Store:
+    """One SQLite file. Thread-safe (one connection behind a lock); fork-safe (a child
+    process opens its own connection on first use)."""
+
+    def __init__(self, path: str, *, durability: str = "normal", lock_timeout: float = 5.0):
+        if durability not in ("normal", "full"):
+            raise InvalidInputError(f"durability must be 'normal' or 'full', not {durability!r}")
+        if not isinstance(lock_timeout, (int, float)) or not 0 < lock_timeout <= 3600:
+            raise InvalidInputError(f"lock_timeout must be seconds in (0, 3600]; got {lock_timeout!r}")
+        self.path = path
+        self.durability = durability
+        self.lock_timeout = float(lock_timeout)
+        self._in_memory = path == ":memory:" or path.startswith("file::memory:")
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn: Any = None
+        self._closed = False
+        with self._mapped_errors():
+            self._conn = self._open()
+            self._migrate()
+            self.instance_id = self._meta_value("instance_id")
+
+    # -- connection lifecycle ---------------------------------------------------------
+
+    def _open(self) -> Any:
+        conn = driver.connect(self.path)
+        try:
+            # busy_timeout first: the journal-mode switch below may itself wait for a lock.
+            conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+            if not self._in_memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"{self.path}: could not switch to WAL (journal_mode={mode})")
+            sync = "FULL" if self.durability == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous = {sync}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connection(self) -> Any:
+        """The connection for this process. Caller holds ``self._lock``."""
+        if self._closed:
+            raise ClosedError("this Memory is closed")
+        if self._pid != os.getpid():
+            self._after_fork()
+        return self._conn
+
+    def _after_fork(self) -> None:
+        if self._in_memory:
+            raise StoreError("an in-memory database cannot be used from a forked child process")
+        driver.abandon(self._conn)
+        self._conn = None
+        self._pid = os.getpid()
+        self._conn = self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            if self._pid != os.getpid():
+                driver.abandon(conn)
+                return
+            with contextlib.suppress(Exception):
+                conn.execute("PRAGMA optimize")  # SQLite's advice for long-lived connections
+            with self._mapped_errors():
+                conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def reset_lock_after_fork(self) -> None:
+        """A lock held by another thread at fork() time would stay held forever in the child."""
+        self._lock = threading.RLock()
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        dbapi = driver.dbapi()
+        try:
+            yield
+        except dbapi.Error as exc:
+            raise map_error(exc, self.path) from exc
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        """A consistent snapshot: every statement inside sees the same committed state."""
+        with self._lock, self._mapped_errors():
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Any]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        with self._lock, self._mapped_errors():
+            conn = self._connection()
+            self._begin_immediate(conn)
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _begin_immediate(self, conn: Any) -> None:
+        """Take the write lock, waiting at most ``lock_timeout`` in all.
+
+        ``busy_timeout`` does the waiting; the loop covers the cases where SQLite reports
+        SQLITE_BUSY without calling the busy handler (WAL recovery, a racing checkpoint).
+        """
+        deadline = time.monotonic() + self.lock_timeout
+        retried = False
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except driver.dbapi().OperationalError as exc:
+                    left = deadline - time.monotonic()
+                    if not _is_busy(exc) or left <= 0.002:
+                        raise
+                    retried = True
+                    time.sleep(0.002)
+                    conn.execute(f"PRAGMA busy_timeout = {max(1, int((left - 0.002) * 1000))}")
+        finally:
+            if retried:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+
+    # -- schema -----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        self._check_known(version)
+        with self.write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # another opener?
+            self._check_known(version)
+            for statements in MIGRATIONS[version:]:
+                for sql in statements:
+                    conn.execute(sql)
+            if version == 0:
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("instance_id", uuid.uuid4().hex), ("created_at_us", str(now_us()))],
+                )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_known(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise CorruptDatabaseError(
+                f"{self.path} has schema version {version}, newer than this localmem knows "
+                f"({SCHEMA_VERSION}); upgrade localmem to open it"
+            )
+        if version == 0:
+            tables = self._conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
+            if tables:
+                raise CorruptDatabaseError(
+                    f"{self.path} is an SQLite database but not a localmem one "
+                    f"(it has {tables} tables and no localmem schema version)"
+                )
+
+    def _meta_value(self, key: str) -> str | None:
+        with self.read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def meta(self, key: str) -> str | None:
+        return self._meta_value(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # -- writes -----------------------------------------------------------------------
+
+    def insert(self, m: NewMessage) -> Message:
+        """Store one message; a retry of an existing msg_id returns the stored message."""
+        with self.write() as conn:
+            cur = conn.execute(_INSERT + " ON CONFLICT (msg_id) DO NOTHING", _params(m))
+            if cur.rowcount == 1:
+                stored = None
+            else:
+                stored = conn.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (m.msg_id,)
+                ).fetchone()
+        if stored is None:
+            return row_to_message(_params(m))
+        if not _same(stored, m):
+            raise _conflict(m)
+        return row_to_message(stored)
+
+    def insert_many(self, chunk: Sequence[NewMessage]) -> int:
+        """Store a chunk in one transaction; returns how many were new.
+
+        Retries (same msg_id, same fields) are skipped; a msg_id reused with different
+        fields, in the file or inside the chunk, raises before anything is written.
+        """
+        fresh: dict[str, NewMessage] = {}
+        for m in chunk:
+            seen = fresh.get(m.msg_id)
+            if seen is None:
+                fresh[m.msg_id] = m
+            elif not _same(_params(seen), m):
+                raise _conflict(m)
+        with self.write() as conn:
+            given = [m.msg_id for m in fresh.values() if m.explicit_msg_id]
+            for start in range(0, len(given), _MAX_PARAMS):
+                part = given[start : start + _MAX_PARAMS]
+                marks = ",".join("?" * len(part))
+                for stored in conn.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part
+                ):
+                    m = fresh.pop(stored[0])
+                    if not _same(stored, m):
+                        raise _conflict(m)
+            conn.executemany(_INSERT, [_params(m) for m in fresh.values()])
+        return len(fresh)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def conversation_state(self, owner_id: str, conversation_id: str) -> ConversationState | None:
+        with self._lock, self._mapped_errors():
+            row = self._connection().execute(
+                "SELECT version, message_count FROM conversations"
+                " WHERE owner_id = ? AND conversation_id = ?",
+                (owner_id, conversation_id),
+            ).fetchone()
+        return None if row is None else ConversationState(row[0], row[1])
+
+    def recent_rows(
+        self, owner_id: str, conversation_id: str, limit: int, since_us: int | None
+    ) -> tuple[ConversationState | None, list[tuple[Any, ...]]]:
+        """The newest ``limit`` rows (oldest first) and the state they belong to, read in
+        one snapshot so a cache never pairs rows with a newer version."""
+        since = -(2**63) if since_us is None else since_us
+        with self.read() as conn:
+            state = conn.execute(
+                "SELECT version, message_count FROM conversations"
+                " WHERE owner_id = ? AND conversation_id = ?",
+                (owner_id, conversation_id),
+            ).fetchone()
+            if state is None:
+                return None, []
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages"
+                " WHERE conversation_id = ? AND owner_id = ? AND created_at >= ?"
+                " ORDER BY created_at DESC, id DESC LIMIT ?",
+                (conversation_id, owner_id, since, limit),
+            ).fetchall()
+        rows.reverse()
+        return ConversationState(state[0], state[1]), rows
+
+    def get(self, msg_id: str) -> Message | None:
+        with self._lock, self._mapped_errors():
+            row = self._connection().execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (msg_id,)
+            ).fetchone()
+        return None if row is None else row_to_message(row)
+
+    def counts(self) -> dict[str, int]:
+        with self.read() as conn:
+            messages, conversations = conn.execute(
+                "SELECT coalesce(sum(message_count), 0), count(*) FROM conversations"
+                " WHERE message_count > 0"
+            ).fetchone()
+            owners = conn.execute(
+                "SELECT count(DISTINCT owner_id) FROM conversations WHERE message_count > 0"
+            ).fetchone()[0]
+        return {"messages": messages, "conversations": conversations, "owners": owners}
+
+    def check_integrity(self) -> str:
+        """``PRAGMA integrity_check`` plus FTS5's own check; "ok" when all is well."""
+        with self.read() as conn:
+            result = "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
+        if result != "ok":
+            return result
+        try:
+            with self.write() as conn:
+                conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+        except StoreError as exc:
+            return f"fts5: {exc}"
+        return "ok"
+
+
+__all__ = ["Store", "ConversationState", "MIGRATIONS", "SCHEMA_VERSION", "new_msg_id"]

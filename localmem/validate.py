@@ -1,0 +1,221 @@
+"""Turns caller input into checked values, or raises InvalidInputError.
+
+Everything a caller passes to ``Memory.add``/``add_many``/``get_memory`` goes through here
+before any SQL runs, so a rejected call changes nothing. What is accepted round-trips
+byte-identical: content and ids are stored as given, metadata as the JSON of exactly the
+types JSON can give back (dict with str keys, list, str, int, float, bool, None).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .errors import InvalidInputError
+from .records import Strategy
+
+ROLES = ("user", "assistant", "system")
+MAX_ID_CHARS = 255
+DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
+MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 8
+MAX_LIMIT = 4096
+METADATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}\Z")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message, ready for the store. ``created_us``: µs since the epoch, UTC."""
+
+    msg_id: str
+    conversation_id: str
+    owner_id: str
+    feature: str | None
+    role: str
+    content: str
+    metadata_json: str | None
+    created_us: int
+    explicit_msg_id: bool
+    explicit_created_at: bool
+
+
+def new_msg_id(now_ms: int | None = None) -> str:
+    """A ULID: 48-bit millisecond time + 80 random bits, 26 Crockford base32 characters.
+
+    Ids generated later sort after earlier ones (to the millisecond), which keeps
+    ``msg_id`` order close to insertion order without any shared counter.
+    """
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def _check_utf8(text: str, what: str) -> None:
+    if "\x00" in text:
+        raise InvalidInputError(f"{what} must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} holds a lone surrogate at index {exc.start}: it is not valid Unicode text"
+        ) from None
+
+
+def check_id(value: Any, what: str) -> str:
+    """An id: a non-blank str of at most 255 characters, valid UTF-8, no NUL."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, not {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInputError(f"{what} must not be empty or blank")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidInputError(f"{what} is {len(value)} characters; the limit is {MAX_ID_CHARS}")
+    _check_utf8(value, what)
+    return value
+
+
+def check_role(value: Any) -> str:
+    if type(value) is not str or value not in ROLES:
+        raise InvalidInputError(f"role must be one of {', '.join(ROLES)}; got {value!r}")
+    return value
+
+
+def check_content(value: Any, max_bytes: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"content must be a str, not {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInputError("content must not be empty or only whitespace")
+    _check_utf8(value, "content")
+    size = len(value.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidInputError(f"content is {size} bytes of UTF-8; the limit is {max_bytes}")
+    return value
+
+
+def _check_json_value(value: Any, depth: int, path: str) -> None:
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidInputError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels at {path}")
+    # bool is an int subclass; both are fine. Exact types only: a subclass (an IntEnum, a
+    # str subclass) would not come back as itself.
+    kind = type(value)
+    if value is None or kind in (bool, int):
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise InvalidInputError(f"metadata value at {path} is {value!r}; JSON has no NaN or infinity")
+        return
+    if kind is str:
+        _check_utf8(value, f"metadata value at {path}")
+        return
+    if kind is list:
+        for i, item in enumerate(value):
+            _check_json_value(item, depth + 1, f"{path}[{i}]")
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not METADATA_KEY.match(key):
+                raise InvalidInputError(
+                    f"metadata key {key!r} at {path} must match [A-Za-z_][A-Za-z0-9_.]{{0,63}}"
+                )
+            _check_json_value(item, depth + 1, f"{path}.{key}")
+        return
+    raise InvalidInputError(
+        f"metadata value at {path} is a {kind.__name__}; only dict, list, str, int, float, "
+        "bool and None round-trip through JSON"
+    )
+
+
+def check_metadata(value: Any) -> str | None:
+    """Metadata as canonical JSON text, or None."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise InvalidInputError(f"metadata must be a dict or None, not {type(value).__name__}")
+    _check_json_value(value, 1, "metadata")
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    size = len(text.encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInputError(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+    return text
+
+
+def to_utc_us(value: Any, what: str = "created_at") -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, no float)."""
+    if not isinstance(value, datetime):
+        raise InvalidInputError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInputError(
+            f"{what} is a naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
+        )
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_utc_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def new_message(
+    role: Any,
+    content: Any,
+    *,
+    conversation_id: Any,
+    owner_id: Any,
+    feature: Any = None,
+    msg_id: Any = None,
+    metadata: Any = None,
+    created_at: Any = None,
+    max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+) -> NewMessage:
+    """Check every field of one message; the first problem raises InvalidInputError."""
+    return NewMessage(
+        msg_id=new_msg_id() if msg_id is None else check_id(msg_id, "msg_id"),
+        conversation_id=check_id(conversation_id, "conversation_id"),
+        owner_id=check_id(owner_id, "owner_id"),
+        feature=None if feature is None else check_id(feature, "feature"),
+        role=check_role(role),
+        content=check_content(content, max_content_bytes),
+        metadata_json=check_metadata(metadata),
+        created_us=now_us() if created_at is None else to_utc_us(created_at),
+        explicit_msg_id=msg_id is not None,
+        explicit_created_at=created_at is not None,
+    )
+
+
+def check_strategy(value: Any) -> Strategy:
+    try:
+        return Strategy(value)
+    except ValueError:
+        names = ", ".join(s.value for s in Strategy)
+        raise InvalidInputError(f"unknown strategy {value!r}; use one of: {names}") from None
+
+
+def check_limit(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_LIMIT:
+        raise InvalidInputError(f"limit must be an int from 1 to {MAX_LIMIT}; got {value!r}")
+    return value
+
+
+def check_lookback_days(value: Any) -> float | None:
+    """None means all time; else a positive, finite number of days."""
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(f"lookback_days must be a positive number or None; got {value!r}")
+    return float(value)
