@@ -105,8 +105,7 @@ def check_content(value: Any, max_bytes: int) -> str:
 
 
 def _check_json_value(value: Any, depth: int, path: str) -> None:
-    if depth > MAX_METADATA_DEPTH:
-        raise InvalidInputError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels at {path}")
+    """``depth``: how many dicts and lists hold ``value``, the metadata dict counting one."""
     # bool is an int subclass; both are fine. Exact types only: a subclass (an IntEnum, a
     # str subclass) would not come back as itself.
     kind = type(value)
@@ -119,6 +118,8 @@ def _check_json_value(value: Any, depth: int, path: str) -> None:
     if kind is str:
         _check_utf8(value, f"metadata value at {path}")
         return
+    if kind in (list, dict) and depth >= MAX_METADATA_DEPTH:
+        raise InvalidInputError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels at {path}")
     if kind is list:
         for i, item in enumerate(value):
             _check_json_value(item, depth + 1, f"{path}[{i}]")
@@ -143,7 +144,7 @@ def check_metadata(value: Any) -> str | None:
         return None
     if type(value) is not dict:
         raise InvalidInputError(f"metadata must be a dict or None, not {type(value).__name__}")
-    _check_json_value(value, 1, "metadata")
+    _check_json_value(value, 0, "metadata")
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     size = len(text.encode("utf-8"))
     if size > MAX_METADATA_BYTES:

@@ -1,0 +1,224 @@
+"""The SQLite file: schema, versions, pragmas, durability options, FTS5, drivers, paths."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import localmem
+from localmem import CorruptDatabaseError, InvalidInputError, Memory, StoreError, driver
+from localmem.store import MIGRATIONS, SCHEMA_VERSION
+
+OK = dict(conversation_id="c1", owner_id="u1")
+
+
+def raw(path):
+    return driver.connect(str(path))
+
+
+def test_fresh_file_has_schema_version_wal_and_expected_tables(db_path):
+    with Memory(db_path) as m:
+        m.add("user", "hi", **OK)
+    conn = raw(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"messages", "messages_fts", "conversations", "meta",
+                "messages_by_conversation", "messages_by_owner"} <= names
+        plans = " ".join(str(r) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE conversation_id = 'c1' AND owner_id = 'u1'"
+            " ORDER BY created_at DESC, id DESC LIMIT 10"))
+        assert "messages_by_conversation" in plans
+        plans = " ".join(str(r) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE owner_id = 'u1' ORDER BY created_at DESC"))
+        assert "messages_by_owner" in plans
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("durability, level", [("normal", 1), ("full", 2)])
+def test_durability_sets_synchronous(db_path, durability, level):
+    with Memory(db_path, durability=durability) as m:
+        assert m._store._conn.execute("PRAGMA synchronous").fetchone()[0] == level
+
+
+def test_bad_options_are_rejected(db_path):
+    for kwargs in ({"durability": "fast"}, {"lock_timeout": 0}, {"lock_timeout": -1},
+                   {"hot_window": -1}, {"max_content_bytes": 0}):
+        with pytest.raises(InvalidInputError):
+            Memory(db_path, **kwargs)
+
+
+def test_messages_persist_across_reopen_in_order(db_path):
+    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    with Memory(db_path) as m:
+        for i in range(5):
+            m.add("user", f"m{i}", created_at=base + timedelta(minutes=i), **OK)
+    with Memory(db_path) as m:
+        got = m.get_memory("recent_history", limit=10, lookback_days=None, **OK)
+        assert [x.content for x in got.messages] == [f"m{i}" for i in range(5)]
+        assert m.stats()["messages"] == 5
+
+
+def test_ties_in_created_at_keep_insertion_order(mem):
+    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    for i in range(12):
+        mem.add("user", f"m{i}", created_at=when, **OK)
+    got = mem.get_memory("recent_history", limit=12, lookback_days=None, **OK)
+    assert [x.content for x in got.messages] == [f"m{i}" for i in range(12)]
+
+
+def test_migration_from_an_older_version_runs_forward(db_path, monkeypatch):
+    # A file at version 0 (empty) is migrated to the newest version on open, once.
+    with Memory(db_path):
+        pass
+    with Memory(db_path) as m:
+        assert m.stats()["schema_version"] == SCHEMA_VERSION
+    extra = MIGRATIONS + (("CREATE TABLE migrated_marker (x)",),)
+    monkeypatch.setattr(localmem.store, "MIGRATIONS", extra)
+    monkeypatch.setattr(localmem.store, "SCHEMA_VERSION", len(extra))
+    with Memory(db_path) as m:
+        assert m._store._conn.execute("PRAGMA user_version").fetchone()[0] == len(extra)
+        assert m._store._conn.execute("SELECT count(*) FROM migrated_marker").fetchone()[0] == 0
+
+
+def test_newer_schema_is_refused(db_path):
+    with Memory(db_path):
+        pass
+    conn = raw(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(CorruptDatabaseError, match="newer"):
+        Memory(db_path)
+
+
+def test_not_a_database_file(db_path):
+    db_path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CorruptDatabaseError) as info:
+        Memory(db_path)
+    assert isinstance(info.value.__cause__, driver.dbapi().DatabaseError)
+
+
+def test_foreign_sqlite_database_is_refused_not_modified(db_path):
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE theirs (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptDatabaseError, match="not a localmem"):
+        Memory(db_path)
+    conn = sqlite3.connect(db_path)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["theirs"]
+    conn.close()
+
+
+def test_missing_directory_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError):
+        Memory(tmp_path / "no" / "such" / "dir" / "m.db")
+
+
+def test_in_memory_database(tmp_path):
+    with Memory(":memory:") as m:
+        m.add("user", "hi", **OK)
+        assert m.get_memory("recent_history", **OK).messages[0].content == "hi"
+        cache_dir = m._hot.directory
+        assert cache_dir.exists()
+    assert not cache_dir.exists()  # an in-memory database's cache goes with it
+
+
+def test_default_path_is_in_the_user_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with Memory() as m:
+        assert m.path == str(tmp_path / "data" / "localmem" / "memory.db")
+        m.add("user", "hi", **OK)
+    assert os.path.exists(tmp_path / "data" / "localmem" / "memory.db")
+
+
+def test_messages_are_immutable_in_the_file(mem, db_path):
+    stored = mem.add("user", "hi", **OK)
+    conn = raw(db_path)
+    try:
+        with pytest.raises(driver.dbapi().DatabaseError, match="immutable"):
+            conn.execute("UPDATE messages SET content = 'changed' WHERE msg_id = ?", (stored.msg_id,))
+    finally:
+        conn.close()
+
+
+def fts(db_path, query):
+    conn = raw(db_path)
+    try:
+        return [r[0] for r in conn.execute(
+            "SELECT m.content FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            " WHERE messages_fts MATCH ? ORDER BY m.id", (query,))]
+    finally:
+        conn.close()
+
+
+def test_fts_index_written_with_the_message_and_folds_accents(mem, db_path):
+    mem.add("user", "Adoro pizza napolitana, é o meu coração", **OK)
+    mem.add("user", "The café near the station", **OK)
+    mem.add_many([{"role": "user", "content": "Ação e reação"}], **OK)
+    assert fts(db_path, "coracao") == ["Adoro pizza napolitana, é o meu coração"]
+    assert fts(db_path, "coração") == ["Adoro pizza napolitana, é o meu coração"]
+    assert fts(db_path, "cafe") == ["The café near the station"]
+    assert fts(db_path, "ACAO") == ["Ação e reação"]
+    assert mem.check_integrity() == "ok"
+
+
+def test_deleting_a_message_removes_its_fts_row_and_bumps_the_version(mem, db_path):
+    stored = mem.add("user", "unique zebra words", **OK)
+    before = mem._store.conversation_state("u1", "c1")
+    conn = raw(db_path)
+    conn.execute("DELETE FROM messages WHERE msg_id = ?", (stored.msg_id,))
+    conn.close()
+    assert fts(db_path, "zebra") == []
+    after = mem._store.conversation_state("u1", "c1")
+    assert after.version > before.version and after.message_count == 0
+    assert mem.check_integrity() == "ok"
+
+
+def test_conversations_are_keyed_by_owner_too(mem):
+    mem.add("user", "alice's", conversation_id="shared", owner_id="alice")
+    mem.add("user", "bob's", conversation_id="shared", owner_id="bob")
+    for owner, text in (("alice", "alice's"), ("bob", "bob's")):
+        got = mem.get_memory("recent_history", conversation_id="shared", owner_id=owner)
+        assert [x.content for x in got.messages] == [text]
+    assert mem.stats()["conversations"] == 2 and mem.stats()["owners"] == 2
+
+
+def test_generated_msg_ids_are_unique_and_time_sortable(mem):
+    ids = [mem.add("user", f"m{i}", **OK).msg_id for i in range(200)]
+    assert len(set(ids)) == 200
+    assert all(len(i) == 26 for i in ids)
+    assert [i[:10] for i in ids] == sorted(i[:10] for i in ids)  # the time part never goes back
+
+
+def test_forced_stdlib_driver_without_extension_loading_says_why(monkeypatch):
+    monkeypatch.setenv("LOCALMEM_SQLITE_DRIVER", "sqlite3")
+    driver.dbapi.cache_clear()
+    try:
+        if driver._usable(sqlite3):
+            assert driver.dbapi() is sqlite3
+        else:
+            with pytest.raises(ImportError, match="cannot load"):
+                driver.dbapi()
+    finally:
+        monkeypatch.delenv("LOCALMEM_SQLITE_DRIVER")
+        driver.dbapi.cache_clear()
+
+
+def test_the_chosen_driver_loads_sqlite_vec():
+    import sqlite_vec
+
+    conn = driver.connect(":memory:")
+    try:
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+        assert conn.execute("SELECT vec_version()").fetchone()[0].startswith("v")
+    finally:
+        conn.close()
