@@ -222,3 +222,14 @@ def test_the_chosen_driver_loads_sqlite_vec():
         assert conn.execute("SELECT vec_version()").fetchone()[0].startswith("v")
     finally:
         conn.close()
+
+
+def test_integrity_check_notices_a_message_without_its_fts_row(mem, db_path):
+    mem.add("user", "indexed", **OK)
+    mem.add_many([{"role": "user", "content": f"bulk {i}"} for i in range(5)], **OK)
+    assert mem.check_integrity() == "ok"
+    conn = raw(db_path)
+    conn.execute("INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at)"
+                 " VALUES ('sneaky', 'c1', 'u1', 'user', 'not indexed', 0)")
+    conn.close()
+    assert mem.check_integrity() != "ok"
