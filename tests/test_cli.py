@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from localmem import Memory, Strategy
+from localmem.cli import main
+from localmem.store import SCHEMA_VERSION
+
+
+@pytest.fixture
+def run(capsys):
+    """main(argv) in-process: (exit code, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+    """Make tempfile (the demo's default database) land in this test's own directory."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def script(*argv: str, stdin: bytes = b"", env: dict[str, str] | None = None):
+    """The installed console script when on PATH, else ``python -m localmem.cli``."""
+    exe = shutil.which("localmem", path=os.path.dirname(sys.executable)) or shutil.which("localmem")
+    cmd = [exe] if exe else [sys.executable, "-m", "localmem.cli"]
+    return subprocess.run(
+        [*cmd, *argv], input=stdin, capture_output=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def add(run, db, *argv: str) -> tuple[int, str, str]:
+    return run("--db", str(db), "add", "--conversation", "c1", "--owner", "u1", *argv)
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+def test_demo_asks_every_strategy_on_a_temporary_database(run, temp_dir):
+    code, out, err = run("demo")
+    assert code == 0, err
+    for strategy in Strategy:
+        assert f"== {strategy.value}" in out
+    for strategy in set(Strategy) - set(Memory.strategies()):
+        assert f"{strategy.value} (conversation" in out
+    assert out.count("not available in this build") == len(Strategy) - len(Memory.strategies())
+    assert "manjericão" in out and "guaraná" in out  # Portuguese, accents intact
+    assert "[user] I'm planning three days in Lisbon" in out
+    assert "cache_hit=True" in out and "cache_hit=False" in out
+    assert "metadata=" in out and "feature=trip_planner" in out
+    assert len(out.splitlines()) < 60
+    # It wrote to a fresh file under the temp dir, and said where.
+    (db,) = temp_dir.glob("localmem-demo-*/memory.db")
+    assert str(db) in out
+
+
+def test_demo_with_db_uses_that_file_and_a_rerun_adds_nothing(run, db_path, temp_dir):
+    code, out, _ = run("demo", "--db", str(db_path))
+    assert code == 0 and str(db_path) in out
+    assert "wrote 5 new of 5" in out
+    assert not list(temp_dir.iterdir())
+    code, out, _ = run("--db", str(db_path), "demo")
+    assert code == 0 and "wrote 0 new of 5" in out
+    with Memory(db_path) as mem:
+        assert mem.stats()["messages"] == 10
+
+
+# -- add / recent ------------------------------------------------------------------------
+
+
+def test_add_then_recent_round_trips_text(run, db_path):
+    code, out, _ = add(run, db_path, "Olá! Quero uma pizza sem cebola 🍕")
+    assert code == 0
+    msg_id, created_at = out.split()
+    assert "T" in created_at and created_at.endswith("+00:00")
+
+    code, out, _ = add(run, db_path, "--role", "assistant", "Claro, já anotei.")
+    assert code == 0
+
+    code, out, _ = run("recent", "--db", str(db_path), "--conversation", "c1", "--owner", "u1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].endswith("  [user] Olá! Quero uma pizza sem cebola 🍕")
+    assert lines[1].endswith("  [assistant] Claro, já anotei.")
+    assert lines[2] == "Loaded 2 recent messages from last 7 days"
+    with Memory(db_path) as mem:
+        assert mem.get(msg_id).content == "Olá! Quero uma pizza sem cebola 🍕"
+
+
+def test_add_reads_stdin_and_prints_json(run, db_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("ação via stdin\n".encode())))
+    code, out, _ = add(
+        run, db_path, "--role", "system", "--feature", "onboarding", "--msg-id", "m-1",
+        "--metadata", '{"lang": "pt", "n": 2}', "--json", "-",
+    )
+    assert code == 0
+    message = json.loads(out)
+    assert message["msg_id"] == "m-1"
+    assert message["content"] == "ação via stdin"  # the trailing newline is dropped
+    assert message["role"] == "system"
+    assert message["feature"] == "onboarding"
+    assert message["metadata"] == {"lang": "pt", "n": 2}
+    assert message["created_at"].endswith("+00:00")
+
+    code, out, _ = run(
+        "recent", "--db", str(db_path), "--conversation", "c1", "--owner", "u1", "--all", "--json"
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["strategy"] == "recent_history"
+    assert result["context_summary"] == "Loaded 1 recent messages from all time"
+    assert isinstance(result["cache_hit"], bool) and result["latency_ms"] >= 0
+    assert [m["content"] for m in result["messages"]] == ["ação via stdin"]
+    assert result["messages"][0]["metadata"] == {"lang": "pt", "n": 2}
+
+
+def test_recent_limit_and_retry_of_msg_id(run, db_path):
+    for i in range(3):
+        assert add(run, db_path, "--msg-id", f"id-{i}", f"message {i}")[0] == 0
+    assert add(run, db_path, "--msg-id", "id-0", "message 0")[0] == 0  # a retry: no-op
+    code, out, _ = run(
+        "--db", str(db_path), "recent", "--conversation", "c1", "--owner", "u1", "--limit", "2"
+    )
+    assert code == 0
+    assert [line.split("] ")[1] for line in out.splitlines()[:-1]] == ["message 1", "message 2"]
+    code, _, err = add(run, db_path, "--msg-id", "id-0", "something else")
+    assert code == 1 and "localmem: error:" in err
+
+
+def test_recent_of_an_unknown_conversation_is_empty(run, db_path):
+    add(run, db_path, "hello")
+    code, out, _ = run("recent", "--db", str(db_path), "--conversation", "nope", "--owner", "u1")
+    assert code == 0
+    assert out == "Loaded 0 recent messages from last 7 days\n"
+
+
+# -- info --------------------------------------------------------------------------------
+
+
+def test_info_shows_counts_and_schema_version(run, db_path):
+    add(run, db_path, "one")
+    add(run, db_path, "two")
+    run("--db", str(db_path), "add", "--conversation", "c2", "--owner", "u2", "three")
+
+    code, out, _ = run("info", "--db", str(db_path))
+    assert code == 0
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert fields["path"] == str(db_path)
+    assert fields["schema_version"] == str(SCHEMA_VERSION)
+    assert fields["messages"] == "3"
+    assert fields["conversations"] == "2"
+    assert fields["owners"] == "2"
+    assert fields["size"].endswith(" bytes") and int(fields["size"].split()[0]) > 0
+
+    code, out, _ = run("--db", str(db_path), "info", "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["schema_version"] == SCHEMA_VERSION
+    assert (stats["messages"], stats["conversations"], stats["owners"]) == (3, 2, 2)
+
+
+def test_db_after_the_subcommand_wins_over_the_global_one(run, tmp_path):
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    run("--db", str(a), "add", "--db", str(b), "--conversation", "c", "--owner", "u", "x")
+    assert b.exists() and not a.exists()
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def test_invalid_role_is_error_1(run, db_path):
+    code, out, err = add(run, db_path, "--role", "robot", "hi")
+    assert code == 1 and out == ""
+    assert err.startswith("localmem: error:") and "role" in err
+
+
+@pytest.mark.parametrize("metadata", ["{not json", "[1, 2]", '{"bad key": 1}'])
+def test_bad_metadata_is_error_1(run, db_path, metadata):
+    code, _, err = add(run, db_path, "--metadata", metadata, "hi")
+    assert code == 1
+    assert err.startswith("localmem: error:") and "metadata" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["info"],
+    ["info", "--json"],
+    ["recent", "--conversation", "c1", "--owner", "u1"],
+])
+def test_reading_a_missing_database_creates_nothing(run, tmp_path, argv):
+    missing = tmp_path / "missing.db"
+    code, out, err = run("--db", str(missing), *argv)
+    assert code == 1 and out == ""
+    assert err.startswith("localmem: error: no database at")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_limit_and_lookback_are_error_1(run, db_path):
+    add(run, db_path, "hi")
+    base = ["recent", "--db", str(db_path), "--conversation", "c1", "--owner", "u1"]
+    assert run(*base, "--limit", "0")[0] == 1
+    assert run(*base, "--lookback-days", "-1")[0] == 1
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["add", "--owner", "u1", "text"],
+    ["add", "--conversation", "c1", "--owner", "u1"],
+    ["recent", "--conversation", "c1"],
+    ["recent", "--conversation", "c1", "--owner", "u1", "--all", "--lookback-days", "3"],
+    ["recent", "--conversation", "c1", "--owner", "u1", "--limit", "many"],
+    ["nonsense"],
+])
+def test_usage_errors_exit_2(capsys, tmp_path, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(["--db", str(tmp_path / "m.db"), *argv])
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the installed command ---------------------------------------------------------------
+
+
+def test_console_script_exit_codes(tmp_path):
+    db = str(tmp_path / "m.db")
+    ids = ["--conversation", "c1", "--owner", "u1"]
+    done = script("--db", db, "add", *ids, "-", stdin="Olá do stdin\n".encode())
+    assert done.returncode == 0, done.stderr
+    done = script("--db", db, "recent", *ids)
+    assert done.returncode == 0
+    assert "[user] Olá do stdin" in done.stdout.decode("utf-8")
+
+    done = script("--db", db, "add", *ids, "--role", "robot", "hi")
+    assert done.returncode == 1 and done.stderr.startswith(b"localmem: error:")
+    done = script("--db", db, "add", *ids, "--metadata", "{nope", "hi")
+    assert done.returncode == 1 and done.stderr.startswith(b"localmem: error:")
+    done = script("--db", str(tmp_path / "missing.db"), "info")
+    assert done.returncode == 1 and not (tmp_path / "missing.db").exists()
+    assert script("add", "--owner", "u1", "hi").returncode == 2
+    assert script("--help").returncode == 0
+    # python -m localmem.cli is the same command.
+    done = subprocess.run(
+        [sys.executable, "-m", "localmem.cli", "--db", str(tmp_path / "missing.db"), "info"],
+        capture_output=True, timeout=120,
+    )
+    assert done.returncode == 1 and done.stderr.startswith(b"localmem: error:")
+
+
+def test_console_script_demo_prints_utf8_whatever_the_locale(tmp_path):
+    done = script("demo", env={"TMPDIR": str(tmp_path), "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode("utf-8")
+    assert "manjericão" in out and "cache_hit=True" in out
+    assert list(tmp_path.glob("localmem-demo-*/memory.db"))

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_quickstart_runs_and_shows_a_hot_window_hit(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        capture_output=True, text=True, encoding="utf-8", timeout=120, cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "retry returned the stored message: True msg-0003" in out
+    assert "call 1: strategy=recent_history cache_hit=False" in out
+    assert "call 2: strategy=recent_history cache_hit=True" in out
+    assert out.count("context_summary: Loaded 3 recent messages from last 7 days") == 2
+    assert "latency_ms=" in out and "feature=hotel_search" in out
+    assert list(tmp_path.iterdir()) == []  # the example cleans up after itself
