@@ -233,3 +233,16 @@ def test_integrity_check_notices_a_message_without_its_fts_row(mem, db_path):
                  " VALUES ('sneaky', 'c1', 'u1', 'user', 'not indexed', 0)")
     conn.close()
     assert mem.check_integrity() != "ok"
+
+
+def test_a_full_database_raises_storage_full_and_keeps_what_was_stored(mem):
+    from localmem import StorageFullError
+
+    kept = mem.add("user", "before the disk filled", **OK)
+    pages = mem._store._conn.execute("PRAGMA page_count").fetchone()[0]
+    mem._store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(StorageFullError) as info:
+        mem.add_many([{"role": "user", "content": "x" * 4000} for _ in range(50)], **OK)
+    assert isinstance(info.value.__cause__, driver.dbapi().Error)
+    assert mem.stats()["messages"] == 1 and mem.get(kept.msg_id) == kept
+    assert mem.check_integrity() == "ok"

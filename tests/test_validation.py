@@ -203,3 +203,16 @@ def test_anything_accepted_round_trips_byte_identical(mem, content, conversation
     recent = mem.get_memory("recent_history", conversation_id=conversation, owner_id=owner,
                             limit=1, lookback_days=None)
     assert recent.messages[-1].content == content or recent.messages[-1].created_at >= when
+
+
+@given(ms=st.integers(min_value=0, max_value=2**48 - 1))
+def test_generated_msg_id_is_a_ulid_of_its_time(ms):
+    from localmem.validate import new_msg_id
+
+    crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    ulid = new_msg_id(ms)
+    assert len(ulid) == 26 and set(ulid) <= set(crockford)
+    value = 0
+    for ch in ulid:
+        value = value * 32 + crockford.index(ch)
+    assert value >> 80 == ms
