@@ -91,6 +91,10 @@ class HotWindow:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._cache = self._open()
+        driver.reset_locks_after_fork(self)
+
+    def reset_locks_after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def _open(self) -> diskcache.Cache:
         return diskcache.Cache(str(self.directory), disk=RawBytesDisk)

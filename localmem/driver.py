@@ -17,10 +17,12 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import weakref
 from types import ModuleType
 from typing import Any
 
 _ABANDONED: list[Any] = []
+_FORK_AWARE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _usable(module: ModuleType) -> bool:
@@ -68,3 +70,22 @@ def connect(path: str) -> Any:
 def abandon(obj: Any) -> None:
     """Keep an object inherited across fork() alive, unused, so it is never closed here."""
     _ABANDONED.append(obj)
+
+
+def reset_locks_after_fork(obj: Any) -> None:
+    """Call ``obj.reset_locks_after_fork()`` in every child forked while ``obj`` lives.
+
+    A thread of the parent that held one of ``obj``'s locks at ``fork()`` time does not
+    exist in the child, but the lock is copied as held: without a reset, the child's
+    first call would wait for it forever.
+    """
+    _FORK_AWARE.add(obj)
+
+
+def _reset_in_child() -> None:
+    for obj in list(_FORK_AWARE):
+        obj.reset_locks_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)

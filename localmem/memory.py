@@ -12,7 +12,7 @@ from typing import Any
 
 import platformdirs
 
-from . import strategies
+from . import driver, strategies
 from .cache import DEFAULT_HOT_TTL, DEFAULT_HOT_WINDOW, HotWindow
 from .errors import ClosedError, InvalidInputError, StrategyUnavailableError
 from .records import MemoryResult, Message, Strategy
@@ -72,6 +72,7 @@ class Memory:
         self.max_content_bytes = max_content_bytes
         self._closed = False
         self._close_lock = threading.Lock()
+        driver.reset_locks_after_fork(self)
         self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout)
         try:
             self._hot = None
@@ -90,6 +91,9 @@ class Memory:
             raise
 
     # -- lifecycle --------------------------------------------------------------------
+
+    def reset_locks_after_fork(self) -> None:
+        self._close_lock = threading.Lock()
 
     def close(self) -> None:
         """Release the file and caches. Safe to call more than once."""
@@ -269,6 +273,9 @@ class Memory:
         return {"path": self.path, "schema_version": SCHEMA_VERSION, "bytes": size, **counts}
 
     def check_integrity(self) -> str:
-        """"ok", or what SQLite's and FTS5's integrity checks found."""
+        """"ok", or what SQLite's and FTS5's integrity checks found.
+
+        The FTS5 check needs the write lock: ``LockTimeoutError`` if another writer holds it.
+        """
         self._check_open()
         return self._store.check_integrity()

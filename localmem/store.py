@@ -22,7 +22,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,22 +180,6 @@ class ConversationState:
     message_count: int
 
 
-# Every open Store, so that a fork() child can reset their locks (see _reset_locks_in_child).
-_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
-
-
-def _reset_locks_in_child() -> None:
-    """A thread of the parent that was inside a Store call at fork() time does not exist in
-    the child, but the lock it held is copied as held: without this, the child's first call
-    would wait for it forever."""
-    for store in list(_LIVE_STORES):
-        store.reset_lock_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
-
-
 class Store:
     """One SQLite file. Thread-safe (one connection behind a lock); fork-safe (a child
     process opens its own connection on first use)."""
@@ -211,7 +194,7 @@ class Store:
         self.lock_timeout = float(lock_timeout)
         self._in_memory = path == ":memory:" or path.startswith("file::memory:")
         self._lock = threading.RLock()
-        _LIVE_STORES.add(self)
+        driver.reset_locks_after_fork(self)
         self._pid = os.getpid()
         self._conn: Any = None
         self._closed = False
@@ -274,8 +257,7 @@ class Store:
     def closed(self) -> bool:
         return self._closed
 
-    def reset_lock_after_fork(self) -> None:
-        """A lock held by another thread at fork() time would stay held forever in the child."""
+    def reset_locks_after_fork(self) -> None:
         self._lock = threading.RLock()
 
     # -- transactions -----------------------------------------------------------------
