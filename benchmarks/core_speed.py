@@ -87,7 +87,7 @@ def bench_add(tmp: Path, rounds: int, per_round: int) -> list[dict]:
             samples["floor"].append(floor())
         for _ in range(per_round):
             samples["schema SQL"].append(schema_sql())
-        for i in range(per_round):
+        for _ in range(per_round):
             t = time.perf_counter()
             mem.add("user", TEXT, conversation_id="c-add", owner_id="u1")
             samples["add()"].append(time.perf_counter() - t)

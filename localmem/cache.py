@@ -123,9 +123,10 @@ class HotWindow:
         except _CACHE_ERRORS as exc:
             log.warning("localmem hot window unreadable, using the database: %s", exc)
             return None
-        if entry.get("v") != state.version:
+        if type(entry) is not dict or entry.get("v") != state.version:
             return None
-        return entry["rows"]
+        rows = entry.get("rows")
+        return rows if type(rows) is list else None
 
     def put(
         self,

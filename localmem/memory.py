@@ -262,15 +262,13 @@ class Memory:
     def stats(self) -> dict[str, Any]:
         """Path, schema version and counts of messages, conversations and owners."""
         self._check_open()
-        from .store import SCHEMA_VERSION
-
         counts = self._store.counts()
         size = 0
         if self.path != ":memory:":
             size = sum(
                 os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p)
             )
-        return {"path": self.path, "schema_version": SCHEMA_VERSION, "bytes": size, **counts}
+        return {"path": self.path, **counts, "bytes": size}
 
     def check_integrity(self) -> str:
         """"ok", or what SQLite's and FTS5's integrity checks found.

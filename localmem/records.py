@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +34,7 @@ class Message:
     content: str
     created_at: datetime
     feature: str | None = None
-    metadata: dict[str, Any] | None = field(default=None, compare=True)
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

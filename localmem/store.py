@@ -36,7 +36,7 @@ from .errors import (
     StoreError,
 )
 from .records import Message
-from .validate import NewMessage, from_utc_us, new_msg_id, now_us
+from .validate import NewMessage, from_utc_us, now_us
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: messages, FTS5, conversations, meta.
@@ -479,7 +479,9 @@ class Store:
             owners = conn.execute(
                 "SELECT count(DISTINCT owner_id) FROM conversations WHERE message_count > 0"
             ).fetchone()[0]
-        return {"messages": messages, "conversations": conversations, "owners": owners}
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        return {"schema_version": version, "messages": messages,
+                "conversations": conversations, "owners": owners}
 
     def check_integrity(self) -> str:
         """``PRAGMA integrity_check`` plus FTS5's own check; "ok" when all is well."""
@@ -500,4 +502,4 @@ class Store:
         return "ok"
 
 
-__all__ = ["Store", "ConversationState", "MIGRATIONS", "SCHEMA_VERSION", "new_msg_id"]
+__all__ = ["Store", "ConversationState", "MIGRATIONS", "SCHEMA_VERSION"]

@@ -12,7 +12,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import diskcache
-import pytest
 
 from localmem import Memory
 
@@ -115,7 +114,7 @@ def test_values_are_json_bytes_never_pickle(mem, db_path):
     rows = conn.execute("SELECT key, raw, mode, value FROM Cache").fetchall()
     conn.close()
     assert rows, "the window was not stored"
-    for key, raw_key, mode, value in rows:
+    for _key, raw_key, mode, value in rows:
         assert raw_key == 1 and mode == diskcache.core.MODE_RAW
         entry = json.loads(value)
         assert entry["rows"][0][4] == "hello"
