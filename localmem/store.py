@@ -32,6 +32,7 @@ from .errors import (
     CorruptDatabaseError,
     InvalidInputError,
     LockTimeoutError,
+    ModelMismatchError,
     StorageFullError,
     StoreError,
 )
@@ -172,6 +173,18 @@ def map_error(exc: Exception, path: str) -> StoreError:
     return StoreError(f"{path}: {exc}")
 
 
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same vector space: same name and dim, and same file hash when both are known."""
+    if a.get("name") != b.get("name") or a.get("dim") != b.get("dim"):
+        return False
+    return not (a.get("sha256") and b.get("sha256")) or a["sha256"] == b["sha256"]
+
+
+def describe_model(identity: dict[str, Any]) -> str:
+    sha = identity.get("sha256")
+    return f"{identity.get('name')!r} (dim {identity.get('dim')}{', sha256 ' + sha[:12] if sha else ''})"
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationState:
     """What a cache needs to know to trust an entry: the version and how many messages."""
@@ -211,7 +224,9 @@ class Store:
             # busy_timeout first: the journal-mode switch below may itself wait for a lock.
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
             if not self._in_memory:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = self._execute_when_free(conn, "PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = self._execute_when_free(conn, "PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{self.path}: could not switch to WAL (journal_mode={mode})")
             sync = "FULL" if self.durability == "full" else "NORMAL"
@@ -301,18 +316,23 @@ class Store:
                 raise
 
     def _begin_immediate(self, conn: Any) -> None:
-        """Take the write lock, waiting at most ``lock_timeout`` in all.
+        """Take the write lock, waiting at most ``lock_timeout`` in all."""
+        self._execute_when_free(conn, "BEGIN IMMEDIATE")
 
-        ``busy_timeout`` does the waiting; the loop covers the cases where SQLite reports
-        SQLITE_BUSY without calling the busy handler (WAL recovery, a racing checkpoint).
+    def _execute_when_free(self, conn: Any, sql: str) -> Any:
+        """Run ``sql``, retrying while the file is busy, for at most ``lock_timeout`` in all.
+
+        ``busy_timeout`` does most of the waiting; the loop covers the cases where SQLite
+        reports SQLITE_BUSY at once, without calling the busy handler: WAL recovery, a
+        racing checkpoint, and a lock upgrade that could deadlock (switching a new file
+        to WAL while other connections open it).
         """
         deadline = time.monotonic() + self.lock_timeout
         retried = False
         try:
             while True:
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
+                    return conn.execute(sql)
                 except driver.dbapi().OperationalError as exc:
                     left = deadline - time.monotonic()
                     if not _is_busy(exc) or left <= 0.002:
@@ -327,8 +347,7 @@ class Store:
     # -- schema -----------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        conn = self._conn
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        version = self._execute_when_free(self._conn, "PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
         self._check_known(version)
@@ -375,6 +394,37 @@ class Store:
                 "INSERT INTO meta (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
+            )
+
+    # -- model identity ---------------------------------------------------------------
+
+    def embedder_identity(self) -> dict[str, Any] | None:
+        """The embedder recorded for this file's vectors: name, dim, sha256 (or None)."""
+        raw = self._meta_value("embedder")
+        return None if raw is None else json.loads(raw)
+
+    def bind_embedder(self, identity: dict[str, Any], *, replace: bool = False) -> None:
+        """Record ``identity`` as the embedder of this file's vectors, the first time.
+
+        A different identity already recorded raises ModelMismatchError: vectors from two
+        models must never share an index. ``replace=True`` records the new one; the
+        caller must then rebuild every vector (re-embed).
+        """
+        with self.write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+            if row is not None and not replace:
+                recorded = json.loads(row[0])
+                if not same_model(recorded, identity):
+                    raise ModelMismatchError(
+                        f"{self.path} holds vectors from {describe_model(recorded)}; this Memory "
+                        f"uses {describe_model(identity)}. Vectors of two models cannot be mixed: "
+                        "open it with the recorded model (Memory(..., embedder=NAME))"
+                    )
+                return
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('embedder', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (json.dumps(identity, sort_keys=True),),
             )
 
     # -- writes -----------------------------------------------------------------------
