@@ -17,12 +17,26 @@ from .records import MemoryResult, Message, RetrievedMessage, Strategy
 
 __version__ = "0.1.0"
 
+_LAZY = {"load_embedder": "embed", "load_reranker": "rerank"}
+
+
+def __getattr__(name: str):
+    # The model loaders pull in numpy, and their models pull in onnxruntime: import them
+    # on first use so that `import localmem` stays light (PEP 562).
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "Memory",
     "Strategy",
     "Message",
     "RetrievedMessage",
     "MemoryResult",
+    "load_embedder",
+    "load_reranker",
     "LocalMemError",
     "InvalidInputError",
     "StoreError",

@@ -1,4 +1,4 @@
-"""The ``localmem`` command: ``demo``, ``add``, ``recent`` and ``info``.
+"""The ``localmem`` command: ``demo``, ``add``, ``recent``, ``info`` and ``models``.
 
 Exit codes: 0 success, 1 a localmem error (printed as ``localmem: error: ...``), 2 a usage
 error (argparse's own).
@@ -11,11 +11,21 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 from typing import Any
 
 from .errors import InvalidInputError, LocalMemError, StrategyUnavailableError
 from .memory import Memory, default_path
+from .models import (
+    DEFAULT_EMBEDDER,
+    DEFAULT_RERANKER,
+    REGISTRY,
+    file_sha256,
+    int8_path,
+    quantize,
+    resolve,
+)
 from .records import MemoryResult, Message, Strategy
 from .validate import ROLES
 
@@ -185,6 +195,183 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- models ------------------------------------------------------------------------------
+
+_COMPARE_TEXTS = (
+    "I'm planning three days in Lisbon in May. Where should I stay?",
+    "Alfama or Chiado: both walkable, close to trams and viewpoints.",
+    "I'm vegetarian, by the way.",
+    "Try Ao 26 in Chiado for dinner; book a day ahead.",
+    "Add a day trip to Sintra on the second day.",
+    "The invoice for March is overdue; please pay by Friday.",
+    "Our API returns 429 when you send more than ten requests a second.",
+    "Remind me to water the plants on Sunday morning.",
+    "Quero pedir pizza hoje à noite. O que você recomenda?",
+    "Que tal uma margherita com manjericão fresco? É clássica.",
+    "Prefiro sem cebola e com borda recheada de catupiry.",
+    "Sim, um guaraná gelado, por favor.",
+    "The meeting moved to Thursday at 3 pm in room B.",
+    "How do I reset my password if I lost access to my email?",
+    "Photosynthesis turns light, water and carbon dioxide into sugar.",
+    "He scored twice in the final minutes and won the cup.",
+)
+_COMPARE_QUERIES = (
+    "where to stay in Lisbon",
+    "pizza sem cebola",
+    "rate limit of the API",
+    "when is the meeting",
+)
+
+
+def _model_kind(args: argparse.Namespace) -> str:
+    if args.kind is not None:
+        return args.kind
+    spec = REGISTRY.get(args.name)
+    return spec.kind if spec is not None else "embedder"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _timed(func: Any, batches: list[Any], rounds: int = 3) -> tuple[list[Any], float]:
+    """func over every batch: (results of the last round, mean ms per batch)."""
+    func(batches[0])  # loads the session
+    started = time.perf_counter()
+    for _ in range(rounds):
+        results = [func(b) for b in batches]
+    return results, (time.perf_counter() - started) * 1000 / (rounds * len(batches))
+
+
+def _compare_int8(files: Any, int8_file: Any) -> list[str]:
+    """A few seconds of fp32 vs int8 on fixed texts: speed, and how close the outputs are."""
+    import numpy as np
+
+    int8_files = replace(files, onnx_path=int8_file)
+    if files.spec.kind == "embedder":
+        from .embed import Embedder
+
+        batches = [list(_COMPARE_TEXTS[i:i + 8]) for i in range(0, len(_COMPARE_TEXTS), 8)]
+        fp32, fp32_ms = _timed(Embedder(files).embed, batches)
+        int8, int8_ms = _timed(Embedder(int8_files).embed, batches)
+        a, b = np.concatenate(fp32), np.concatenate(int8)
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        cosine = (a * b).sum(axis=1)
+        quality = (f"mean cosine int8 vs fp32 {cosine.mean():.4f} "
+                   f"(min {cosine.min():.4f}) over {len(cosine)} texts")
+        unit = f"batch of {len(batches[0])} texts"
+    else:
+        from .rerank import CrossEncoder
+
+        def scorer(model: Any) -> Any:
+            return lambda query: model.score(query, list(_COMPARE_TEXTS))
+
+        batches = list(_COMPARE_QUERIES)
+        fp32, fp32_ms = _timed(scorer(CrossEncoder(files)), batches)
+        int8, int8_ms = _timed(scorer(CrossEncoder(int8_files)), batches)
+        same_top = sum(int(np.argmax(x) == np.argmax(y)) for x, y in zip(fp32, int8))
+        ranks = [np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
+                 for x, y in zip(fp32, int8)]
+        delta = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(fp32, int8))
+        quality = (f"same top document for {same_top}/{len(batches)} queries, mean rank "
+                   f"correlation {float(np.mean(ranks)):.4f}, max |score change| {delta:.4f}")
+        unit = f"query with {len(_COMPARE_TEXTS)} documents"
+    return [
+        (f"speed     fp32 {fp32_ms:.1f} ms, int8 {int8_ms:.1f} ms per {unit} "
+         f"({fp32_ms / max(int8_ms, 1e-9):.1f}x)"),
+        f"quality   {quality}",
+    ]
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """The registry, and where each model is found on this machine (nothing is fetched)."""
+    rows = []
+    for spec in REGISTRY.values():
+        try:
+            files = resolve(spec.name, kind=spec.kind, download=False, int8=False)
+            local = {"source": files.source, "directory": str(files.directory)}
+        except LocalMemError:
+            local = None
+        rows.append({
+            "name": spec.name, "kind": spec.kind, "dim": spec.dim, "max_length": spec.max_length,
+            "license": spec.license, "default": spec.name in (DEFAULT_EMBEDDER, DEFAULT_RERANKER),
+            "repo": spec.repo, "local": local,
+        })
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = [("NAME", "KIND", "DIM", "MAX_LEN", "LICENSE", "LOCAL")]
+    for r in rows:
+        where = f"{r['local']['source']}: {r['local']['directory']}" if r["local"] else "no"
+        table.append((r["name"] + (" *" if r["default"] else ""), r["kind"], str(r["dim"] or "-"),
+                      str(r["max_length"]), r["license"], where))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    print("* default; 'localmem models download NAME' fetches a model, 'localmem models info NAME' shows one")
+    return 0
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    """Fetch a model into the cache (if it is not already here) and print its folder."""
+    files = resolve(args.name, kind=_model_kind(args), download=True, int8=False)
+    print(files.directory)
+    return 0
+
+
+def cmd_models_info(args: argparse.Namespace) -> int:
+    """A model's spec, the files it resolves to, their hash and size, and its int8 copy."""
+    files = resolve(args.name, kind=_model_kind(args), path=args.path, download=False, int8=False)
+    copy = int8_path(files.onnx_path)
+    info: dict[str, Any] = {
+        **{k: v for k, v in asdict(files.spec).items()},
+        "source": files.source,
+        "directory": str(files.directory),
+        "onnx": str(files.onnx_path),
+        "tokenizer": str(files.tokenizer_path),
+        "bytes": files.onnx_path.stat().st_size,
+        "sha256": file_sha256(files.onnx_path),
+        "int8": str(copy) if copy.is_file() else None,
+        "int8_bytes": copy.stat().st_size if copy.is_file() else None,
+    }
+    info["extra_files"] = list(info["extra_files"])
+    if args.json:
+        _print_json(info)
+        return 0
+    info["bytes"] = _mb(info["bytes"])
+    if info["int8"] is None:
+        how = f"localmem models quantize {files.spec.name}"
+        if files.source == "path":
+            how += f" --path {files.directory}"
+        info["int8"] = f"none (make it with: {how})"
+        del info["int8_bytes"]
+    else:
+        info["int8_bytes"] = _mb(info["int8_bytes"])
+    info["extra_files"] = ", ".join(info["extra_files"])
+    labels = {"bytes": "size", "int8_bytes": "int8 size", "int8": "int8 copy"}
+    for key, value in info.items():
+        shown = repr(value) if key.endswith("_prefix") else "-" if value is None else value
+        print(f"{labels.get(key, key):<16}  {shown}")
+    return 0
+
+
+def cmd_models_quantize(args: argparse.Namespace) -> int:
+    """Write a model's int8 copy, then compare it with fp32 for a few seconds."""
+    files = resolve(args.name, kind=_model_kind(args), path=args.path, download=False, int8=False)
+    kept = int8_path(files.onnx_path).is_file() and not args.force
+    out = quantize(files, force=args.force)
+    print(f"int8 copy {out}" + ("  (already there; --force rewrites it)" if kept else ""))
+    fp32_size, int8_size = files.onnx_path.stat().st_size, out.stat().st_size
+    print(f"size      fp32 {_mb(fp32_size)} -> int8 {_mb(int8_size)} "
+          f"({100 * int8_size / max(fp32_size, 1):.0f}%)")
+    for line in _compare_int8(files, out):
+        print(line)
+    where = f", path={str(files.directory)!r}" if files.source == "path" else ""
+    print(f"use it with int8=True: localmem.load_{files.spec.kind}({files.spec.name!r}{where}, int8=True)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="localmem",
@@ -228,6 +415,34 @@ def _parser() -> argparse.ArgumentParser:
 
     info = command("info", cmd_info, "print the database's path, schema version, size and counts")
     info.add_argument("--json", action="store_true", help="print JSON")
+
+    models_help = "list, download, inspect and quantize the ONNX models"
+    models = sub.add_parser("models", help=models_help, description=models_help)
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    def model_command(name: str, func: Any, help: str, *, path: bool = True) -> argparse.ArgumentParser:
+        p = models_sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if name != "list":
+            p.add_argument("name", metavar="NAME", help="a registered model name (see: localmem models list)")
+            p.add_argument("--kind", choices=("embedder", "reranker"), default=None,
+                           help="for a model not in the registry (default: embedder)")
+        if path:
+            p.add_argument("--path", metavar="DIR",
+                           help="use the model in this folder (model.onnx + tokenizer.json)")
+        return p
+
+    listing = model_command("list", cmd_models_list, "the known models and where each is found here",
+                            path=False)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    model_command("download", cmd_models_download,
+                  "fetch a model from the Hugging Face Hub and print its folder", path=False)
+    model_info = model_command("info", cmd_models_info,
+                               "a model's settings, files, sha256, size and int8 copy")
+    model_info.add_argument("--json", action="store_true", help="print JSON")
+    quantize = model_command("quantize", cmd_models_quantize,
+                             "write an int8 copy of a model and compare it with fp32")
+    quantize.add_argument("--force", action="store_true", help="rewrite an existing int8 copy")
     return parser
 
 

@@ -14,9 +14,9 @@ import platformdirs
 
 from . import driver, strategies
 from .cache import DEFAULT_HOT_TTL, DEFAULT_HOT_WINDOW, HotWindow
-from .errors import ClosedError, InvalidInputError, StrategyUnavailableError
+from .errors import ClosedError, InvalidInputError, ModelMismatchError, StrategyUnavailableError
 from .records import MemoryResult, Message, Strategy
-from .store import Store
+from .store import Store, describe_model
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_id,
@@ -29,6 +29,26 @@ from .validate import (
 _ADD_MANY_KEYS = frozenset(
     ("role", "content", "conversation_id", "owner_id", "feature", "msg_id", "metadata", "created_at")
 )
+
+
+def _model_arg(value: Any, what: str, method: str) -> Any:
+    """None, a registry name, or an object with the model's method."""
+    if value is None or isinstance(value, str):
+        if isinstance(value, str) and not value.strip():
+            raise InvalidInputError(f"{what} name must not be blank")
+        return value
+    if not callable(getattr(value, method, None)):
+        raise InvalidInputError(
+            f"{what} must be a model name or an object with a {method}() method; "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+def _model_name(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return getattr(value, "name", None)
 
 
 def default_path() -> Path:
@@ -47,6 +67,11 @@ class Memory:
     ``hot_window_ttl``: seconds an unused window lives.
     ``cache_dir``: where the diskcache tiers live; default ``<path>-cache`` beside the file.
     ``max_content_bytes``: the largest message accepted, in UTF-8 bytes.
+    ``embedder``: a registry name, or any object with ``embed(texts) -> float32 array``
+    (and optionally ``embed_query``, ``name``, ``dim``). None: the model recorded in the
+    file, else all-MiniLM-L6-v2. A name other than the recorded one raises
+    ``ModelMismatchError`` here, at open. ``reranker``: a name or any object with
+    ``score(query, documents) -> array``. Both load lazily, on first use.
 
     Thread-safe; after ``fork()`` the child opens its own connections on first use.
     """
@@ -61,6 +86,8 @@ class Memory:
         hot_window_ttl: float = DEFAULT_HOT_TTL,
         cache_dir: str | os.PathLike[str] | None = None,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        embedder: Any = None,
+        reranker: Any = None,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
@@ -75,6 +102,19 @@ class Memory:
         driver.reset_locks_after_fork(self)
         self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout)
         try:
+            self._embedder_arg = _model_arg(embedder, "embedder", "embed")
+            self._reranker_arg = _model_arg(reranker, "reranker", "score")
+            self._embedder: Any = None
+            self._reranker: Any = None
+            self._models_lock = threading.Lock()
+            recorded = self._store.embedder_identity()
+            wanted = _model_name(self._embedder_arg)
+            if recorded and wanted and wanted != recorded.get("name"):
+                raise ModelMismatchError(
+                    f"{self.path} holds vectors from {describe_model(recorded)}; this Memory was "
+                    f"given the embedder {wanted!r}. Open it with embedder={recorded.get('name')!r}"
+                    " (or leave embedder unset to use the recorded one)"
+                )
             self._hot = None
             if hot_window:
                 in_memory = self._store.path == ":memory:"
@@ -94,6 +134,7 @@ class Memory:
 
     def reset_locks_after_fork(self) -> None:
         self._close_lock = threading.Lock()
+        self._models_lock = threading.Lock()
 
     def close(self) -> None:
         """Release the file and caches. Safe to call more than once."""
@@ -110,6 +151,39 @@ class Memory:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- models -----------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Any:
+        """The embedder (loaded on first access; the ONNX session on first embed)."""
+        self._check_open()
+        with self._models_lock:
+            if self._embedder is None:
+                arg = self._embedder_arg
+                if arg is None:
+                    recorded = self._store.embedder_identity()
+                    arg = recorded["name"] if recorded else None
+                if arg is None or isinstance(arg, str):
+                    from .embed import load_embedder
+
+                    arg = load_embedder(arg)
+                self._embedder = arg
+            return self._embedder
+
+    @property
+    def reranker(self) -> Any:
+        """The cross-encoder reranker (loaded on first access)."""
+        self._check_open()
+        with self._models_lock:
+            if self._reranker is None:
+                arg = self._reranker_arg
+                if arg is None or isinstance(arg, str):
+                    from .rerank import load_reranker
+
+                    arg = load_reranker(arg)
+                self._reranker = arg
+            return self._reranker
 
     def __enter__(self) -> Memory:
         self._check_open()

@@ -15,3 +15,34 @@ def db_path(tmp_path):
 def mem(db_path):
     with Memory(db_path) as m:
         yield m
+
+
+def _load_model_builder():
+    """models/build_test_models.py, loaded by path (models/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "localmem_test_model_builder"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "models" / "build_test_models.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random BERT models in ONNX, built once per session (no downloads).
+
+    A NamedTuple with three model folders (pathlib.Path), each laid out like a real
+    download (model.onnx, tokenizer.json, config.json, ...; see models/README.md):
+    .embedder (inputs input_ids, attention_mask, token_type_ids -> last_hidden_state
+    [batch, seq, 32]), .cross_encoder (same inputs -> logits [batch, 1]) and
+    .embedder_no_token_types (no token_type_ids input; same weights as .embedder).
+    Their tokenizer.json pads and truncates to 16 tokens until reset (the deliberate
+    trap). Treat the folders as read-only: they are shared by the whole session.
+    """
+    return _load_model_builder().build_all(tmp_path_factory.mktemp("tiny_models"))

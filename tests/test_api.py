@@ -9,7 +9,7 @@ PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
-    "StrategyUnavailableError", "ClosedError",
+    "StrategyUnavailableError", "ClosedError", "load_embedder", "load_reranker",
 }
 
 
@@ -24,7 +24,8 @@ def test_error_tree():
     assert issubclass(localmem.InvalidInputError, ValueError)
     for leaf in ("LockTimeoutError", "CorruptDatabaseError", "ModelMismatchError", "StorageFullError"):
         assert issubclass(getattr(localmem, leaf), localmem.StoreError)
-    for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult"}:
+    for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult",
+                          "load_embedder", "load_reranker"}:
         assert issubclass(getattr(localmem, name), localmem.LocalMemError)
 
 

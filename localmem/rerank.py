@@ -1,0 +1,81 @@
+"""The ONNX cross-encoder: scores (query, document) pairs for reranking.
+
+Each pair is tokenised as ``[CLS] query [SEP] document [SEP]`` with segment ids 0 for the
+query part and 1 for the document part, truncated longest-first to the model's max
+length; pairs are sorted by length and batched so padding stays small (length buckets).
+Results come back in input order and do not depend on batch size or order (tested).
+
+Scores: ``logits()`` returns the model's raw relevance logits (unbounded; higher is more
+relevant; comparable only within one model). ``score()`` returns ``sigmoid(logit)`` in
+(0, 1), the form sentence-transformers' CrossEncoder gives for these one-logit MS MARCO
+models: monotone in the logit, so it ranks exactly as the logits do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError, ModelError
+from .onnx_runtime import LazyModel, check_texts, feed, length_batches
+
+
+class CrossEncoder:
+    """Scores (query, document) pairs with one ONNX model. Lazy, thread-safe, fork-safe."""
+
+    def __init__(self, files: Any, *, batch_size: int = 32, threads: int | None = None):
+        spec = files.spec
+        if spec.kind != "reranker":
+            raise ModelError(f"{spec.name} is a {spec.kind}, not a reranker")
+        self.files = files
+        self.spec = spec
+        self.name = spec.name
+        self.batch_size = batch_size
+        self._model = LazyModel(files.onnx_path, files.tokenizer_path, spec.max_length, threads)
+
+    def __repr__(self) -> str:
+        return f"<CrossEncoder {self.name} {self.files.onnx_path.name}>"
+
+    def logits(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """Raw relevance logits, float32, one per document, in input order."""
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
+        documents = check_texts(documents, "documents")
+        out = np.empty(len(documents), dtype=np.float32)
+        if not documents:
+            return out
+        session, tokenizer, inputs = self._model.get()
+        encodings = tokenizer.encode_batch([(query, d) for d in documents])
+        for batch in length_batches(encodings, self.batch_size):
+            result = session.run(None, feed(encodings, batch, inputs))[0]
+            if result.ndim != 2 or result.shape[1] != 1:
+                raise ModelError(
+                    f"{self.name} returns logits of shape {result.shape}; localmem expects one "
+                    "relevance logit per pair (batch, 1)"
+                )
+            out[batch] = result[:, 0]
+        return out
+
+    def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """Relevance in (0, 1): ``sigmoid(logits)``, float32, in input order."""
+        logits = self.logits(query, documents).astype(np.float64)
+        return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid, no overflow
+
+
+def load_reranker(
+    name: str | None = None,
+    *,
+    path: Any = None,
+    int8: bool | None = None,
+    download: bool = True,
+    batch_size: int = 32,
+    threads: int | None = None,
+) -> CrossEncoder:
+    """A cross-encoder by registry name (default ms-marco-MiniLM-L-6-v2) or from a folder;
+    resolved as ``load_embedder`` resolves embedders. Loads lazily on the first call."""
+    from .models import resolve
+
+    files = resolve(name, kind="reranker", path=path, download=download, int8=int8)
+    return CrossEncoder(files, batch_size=batch_size, threads=threads)
