@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError
-from .onnx_runtime import LazyModel, check_texts, feed, length_batches
+from .onnx_runtime import OnnxModel, check_texts, feed, length_batches
 
 
-class Embedder:
+class Embedder(OnnxModel):
     """Embeds texts with one ONNX model. Loads lazily; thread-safe; fork-safe.
 
     ``embed(texts)`` embeds documents (with the model's document prefix, if any);
@@ -25,23 +25,16 @@ class Embedder:
     "query: "). ``files`` is a resolved ``localmem.models.ModelFiles``.
     """
 
+    kind = "embedder"
+
     def __init__(self, files: Any, *, batch_size: int = 32, threads: int | None = None):
-        spec = files.spec
-        if spec.kind != "embedder":
-            raise ModelError(f"{spec.name} is a {spec.kind}, not an embedder")
+        super().__init__(files, batch_size=batch_size, threads=threads)
+        spec = self.spec
         if spec.pooling not in ("mean", "cls"):
             raise ModelError(f"{spec.name}: pooling must be 'mean' or 'cls', not {spec.pooling!r}")
         if not spec.dim:
             raise ModelError(f"{spec.name}: the spec must give the embedding dimension")
-        self.files = files
-        self.spec = spec
-        self.name = spec.name
         self.dim = spec.dim
-        self.batch_size = batch_size
-        self._model = LazyModel(files.onnx_path, files.tokenizer_path, spec.max_length, threads)
-
-    def __repr__(self) -> str:
-        return f"<Embedder {self.name} dim={self.dim} {self.files.onnx_path.name}>"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Document vectors, float32, shape ``(len(texts), dim)``."""
@@ -82,22 +75,5 @@ class Embedder:
         return pooled
 
 
-def load_embedder(
-    name: str | None = None,
-    *,
-    path: Any = None,
-    int8: bool | None = None,
-    download: bool = True,
-    batch_size: int = 32,
-    threads: int | None = None,
-) -> Embedder:
-    """An embedder by registry name (default all-MiniLM-L6-v2) or from a folder.
 
-    Resolution order: ``path``; ``$LOCALMEM_MODELS_DIR/<name>/``; the Hugging Face cache;
-    a download into localmem's cache (unless ``download=False`` or ``HF_HUB_OFFLINE``).
-    Nothing heavy happens here: the ONNX session loads on the first ``embed`` call.
-    """
-    from .models import resolve
-
-    files = resolve(name, kind="embedder", path=path, download=download, int8=int8)
-    return Embedder(files, batch_size=batch_size, threads=threads)
+load_embedder = Embedder.load  # load_embedder(name=None, *, path=None, int8=None, ...)

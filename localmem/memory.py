@@ -156,34 +156,31 @@ class Memory:
 
     @property
     def embedder(self) -> Any:
-        """The embedder (loaded on first access; the ONNX session on first embed)."""
-        self._check_open()
-        with self._models_lock:
-            if self._embedder is None:
-                arg = self._embedder_arg
-                if arg is None:
-                    recorded = self._store.embedder_identity()
-                    arg = recorded["name"] if recorded else None
-                if arg is None or isinstance(arg, str):
-                    from .embed import load_embedder
-
-                    arg = load_embedder(arg)
-                self._embedder = arg
-            return self._embedder
+        """The embedder (resolved on first access; the ONNX session on first embed).
+        Unset, it is the model recorded in the file, else the registry default."""
+        arg = self._embedder_arg
+        if arg is None and self._embedder is None:
+            recorded = self._store.embedder_identity()
+            arg = recorded["name"] if recorded else None
+        return self._model("_embedder", arg, "load_embedder")
 
     @property
     def reranker(self) -> Any:
-        """The cross-encoder reranker (loaded on first access)."""
+        """The cross-encoder reranker (resolved on first access)."""
+        return self._model("_reranker", self._reranker_arg, "load_reranker")
+
+    def _model(self, attr: str, arg: Any, loader: str) -> Any:
+        """The object in ``attr``, made once from ``arg``: a name (or None, the default)
+        goes to ``localmem.<loader>``; an object of the caller's is used as it is."""
         self._check_open()
         with self._models_lock:
-            if self._reranker is None:
-                arg = self._reranker_arg
+            if getattr(self, attr) is None:
                 if arg is None or isinstance(arg, str):
-                    from .rerank import load_reranker
+                    import localmem
 
-                    arg = load_reranker(arg)
-                self._reranker = arg
-            return self._reranker
+                    arg = getattr(localmem, loader)(arg)
+                setattr(self, attr, arg)
+            return getattr(self, attr)
 
     def __enter__(self) -> Memory:
         self._check_open()

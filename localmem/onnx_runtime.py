@@ -167,3 +167,49 @@ def feed(encodings: list[Any], batch: list[int], input_names: frozenset[str]) ->
         types[row, :n] = e.type_ids
     arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     return {name: arrays[name] for name in arrays if name in input_names}
+
+
+class OnnxModel:
+    """What an embedder and a cross-encoder share: a resolved model, its lazily loaded
+    session, and ``load()``, which resolves a model of the subclass's ``kind``."""
+
+    kind = ""
+
+    def __init__(self, files: Any, *, batch_size: int = 32, threads: int | None = None):
+        spec = files.spec
+        if spec.kind != self.kind:
+            raise ModelError(f"{spec.name} is a {spec.kind}, not a {self.kind}")
+        if type(batch_size) is not int or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int; got {batch_size!r}")
+        self.files = files
+        self.spec = spec
+        self.name = spec.name
+        self.batch_size = batch_size
+        self._model = LazyModel(files.onnx_path, files.tokenizer_path, spec.max_length, threads)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.files.onnx_path.name}>"
+
+    @classmethod
+    def load(
+        cls,
+        name: str | None = None,
+        *,
+        path: Any = None,
+        int8: bool | None = None,
+        download: bool = True,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> Any:
+        """A model by registry name (default: the kind's default) or from a folder.
+
+        Resolution order: ``path``; ``$LOCALMEM_MODELS_DIR/<name>/``; the Hugging Face
+        cache; a download into localmem's cache (unless ``download=False`` or
+        ``HF_HUB_OFFLINE``). Nothing heavy happens here: the ONNX session loads on the
+        first call that needs it. ``int8=True`` uses the copy ``localmem models quantize``
+        wrote.
+        """
+        from .models import resolve
+
+        files = resolve(name, kind=cls.kind, path=path, download=download, int8=int8)
+        return cls(files, batch_size=batch_size, threads=threads)

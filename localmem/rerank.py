@@ -14,29 +14,17 @@ models: monotone in the logit, so it ranks exactly as the logits do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from .errors import InvalidInputError, ModelError
-from .onnx_runtime import LazyModel, check_texts, feed, length_batches
+from .onnx_runtime import OnnxModel, check_texts, feed, length_batches
 
 
-class CrossEncoder:
+class CrossEncoder(OnnxModel):
     """Scores (query, document) pairs with one ONNX model. Lazy, thread-safe, fork-safe."""
 
-    def __init__(self, files: Any, *, batch_size: int = 32, threads: int | None = None):
-        spec = files.spec
-        if spec.kind != "reranker":
-            raise ModelError(f"{spec.name} is a {spec.kind}, not a reranker")
-        self.files = files
-        self.spec = spec
-        self.name = spec.name
-        self.batch_size = batch_size
-        self._model = LazyModel(files.onnx_path, files.tokenizer_path, spec.max_length, threads)
-
-    def __repr__(self) -> str:
-        return f"<CrossEncoder {self.name} {self.files.onnx_path.name}>"
+    kind = "reranker"
 
     def logits(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """Raw relevance logits, float32, one per document, in input order."""
@@ -64,18 +52,5 @@ class CrossEncoder:
         return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid, no overflow
 
 
-def load_reranker(
-    name: str | None = None,
-    *,
-    path: Any = None,
-    int8: bool | None = None,
-    download: bool = True,
-    batch_size: int = 32,
-    threads: int | None = None,
-) -> CrossEncoder:
-    """A cross-encoder by registry name (default ms-marco-MiniLM-L-6-v2) or from a folder;
-    resolved as ``load_embedder`` resolves embedders. Loads lazily on the first call."""
-    from .models import resolve
 
-    files = resolve(name, kind="reranker", path=path, download=download, int8=int8)
-    return CrossEncoder(files, batch_size=batch_size, threads=threads)
+load_reranker = CrossEncoder.load  # load_reranker(name=None, *, path=None, int8=None, ...)
