@@ -14,9 +14,9 @@ import platformdirs
 
 from . import driver, strategies
 from .cache import DEFAULT_HOT_TTL, DEFAULT_HOT_WINDOW, HotWindow
-from .errors import ClosedError, InvalidInputError, ModelMismatchError, StrategyUnavailableError
+from .errors import ClosedError, InvalidInputError, StrategyUnavailableError
 from .records import MemoryResult, Message, Strategy
-from .store import Store, describe_model
+from .store import Store, model_mismatch
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_id,
@@ -110,11 +110,7 @@ class Memory:
             recorded = self._store.embedder_identity()
             wanted = _model_name(self._embedder_arg)
             if recorded and wanted and wanted != recorded.get("name"):
-                raise ModelMismatchError(
-                    f"{self.path} holds vectors from {describe_model(recorded)}; this Memory was "
-                    f"given the embedder {wanted!r}. Open it with embedder={recorded.get('name')!r}"
-                    " (or leave embedder unset to use the recorded one)"
-                )
+                raise model_mismatch(self.path, recorded, repr(wanted))
             self._hot = None
             if hot_window:
                 in_memory = self._store.path == ":memory:"

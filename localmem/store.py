@@ -185,6 +185,15 @@ def describe_model(identity: dict[str, Any]) -> str:
     return f"{identity.get('name')!r} (dim {identity.get('dim')}{', sha256 ' + sha[:12] if sha else ''})"
 
 
+def model_mismatch(path: str, recorded: dict[str, Any], given: str) -> ModelMismatchError:
+    """The one error for a file whose vectors come from another model than ``given``."""
+    return ModelMismatchError(
+        f"{path} holds vectors from {describe_model(recorded)}; this Memory uses {given}. "
+        f"Vectors of two models cannot be mixed: open it with embedder={recorded.get('name')!r} "
+        "(or leave embedder unset to use the recorded one)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationState:
     """What a cache needs to know to trust an entry: the version and how many messages."""
@@ -415,11 +424,7 @@ class Store:
             if row is not None and not replace:
                 recorded = json.loads(row[0])
                 if not same_model(recorded, identity):
-                    raise ModelMismatchError(
-                        f"{self.path} holds vectors from {describe_model(recorded)}; this Memory "
-                        f"uses {describe_model(identity)}. Vectors of two models cannot be mixed: "
-                        "open it with the recorded model (Memory(..., embedder=NAME))"
-                    )
+                    raise model_mismatch(self.path, recorded, describe_model(identity))
                 return
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('embedder', ?)"

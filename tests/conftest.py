@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from localmem import Memory
+from localmem.cli import main
 
 
 @pytest.fixture
@@ -46,3 +47,15 @@ def tiny_models(tmp_path_factory):
     trap). Treat the folders as read-only: they are shared by the whole session.
     """
     return _load_model_builder().build_all(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture
+def run(capsys):
+    """main(argv) in-process: (exit code, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

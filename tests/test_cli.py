@@ -16,18 +16,6 @@ from localmem.store import SCHEMA_VERSION
 
 
 @pytest.fixture
-def run(capsys):
-    """main(argv) in-process: (exit code, stdout, stderr)."""
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
 def temp_dir(tmp_path, monkeypatch):
     """Make tempfile (the demo's default database) land in this test's own directory."""
     folder = tmp_path / "tmp"

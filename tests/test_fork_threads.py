@@ -272,6 +272,13 @@ def _every_call(m: Memory) -> dict:
     }
 
 
+def _assert_every_call_raises_closed(m: Memory) -> None:
+    for name, call in _every_call(m).items():
+        with pytest.raises(ClosedError):
+            call()
+            pytest.fail(f"{name} worked on a closed Memory")
+
+
 def test_close_is_idempotent_and_every_call_after_it_raises_closed(db_path):
     m = Memory(db_path)
     m.add("user", "hello", conversation_id="c", owner_id=OWNER, msg_id="m0")
@@ -281,10 +288,7 @@ def test_close_is_idempotent_and_every_call_after_it_raises_closed(db_path):
     m.close()  # a second (and third) close is a no-op
     m.close()
     assert m.closed
-    for name, call in _every_call(m).items():
-        with pytest.raises(ClosedError):
-            call()
-            pytest.fail(f"{name} worked on a closed Memory")
+    _assert_every_call_raises_closed(m)
     # Closing released the file: it was the last connection, so SQLite folded the WAL in.
     assert not os.path.exists(str(db_path) + "-wal")
     with Memory(db_path) as again:
@@ -297,10 +301,7 @@ def test_context_manager_closes_on_exit(db_path):
         assert not m.closed
         m.add("user", "inside", conversation_id="c", owner_id=OWNER, msg_id="m0")
     assert m.closed
-    for name, call in _every_call(m).items():
-        with pytest.raises(ClosedError):
-            call()
-            pytest.fail(f"{name} worked on a closed Memory")
+    _assert_every_call_raises_closed(m)
     assert not os.path.exists(str(db_path) + "-wal")
 
 

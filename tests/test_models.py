@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from localmem import ModelError, models
-from localmem.cli import main
 from localmem.models import (
     DEFAULT_EMBEDDER,
     DEFAULT_RERANKER,
@@ -643,16 +642,6 @@ def test_import_localmem_loads_neither_onnxruntime_nor_huggingface_hub():
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def run(capsys):
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_cli_models_list_shows_every_model_and_where(run, tmp_path, monkeypatch):
