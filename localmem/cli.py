@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
-from .errors import InvalidInputError, LocalMemError, StrategyUnavailableError
+from .errors import InvalidInputError, LocalMemError
 from .memory import Memory, default_path
 from .models import (
     DEFAULT_EMBEDDER,
@@ -27,6 +27,7 @@ from .models import (
     resolve,
 )
 from .records import MemoryResult, Message, Strategy
+from .store import describe_model
 from .validate import ROLES
 
 
@@ -89,12 +90,22 @@ def _demo_conversations() -> dict[str, list[dict[str, Any]]]:
 
 def _print_result(result: MemoryResult) -> None:
     print(f"  {result.context_summary}")
-    hot = " (served from the hot window)" if result.cache_hit else ""
-    print(f"  cache_hit={result.cache_hit}{hot}  latency_ms={result.latency_ms:.2f}")
+    print(f"  cache_hit={result.cache_hit}  latency_ms={result.latency_ms:.2f}")
     for m in result.messages:
-        print(f"    [{m.role}] {m.content}")
+        score = "" if m.score is None else f" ({m.source}, score {m.score:.3f})"
+        print(f"    [{m.role}] {m.content}{score}")
         if m.feature or m.metadata:
             print(f"      feature={m.feature} metadata={json.dumps(m.metadata, ensure_ascii=False)}")
+
+
+# What the demo asks each strategy: (conversation, query), asked in this order.
+_DEMO_ASKS: dict[Strategy, list[tuple[str, str | None]]] = {
+    Strategy.SESSION_ONLY: [("trip-lisbon", None)],
+    Strategy.RECENT_HISTORY: [("trip-lisbon", None), ("pizza-noite", None), ("trip-lisbon", None)],
+    Strategy.SEMANTIC_SEARCH: [("trip-lisbon", "vegetarian dinner"), ("trip-lisbon", "vegetarian dinner")],
+    Strategy.HYBRID: [("pizza-noite", "sabor da pizza")],
+    Strategy.CROSS_CONVERSATION: [("trip-lisbon", "pizza sem cebola")],
+}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -110,18 +121,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for conv, items in conversations.items():
             added = mem.add_many(items, conversation_id=conv, owner_id=owner)
             print(f"  wrote {added} new of {len(items)} messages to {conv!r} (owner {owner!r})")
-        first = next(iter(conversations))
-        for strategy in Strategy:
-            # recent_history: each conversation once, then the first again (hot window hit).
-            asks = [*conversations, first] if strategy is Strategy.RECENT_HISTORY else [first]
-            for n, conv in enumerate(asks):
-                again = ", asked again" if conv in asks[:n] else ""
-                print(f"\n== {strategy.value} (conversation {conv!r}{again})")
-                try:
-                    result = mem.get_memory(strategy, conversation_id=conv, owner_id=owner)
-                except StrategyUnavailableError as exc:
-                    print(f"  not available in this build: {exc}")
-                    continue
+        mem.flush()  # the vectors are computed in the background; wait for them
+        for strategy, asks in _DEMO_ASKS.items():
+            for n, (conv, query) in enumerate(asks):
+                again = ", asked again" if (conv, query) in asks[:n] else ""
+                about = f", query {query!r}" if query else ""
+                print(f"\n== {strategy.value} (conversation {conv!r}{about}{again})")
+                result = mem.get_memory(strategy, conversation_id=conv, owner_id=owner, query=query, limit=3)
                 _print_result(result)
     print(f"\nInspect it: localmem info --db {path}")
     return 0
@@ -148,7 +154,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"--metadata is not valid JSON: {exc}") from None
     content = _read_text(args.text)
-    with Memory(_db_path(args)) as mem:
+    # embed="off": the message is queued for its vector, computed by the next Memory that
+    # embeds (localmem search, or the agent's own); a one-shot command exits too soon.
+    with Memory(_db_path(args), embed="off") as mem:
         m = mem.add(
             args.role, content, conversation_id=args.conversation, owner_id=args.owner,
             feature=args.feature, msg_id=args.msg_id, metadata=metadata,
@@ -162,19 +170,13 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_recent(args: argparse.Namespace) -> int:
     lookback = None if args.all else args.lookback_days
-    with _open_existing(args) as mem:
+    with _open_existing(args, embed="off", query_cache_ttl=0) as mem:
         result = mem.get_memory(
             Strategy.RECENT_HISTORY, conversation_id=args.conversation, owner_id=args.owner,
             limit=args.limit, lookback_days=lookback,
         )
     if args.json:
-        _print_json({
-            "strategy": result.strategy.value,
-            "cache_hit": result.cache_hit,
-            "context_summary": result.context_summary,
-            "latency_ms": result.latency_ms,
-            "messages": [_message_json(m) for m in result.messages],
-        })
+        _print_json(_result_json(result))
         return 0
     for m in result.messages:
         print(f"{_iso(m.created_at)}  [{m.role}] {m.content}")
@@ -182,14 +184,65 @@ def cmd_recent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _result_json(result: MemoryResult) -> dict[str, Any]:
+    return {
+        "strategy": result.strategy.value,
+        "cache_hit": result.cache_hit,
+        "context_summary": result.context_summary,
+        "latency_ms": result.latency_ms,
+        "messages": [_message_json(m) for m in result.messages],
+    }
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    lookback = None if args.all else args.lookback_days
+    options = {} if args.embedder is None else {"embedder": args.embedder}
+    with _open_existing(args, **options) as mem:
+        mem.flush()  # messages added by `localmem add` get their vectors first
+        result = mem.get_memory(
+            args.strategy, conversation_id=args.conversation, owner_id=args.owner, query=args.query,
+            limit=args.limit, lookback_days=lookback, keyword=not args.dense_only,
+        )
+    if args.json:
+        _print_json(_result_json(result))
+        return 0
+    for m in result.messages:
+        score = "" if m.score is None else f"{m.score:.4f}"
+        print(f"{score:>8}  {_iso(m.created_at)}  {m.conversation_id}  [{m.role}] {m.content}")
+    print(result.context_summary)
+    return 0
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    """Rebuild every vector with the given embedder (or the recorded one)."""
+    path = _db_path(args)
+    with _open_existing(args, embed="off", hot_window=0, query_cache_ttl=0) as mem:
+        recorded = mem.stats()["embedder"]
+    if args.embedder is not None and (recorded is None or recorded.get("name") != args.embedder):
+        mem = Memory(path, embedder=args.embedder, reembed=recorded is not None)
+        queued = mem.stats()["pending_vectors"]
+    else:
+        mem = Memory(path, embedder=args.embedder)
+        queued = mem.reembed()
+    with mem:
+        name = args.embedder or (recorded or {}).get("name") or DEFAULT_EMBEDDER
+        print(f"re-embedding {queued} messages with {name}")
+        started = time.perf_counter()
+        mem.flush()
+        stats = mem.stats()
+    print(f"done: {stats['vectors']} vectors in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    # hot_window=0: looking must not create the cache directory beside the file.
-    with _open_existing(args, hot_window=0) as mem:
+    # Looking must not create the cache directory beside the file, nor start embedding.
+    with _open_existing(args, hot_window=0, query_cache_ttl=0, embed="off") as mem:
         stats = mem.stats()
     if args.json:
         _print_json(stats)
         return 0
     stats["bytes"] = f"{stats['bytes']} bytes"
+    stats["embedder"] = describe_model(stats["embedder"]) if stats["embedder"] else "none yet"
     for key, value in stats.items():
         print(f"{'size' if key == 'bytes' else key:<14}  {value}")
     return 0
@@ -412,6 +465,23 @@ def _parser() -> argparse.ArgumentParser:
     window.add_argument("--lookback-days", type=float, default=7, metavar="D",
                         help="only messages from the last D days (default: 7)")
     window.add_argument("--all", action="store_true", help="no time limit")
+
+    search = command("search", cmd_search, "search a conversation, or all of an owner's, by meaning")
+    ids(search)
+    search.add_argument("query", metavar="QUERY", help="what to look for")
+    search.add_argument("--strategy", default=Strategy.HYBRID.value,
+                        choices=[s.value for s in Strategy], help="(default: hybrid)")
+    search.add_argument("--limit", type=int, default=10, help="at most this many (default: 10)")
+    search.add_argument("--dense-only", action="store_true", help="vectors only, no BM25 fusion")
+    search.add_argument("--embedder", metavar="NAME", help="embedder (default: the recorded one)")
+    window = search.add_mutually_exclusive_group()
+    window.add_argument("--lookback-days", type=float, default=7, metavar="D",
+                        help="recent part and cross_conversation: the last D days (default: 7)")
+    window.add_argument("--all", action="store_true", help="no time limit")
+
+    reembed = command("reembed", cmd_reembed,
+                      "drop every vector and rebuild them all (with another embedder, if given)")
+    reembed.add_argument("--embedder", metavar="NAME", help="the new embedder (default: the recorded one)")
 
     info = command("info", cmd_info, "print the database's path, schema version, size and counts")
     info.add_argument("--json", action="store_true", help="print JSON")

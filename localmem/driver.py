@@ -60,11 +60,22 @@ def dbapi() -> ModuleType:
 
 
 def connect(path: str) -> Any:
-    """A connection in autocommit mode (transactions are explicit), usable from any thread.
+    """A connection in autocommit mode (transactions are explicit), usable from any thread,
+    with sqlite-vec loaded.
 
     Callers serialise access themselves (``Store`` holds a lock around every use).
     """
-    return dbapi().connect(path, isolation_level=None, check_same_thread=False)
+    import sqlite_vec
+
+    conn = dbapi().connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)  # nothing else may load code into this process
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def abandon(obj: Any) -> None:

@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 from . import driver, strategies
-from .cache import DEFAULT_HOT_TTL, DEFAULT_HOT_WINDOW, HotWindow
+from .cache import (
+    DEFAULT_HOT_TTL,
+    DEFAULT_HOT_WINDOW,
+    EmbeddingCache,
+    HotWindow,
+    QueryCache,
+)
 from .errors import ClosedError, InvalidInputError, StrategyUnavailableError
-from .records import MemoryResult, Message, Strategy
-from .store import Store, model_mismatch
+from .indexer import Indexer, check_vectors
+from .records import MemoryResult, Message, RetrievedMessage, Strategy
+from .store import Store, describe_model, model_mismatch, same_model
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_id,
     check_limit,
     check_lookback_days,
     check_strategy,
+    from_utc_us,
     new_message,
+    to_utc_us,
 )
+
+EMBED_MODES = ("background", "sync", "off")
+DEFAULT_EMBEDDING_TTL = 90 * 86_400.0
+DEFAULT_QUERY_CACHE_TTL = 300.0
+_SEMANTIC = (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION)
 
 _ADD_MANY_KEYS = frozenset(
     ("role", "content", "conversation_id", "owner_id", "feature", "msg_id", "metadata", "created_at")
@@ -51,6 +67,36 @@ def _model_name(value: Any) -> str | None:
     return getattr(value, "name", None)
 
 
+def _recall_to_json(recall: strategies.Recall) -> dict[str, Any]:
+    rows = [
+        [m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, to_utc_us(m.created_at),
+         m.feature, m.metadata, m.score, m.source]
+        for m in recall.messages
+    ]
+    return {"rows": rows, "summary": recall.context_summary}
+
+
+def _recall_from_json(value: Any, lookback_days: float | None) -> strategies.Recall | None:
+    """A cached answer, or None if it no longer holds: a message chosen inside the lookback
+    window has since left it (the window moves with the clock, not with the data)."""
+    try:
+        rows = value["rows"]
+        since = strategies.since_us(lookback_days)
+        windowed = ("recent", "cross_conversation")
+        if since is not None and any(r[9] in windowed and r[5] < since for r in rows):
+            return None
+        messages = tuple(
+            RetrievedMessage(
+                msg_id=r[0], conversation_id=r[1], owner_id=r[2], role=r[3], content=r[4],
+                created_at=from_utc_us(r[5]), feature=r[6], metadata=r[7], score=r[8], source=r[9],
+            )
+            for r in rows
+        )
+        return strategies.Recall(messages, True, str(value["summary"]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None  # not an entry this version wrote: recompute
+
+
 def default_path() -> Path:
     """``memory.db`` in the platform's user data directory (created if missing)."""
     return platformdirs.user_data_path("localmem", appauthor=False, ensure_exists=True) / "memory.db"
@@ -72,6 +118,17 @@ class Memory:
     file, else all-MiniLM-L6-v2. A name other than the recorded one raises
     ``ModelMismatchError`` here, at open. ``reranker``: a name or any object with
     ``score(query, documents) -> array``. Both load lazily, on first use.
+    ``embed``: when messages get their vectors. ``"background"`` (default): ``add()``
+    returns once the message is durable and a worker thread embeds it soon after
+    (``flush()`` waits for it); ``"sync"``: ``add()`` also embeds and stores the vector
+    before returning; ``"off"``: nothing is embedded (messages stay queued for a later
+    open with embedding on) and the semantic strategies are unavailable. Messages left
+    without a vector by a crash are embedded again after the next open.
+    ``reembed``: open with a different embedder than the one recorded: every vector is
+    dropped and rebuilt with the new model (in the background; ``flush()`` waits).
+    ``embedding_cache_ttl``: seconds an unused cached embedding lives on disk (each hit
+    renews it). ``query_cache_ttl``: seconds a cached strategy answer may be reused
+    (0: no query cache); a new message in its scope voids it at once.
 
     Thread-safe; after ``fork()`` the child opens its own connections on first use.
     """
@@ -88,11 +145,22 @@ class Memory:
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
         embedder: Any = None,
         reranker: Any = None,
+        embed: str = "background",
+        reembed: bool = False,
+        embedding_cache_ttl: float = DEFAULT_EMBEDDING_TTL,
+        query_cache_ttl: float = DEFAULT_QUERY_CACHE_TTL,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
         if type(max_content_bytes) is not int or max_content_bytes < 1:
             raise InvalidInputError(f"max_content_bytes must be a positive int; got {max_content_bytes!r}")
+        if embed not in EMBED_MODES:
+            raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
+        if type(reembed) is not bool:
+            raise InvalidInputError(f"reembed must be True or False; got {reembed!r}")
+        for name, value in (("embedding_cache_ttl", embedding_cache_ttl), ("query_cache_ttl", query_cache_ttl)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10**10:
+                raise InvalidInputError(f"{name} must be seconds >= 0; got {value!r}")
         if path is None:
             path = default_path()
         self.path = os.fspath(path)
@@ -101,6 +169,7 @@ class Memory:
         self._close_lock = threading.Lock()
         driver.reset_locks_after_fork(self)
         self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout)
+        self._store_options = {"durability": durability, "lock_timeout": lock_timeout}
         try:
             self._embedder_arg = _model_arg(embedder, "embedder", "embed")
             self._reranker_arg = _model_arg(reranker, "reranker", "score")
@@ -110,20 +179,36 @@ class Memory:
             recorded = self._store.embedder_identity()
             wanted = _model_name(self._embedder_arg)
             if recorded and wanted and wanted != recorded.get("name"):
-                raise model_mismatch(self.path, recorded, repr(wanted))
-            self._hot = None
-            if hot_window:
-                in_memory = self._store.path == ":memory:"
-                if cache_dir is None and not in_memory:
-                    cache_dir = self.path + "-cache"
-                self._hot = HotWindow(
-                    None if cache_dir is None else Path(cache_dir),
-                    namespace=self._store.instance_id or "",
-                    size=hot_window,
-                    ttl=hot_window_ttl,
+                if not reembed:
+                    raise model_mismatch(self.path, recorded, repr(wanted))
+                self._store.reset_vectors()
+            elif reembed:
+                raise InvalidInputError(
+                    "reembed=True needs an embedder other than the recorded one; "
+                    "to rebuild with the same model call Memory.reembed()"
                 )
+            self.embed_mode = embed
+            self._identity: dict[str, Any] | None = None
+            self._embedding_ttl = float(embedding_cache_ttl)
+            self._embeddings: EmbeddingCache | None = None
+            in_memory = self._store.in_memory
+            if cache_dir is None and not in_memory:
+                cache_dir = self.path + "-cache"
+            self._cache_dir = None if cache_dir is None else Path(cache_dir)
+            namespace = self._store.instance_id or ""
+            self._hot = self._queries = None
+            if hot_window:
+                self._hot = HotWindow(self._cache_dir, namespace=namespace, size=hot_window, ttl=hot_window_ttl)
+            if query_cache_ttl:
+                self._queries = QueryCache(self._cache_dir, namespace=namespace, ttl=float(query_cache_ttl))
+            self._indexer = Indexer(
+                self._store, None if in_memory else self._open_writer,
+                self._embed_documents, self._embedder_identity,
+            )
+            if embed != "off" and self._store.pending_count():
+                self._indexer.notify()  # left over from a crash, a reembed, or embed="off"
         except BaseException:
-            self._store.close()
+            self._close_parts()
             raise
 
     # -- lifecycle --------------------------------------------------------------------
@@ -138,11 +223,16 @@ class Memory:
             if self._closed:
                 return
             self._closed = True
-            try:
-                if self._hot is not None:
-                    self._hot.close()
-            finally:
-                self._store.close()
+            self._close_parts()
+
+    def _close_parts(self) -> None:
+        """Stop the worker, then close caches and store (whatever was opened)."""
+        with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
+            stack.callback(self._store.close)
+            for name in ("_embeddings", "_queries", "_hot", "_indexer"):
+                part = getattr(self, name, None)
+                if part is not None:
+                    stack.callback(part.close)
 
     @property
     def closed(self) -> bool:
@@ -154,6 +244,10 @@ class Memory:
     def embedder(self) -> Any:
         """The embedder (resolved on first access; the ONNX session on first embed).
         Unset, it is the model recorded in the file, else the registry default."""
+        self._check_open()
+        return self._load_embedder()
+
+    def _load_embedder(self) -> Any:
         arg = self._embedder_arg
         if arg is None and self._embedder is None:
             recorded = self._store.embedder_identity()
@@ -163,12 +257,13 @@ class Memory:
     @property
     def reranker(self) -> Any:
         """The cross-encoder reranker (resolved on first access)."""
+        self._check_open()
         return self._model("_reranker", self._reranker_arg, "load_reranker")
 
     def _model(self, attr: str, arg: Any, loader: str) -> Any:
         """The object in ``attr``, made once from ``arg``: a name (or None, the default)
         goes to ``localmem.<loader>``; an object of the caller's is used as it is."""
-        self._check_open()
+        # No _check_open() here: the embedding worker may finish its batch during close().
         with self._models_lock:
             if getattr(self, attr) is None:
                 if arg is None or isinstance(arg, str):
@@ -177,6 +272,75 @@ class Memory:
                     arg = getattr(localmem, loader)(arg)
                 setattr(self, attr, arg)
             return getattr(self, attr)
+
+    def _open_writer(self) -> Store:
+        """The embedding worker's own connection to the file."""
+        return Store(self.path, **self._store_options)
+
+    def _embedder_identity(self) -> dict[str, Any]:
+        """The embedder's identity as recorded in the file: name, dim, and the ONNX file's
+        sha256 for localmem's own models (an object of the caller's gives ``name`` and
+        ``dim`` attributes, else its class name and the width of one probe vector)."""
+        if self._identity is None:
+            model = self._load_embedder()
+            files = getattr(model, "files", None)
+            if files is not None and hasattr(files, "spec"):
+                from .models import model_identity
+
+                identity = model_identity(files)
+            else:
+                name = getattr(model, "name", None) or type(model).__qualname__
+                dim = getattr(model, "dim", None)
+                if type(dim) is not int:
+                    dim = check_vectors(model.embed(["dimension probe"]), 1, None, name).shape[1]
+                identity = {"name": str(name), "dim": dim, "sha256": None}
+            self._identity = identity
+        return self._identity
+
+    def _embedding_cache(self) -> EmbeddingCache:
+        identity = self._embedder_identity()
+        with self._models_lock:
+            if self._embeddings is None:
+                key = json.dumps(identity, sort_keys=True)
+                self._embeddings = EmbeddingCache(
+                    self._cache_dir, model_key=key, dim=identity["dim"], ttl=self._embedding_ttl
+                )
+            return self._embeddings
+
+    def _embed(self, texts: Sequence[str], kind: str) -> Any:
+        """Vectors for ``texts`` (documents or queries), each embedded at most once while
+        it stays in the embedding cache."""
+        import numpy as np
+
+        identity = self._embedder_identity()
+        cache = self._embedding_cache()
+        found = cache.get_many(texts, kind=kind)
+        missing = [i for i, v in enumerate(found) if v is None]
+        out = np.empty((len(texts), identity["dim"]), dtype="<f4")
+        if missing:
+            model = self._load_embedder()
+            todo = list(dict.fromkeys(texts[i] for i in missing))
+            method = getattr(model, "embed_query", None) if kind == "query" else None
+            fresh = check_vectors((method or model.embed)(todo), len(todo), identity["dim"], identity["name"])
+            cache.put_many(todo, fresh, kind=kind)
+            by_text = dict(zip(todo, fresh, strict=True))
+            for i in missing:
+                out[i] = by_text[texts[i]]
+        for i, vector in enumerate(found):
+            if vector is not None:
+                out[i] = vector
+        return out
+
+    def _embed_documents(self, texts: Sequence[str]) -> Any:
+        return self._embed(texts, "document")
+
+    def _query_vector(self, query: str) -> bytes:
+        """The query's vector, after checking the file's vectors come from this model."""
+        identity = self._embedder_identity()
+        recorded = self._store.embedder_identity()
+        if recorded is not None and not same_model(recorded, identity):
+            raise model_mismatch(self.path, recorded, describe_model(identity))
+        return self._embed([query], "query")[0].tobytes()
 
     def __enter__(self) -> Memory:
         self._check_open()
@@ -218,7 +382,18 @@ class Memory:
             msg_id=msg_id, metadata=metadata, created_at=created_at,
             max_content_bytes=self.max_content_bytes,
         )
-        return self._store.insert(m)
+        stored = self._store.insert(m)
+        self._after_write()
+        return stored
+
+    def _after_write(self) -> None:
+        """Embed what was just queued: now (``embed="sync"``) or in the background."""
+        if self.embed_mode == "sync":
+            self._indexer.raise_error()
+            while self._indexer.run_batch():
+                pass
+        elif self.embed_mode == "background":
+            self._indexer.notify()
 
     def add_many(
         self,
@@ -249,6 +424,7 @@ class Memory:
                 checked.append(self._check_item(item, index, defaults))
                 index += 1
             added += self._store.insert_many(checked)
+            self._after_write()
         return added
 
     def _check_item(self, item: Any, index: int, defaults: dict[str, Any]) -> Any:
@@ -285,12 +461,31 @@ class Memory:
         query: str | None = None,
         limit: int = 10,
         lookback_days: float | None = 7,
+        keyword: bool = True,
     ) -> MemoryResult:
         """The messages worth putting in the prompt, chosen by ``strategy``.
 
-        ``recent_history``: the last ``limit`` messages of the conversation created inside
-        the last ``lookback_days`` days (None: all time), oldest first.
-        ``session_only``: no stored messages.
+        * ``session_only``: no stored messages.
+        * ``recent_history``: the last ``limit`` messages of the conversation created inside
+          the last ``lookback_days`` days (None: all time), oldest first.
+        * ``semantic_search``: the conversation's ``limit`` messages most related to
+          ``query``, best first, from all time (as in the original design).
+        * ``hybrid``: ``recent_history`` for ``max(1, limit // 2)`` messages
+          (``source="recent"``), then ``semantic_search`` results not among them
+          (``source="semantic"``), ``limit`` in all.
+        * ``cross_conversation``: the owner's messages from every conversation inside the
+          lookback window most related to ``query``, best first.
+
+        Searching by meaning fuses the dense (cosine) ranking with FTS5 BM25 by reciprocal
+        rank fusion; ``score`` is then the fused score, sum of ``1 / (10 + rank)`` over the
+        two rankings. ``keyword=False`` searches by vectors alone and ``score`` is the
+        cosine similarity. ``query=None`` searches with the conversation's latest user
+        message (the original design's "user input"); with none, the semantic part is empty.
+        Messages whose vectors are still being computed are found by keywords only: call
+        ``flush()`` first (or open with ``embed="sync"``) to include them by meaning.
+
+        A repeated call with the same arguments on an unchanged scope is answered from the
+        query cache (``cache_hit=True``); any message added to the scope voids it.
         """
         started = time.perf_counter()
         self._check_open()
@@ -301,6 +496,8 @@ class Memory:
         lookback = check_lookback_days(lookback_days)
         if query is not None and not isinstance(query, str):
             raise InvalidInputError(f"query must be a str or None, not {type(query).__name__}")
+        if type(keyword) is not bool:
+            raise InvalidInputError(f"keyword must be True or False; got {keyword!r}")
         if strategy is Strategy.SESSION_ONLY:
             recall = strategies.session_only()
         elif strategy is Strategy.RECENT_HISTORY:
@@ -309,10 +506,7 @@ class Memory:
                 limit=limit, lookback_days=lookback,
             )
         else:
-            raise StrategyUnavailableError(
-                f"{strategy.value} needs the semantic retrieval layer, which this build of "
-                f"localmem does not have yet; available: {', '.join(s.value for s in self.strategies())}"
-            )
+            recall = self._semantic(strategy, owner_id, conversation_id, query, limit, lookback, keyword)
         return MemoryResult(
             messages=recall.messages,
             strategy=strategy,
@@ -321,13 +515,104 @@ class Memory:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
+    def _semantic(
+        self,
+        strategy: Strategy,
+        owner_id: str,
+        conversation_id: str,
+        query: str | None,
+        limit: int,
+        lookback: float | None,
+        keyword: bool,
+    ) -> strategies.Recall:
+        if self.embed_mode == "off":
+            raise StrategyUnavailableError(
+                f"{strategy.value} searches by meaning, and this Memory was opened with "
+                "embed='off'; open it with embed='background' or 'sync'"
+            )
+        self._indexer.raise_error()
+        if query is not None and not query.strip():
+            query = None
+        if query is None:
+            query = self._store.latest_user_message(owner_id, conversation_id)
+        cross = strategy is Strategy.CROSS_CONVERSATION
+        scope = self._store.scope(owner_id, None if cross else conversation_id)
+        key = [strategy.value, owner_id, conversation_id, query, limit, lookback, keyword]
+        if self._queries is not None and not scope.pending:
+            cached = self._queries.get(key, scope.token)
+            if cached is not None:
+                recall = _recall_from_json(cached, lookback)
+                if recall is not None:
+                    return recall
+        searcher = strategies.Searcher(self._store, self._query_vector, keyword)
+        if strategy is Strategy.SEMANTIC_SEARCH:
+            recall = strategies.semantic_search(
+                searcher, owner_id=owner_id, conversation_id=conversation_id, query=query, limit=limit
+            )
+        elif strategy is Strategy.HYBRID:
+            recall = strategies.hybrid(
+                searcher, self._hot, owner_id=owner_id, conversation_id=conversation_id,
+                query=query, limit=limit, lookback_days=lookback,
+            )
+        else:
+            recall = strategies.cross_conversation(
+                searcher, owner_id=owner_id, query=query, limit=limit, lookback_days=lookback
+            )
+        # An answer computed while vectors are pending would be outdated by the vectors
+        # alone, which change no version: never cache it.
+        if self._queries is not None and not scope.pending:
+            self._queries.put(key, scope.token, _recall_to_json(recall))
+        return recall
+
     @staticmethod
     def strategies() -> tuple[Strategy, ...]:
         """The strategies this build can answer."""
-        return (Strategy.SESSION_ONLY, Strategy.RECENT_HISTORY)
+        return tuple(Strategy)
+
+    # -- background work --------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message in the file has its vector.
+
+        Raises the background worker's error if embedding failed (the messages stay
+        queued), ``TimeoutError`` after ``timeout`` seconds, and ``StrategyUnavailableError``
+        when opened with ``embed="off"``.
+        """
+        self._check_open()
+        if self.embed_mode == "off":
+            raise StrategyUnavailableError("this Memory was opened with embed='off': nothing to flush")
+        self._indexer.flush(timeout)
+
+    def reembed(self) -> int:
+        """Drop every vector and rebuild them all with this Memory's embedder, in the
+        background (``flush()`` waits). Returns how many messages are queued."""
+        self._check_open()
+        if self.embed_mode == "off":
+            raise StrategyUnavailableError("this Memory was opened with embed='off': cannot re-embed")
+        queued = self._store.reset_vectors()
+        self._after_write()
+        return queued
+
+    def delete(self, msg_id: str) -> bool:
+        """Delete one message with its keyword and vector index rows; False if absent."""
+        self._check_open()
+        return self._store.delete(check_id(msg_id, "msg_id"))
+
+    def embedding_cache_stats(self) -> dict[str, Any]:
+        """Entries, hits, misses and hit rate of the embedding cache (loads the embedder's
+        identity: the cache is per model)."""
+        self._check_open()
+        return self._embedding_cache().stats()
+
+    def cleanup_expired(self) -> int:
+        """Remove expired embedding-cache entries; returns how many."""
+        self._check_open()
+        return self._embedding_cache().cleanup_expired()
 
     def stats(self) -> dict[str, Any]:
-        """Path, schema version and counts of messages, conversations and owners."""
+        """Path, schema version, counts of messages, conversations and owners, the
+        recorded embedder (name, dim, sha256; None before the first vector), how many
+        vectors are stored and how many messages still wait for one, and the file size."""
         self._check_open()
         counts = self._store.counts()
         size = 0
@@ -335,7 +620,12 @@ class Memory:
             size = sum(
                 os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p)
             )
-        return {"path": self.path, **counts, "bytes": size}
+        vectors = {
+            "embedder": self._store.embedder_identity(),
+            "vectors": self._store.vector_count(),
+            "pending_vectors": self._store.pending_count(),
+        }
+        return {"path": self.path, **counts, **vectors, "bytes": size}
 
     def check_integrity(self) -> str:
         """"ok", or what SQLite's and FTS5's integrity checks found.

@@ -57,8 +57,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             metadata        TEXT,
             created_at      INTEGER NOT NULL  -- microseconds since 1970-01-01 UTC
         )""",
-        "CREATE INDEX messages_by_conversation"
-        " ON messages (conversation_id, owner_id, created_at, id)",
+        "CREATE INDEX messages_by_conversation ON messages (conversation_id, owner_id, created_at, id)",
         "CREATE INDEX messages_by_owner ON messages (owner_id, created_at, id)",
         """CREATE TABLE conversations (
             owner_id        TEXT NOT NULL,
@@ -93,8 +92,53 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             SELECT RAISE(ABORT, 'localmem messages are immutable');
         END""",
     ),
+    # 1 -> 2: the queue of messages still waiting for their vector. The vector table itself
+    # (vec0) is created when the first vector is written, since its dimension comes from
+    # the model: see Store.write_vectors.
+    (
+        "CREATE TABLE pending_vectors (id INTEGER PRIMARY KEY)",
+        "INSERT INTO pending_vectors (id) SELECT id FROM messages",
+        "DROP TRIGGER messages_after_insert",
+        # A plain-table insert in a trigger costs little (unlike FTS5, see above), and
+        # here no write path can forget it.
+        """CREATE TRIGGER messages_after_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO conversations (owner_id, conversation_id, version, message_count)
+                VALUES (new.owner_id, new.conversation_id, 1, 1)
+                ON CONFLICT DO UPDATE SET version = version + 1,
+                                          message_count = message_count + 1;
+            INSERT INTO pending_vectors (id) VALUES (new.id);
+        END""",
+        """CREATE TRIGGER messages_after_delete_pending AFTER DELETE ON messages BEGIN
+            DELETE FROM pending_vectors WHERE id = old.id;
+        END""",
+        # The keyword index gains the Porter stemmer ("recommendations" finds "recommend"):
+        # on LoCoMo it lifts BM25 recall@10 from 0.53 to 0.57 (benchmarks/locomo_recall.py).
+        # Accent folding stays. The index is rebuilt from messages.content.
+        "DROP TABLE messages_fts",
+        """CREATE VIRTUAL TABLE messages_fts USING fts5(
+            content, content='messages', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2'
+        )""",
+        "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# The vector table: one row per embedded message, rowid = messages.id. owner_id is the
+# partition key (every search is inside one owner), conversation_id and created_at are
+# metadata columns so their filters run inside the KNN scan. ``embedding`` holds the float
+# vector (cosine distance: exact search, and the re-scoring of coarse candidates);
+# ``coarse`` its sign bits, scanned first when a scope is large (see Store.knn).
+_VECTOR_TABLE = """CREATE VIRTUAL TABLE message_vectors USING vec0(
+    owner_id text partition key,
+    conversation_id text,
+    created_at integer,
+    embedding float[{dim}] distance_metric=cosine{coarse}
+)"""
+_VECTOR_DELETE_TRIGGER = """CREATE TRIGGER messages_after_delete_vector AFTER DELETE ON messages
+BEGIN
+    DELETE FROM message_vectors WHERE rowid = old.id;
+END"""
 
 _COLUMNS = "msg_id, conversation_id, owner_id, role, content, created_at, feature, metadata"
 _INSERT = (
@@ -103,6 +147,14 @@ _INSERT = (
 )
 _INSERT_FTS = "INSERT INTO messages_fts (rowid, content) VALUES (?, ?)"
 _MAX_PARAMS = 500  # per IN (...) lookup, well under SQLite's limit
+_MAX_K = 4096  # sqlite-vec's largest k
+
+# Vector search: scopes up to EXACT_SEARCH_MAX messages get an exact float scan; larger ones
+# a sign-bit scan for OVERSAMPLE x k candidates (at least MIN_CANDIDATES), re-scored exactly.
+# Chosen from benchmarks/semantic_speed.py (see the README's speed table).
+EXACT_SEARCH_MAX = 20_000
+OVERSAMPLE = 8
+MIN_CANDIDATES = 160
 
 # SQLite primary result codes (https://sqlite.org/rescode.html).
 _BUSY, _LOCKED, _CORRUPT, _FULL, _NOTADB = 5, 6, 11, 13, 26
@@ -202,6 +254,16 @@ class ConversationState:
     message_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """A search scope's state: ``token`` changes whenever a message enters or leaves it;
+    ``size`` counts its messages; ``pending`` is True while some lack their vector."""
+
+    token: list[int]
+    size: int
+    pending: bool
+
+
 class Store:
     """One SQLite file. Thread-safe (one connection behind a lock); fork-safe (a child
     process opens its own connection on first use)."""
@@ -280,6 +342,11 @@ class Store:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory database: it exists on this one connection only."""
+        return self._in_memory
 
     def reset_locks_after_fork(self) -> None:
         self._lock = threading.RLock()
@@ -417,20 +484,234 @@ class Store:
 
         A different identity already recorded raises ModelMismatchError: vectors from two
         models must never share an index. ``replace=True`` records the new one; the
-        caller must then rebuild every vector (re-embed).
+        caller must then rebuild every vector (``reset_vectors``).
         """
         with self.write() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
-            if row is not None and not replace:
-                recorded = json.loads(row[0])
-                if not same_model(recorded, identity):
-                    raise model_mismatch(self.path, recorded, describe_model(identity))
-                return
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('embedder', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (json.dumps(identity, sort_keys=True),),
+            self._bind(conn, identity, replace=replace)
+
+    def _bind(self, conn: Any, identity: dict[str, Any], *, replace: bool = False) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+        if row is not None and not replace:
+            recorded = json.loads(row[0])
+            if not same_model(recorded, identity):
+                raise model_mismatch(self.path, recorded, describe_model(identity))
+            return
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('embedder', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (json.dumps(identity, sort_keys=True),),
+        )
+
+    # -- vectors ----------------------------------------------------------------------
+
+    @staticmethod
+    def _has_vector_table(conn: Any) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'message_vectors'"
+        ).fetchone() is not None
+
+    def pending_batch(self, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
+        """Up to ``limit`` messages still without a vector, as (id, content), by id."""
+        with self._lock, self._mapped_errors():
+            return self._connection().execute(
+                "SELECT p.id, m.content FROM pending_vectors p JOIN messages m ON m.id = p.id"
+                " WHERE p.id > ? ORDER BY p.id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+
+    def pending_count(self) -> int:
+        with self._lock, self._mapped_errors():
+            return self._connection().execute("SELECT count(*) FROM pending_vectors").fetchone()[0]
+
+    def write_vectors(self, identity: dict[str, Any], ids: Sequence[int], vectors: Sequence[bytes]) -> int:
+        """Store float32 vectors (little-endian bytes) for messages ``ids``; returns how many
+        were written.
+
+        One transaction: the first write records ``identity`` and creates the vector table
+        with its dimension; a different recorded identity raises ModelMismatchError. A
+        vector is written only by whoever removes its message from ``pending_vectors``, so
+        concurrent writers (threads or processes) never duplicate one, and a message
+        deleted meanwhile gets none (no orphans).
+        """
+        dim = identity.get("dim")
+        if type(dim) is not int or dim < 1:
+            raise InvalidInputError(f"an embedder identity needs a positive int dim; got {dim!r}")
+        with self.write() as conn:
+            self._bind(conn, identity)
+            if not self._has_vector_table(conn):
+                coarse = f",\n    coarse bit[{dim}]" if dim % 8 == 0 else ""
+                conn.execute(_VECTOR_TABLE.format(dim=dim, coarse=coarse))
+                conn.execute(_VECTOR_DELETE_TRIGGER)
+            has_coarse = self._has_coarse(conn)
+            insert = (
+                "INSERT INTO message_vectors (rowid, owner_id, conversation_id, created_at,"
+                " embedding" + (", coarse)" if has_coarse else ")")
+                + " SELECT id, owner_id, conversation_id, created_at, ?1"
+                + (", vec_quantize_binary(?1)" if has_coarse else "")
+                + " FROM messages WHERE id = ?2"
             )
+            written = 0
+            for row_id, vector in zip(ids, vectors, strict=True):
+                if len(vector) != dim * 4:
+                    raise InvalidInputError(
+                        f"vector for message {row_id} has {len(vector)} bytes; dim {dim} needs {dim * 4}"
+                    )
+                if conn.execute("DELETE FROM pending_vectors WHERE id = ?", (row_id,)).rowcount:
+                    written += conn.execute(insert, (vector, row_id)).rowcount
+        return written
+
+    @staticmethod
+    def _has_coarse(conn: Any) -> bool:
+        sql = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'message_vectors'"
+        ).fetchone()
+        return sql is not None and "coarse bit[" in sql[0]
+
+    def reset_vectors(self) -> int:
+        """Drop every vector and the recorded embedder; queue every message to be embedded
+        again (by whatever model writes next). Returns how many messages are queued."""
+        with self.write() as conn:
+            conn.execute("DROP TRIGGER IF EXISTS messages_after_delete_vector")
+            conn.execute("DROP TABLE IF EXISTS message_vectors")
+            conn.execute("DELETE FROM meta WHERE key = 'embedder'")
+            conn.execute("INSERT OR IGNORE INTO pending_vectors (id) SELECT id FROM messages")
+            return conn.execute("SELECT count(*) FROM pending_vectors").fetchone()[0]
+
+    def vector_count(self) -> int:
+        with self.read() as conn:
+            if not self._has_vector_table(conn):
+                return 0
+            return conn.execute("SELECT count(*) FROM message_vectors").fetchone()[0]
+
+    def scope(self, owner_id: str, conversation_id: str | None) -> Scope:
+        """Version token, size and pending state of a conversation, or of all of an owner's
+        conversations when ``conversation_id`` is None, read in one snapshot."""
+        where = "owner_id = ?" + ("" if conversation_id is None else " AND conversation_id = ?")
+        args = (owner_id,) if conversation_id is None else (owner_id, conversation_id)
+        with self.read() as conn:
+            version, count, conversations = conn.execute(
+                "SELECT coalesce(sum(version), 0), coalesce(sum(message_count), 0), count(*)"
+                f" FROM conversations WHERE {where}",
+                args,
+            ).fetchone()
+            m_where = where.replace("owner_id", "m.owner_id").replace("conversation_id", "m.conversation_id")
+            pending = conn.execute(
+                "SELECT 1 FROM pending_vectors p JOIN messages m ON m.id = p.id"
+                f" WHERE {m_where} LIMIT 1",
+                args,
+            ).fetchone() is not None
+        # Versions only grow and conversation rows are never deleted, so (sum of versions,
+        # number of conversations) changes whenever anything in the scope changes.
+        return Scope(token=[version, conversations], size=count, pending=pending)
+
+    def knn(
+        self,
+        vector: bytes,
+        k: int,
+        *,
+        owner_id: str,
+        conversation_id: str | None = None,
+        since_us: int | None = None,
+        exact_max: int = EXACT_SEARCH_MAX,
+    ) -> list[tuple[int, float]]:
+        """The ``k`` messages nearest ``vector`` (float32 bytes) in the scope, as
+        (id, cosine similarity), most similar first.
+
+        Scopes of at most ``exact_max`` messages are searched exactly (a float scan). Larger
+        ones scan the sign bits first (Hamming distance, 32x less data) for
+        ``OVERSAMPLE * k`` candidates (at least ``MIN_CANDIDATES``), then re-score those with
+        their float vectors: approximate, measured in benchmarks/semantic_speed.py.
+        """
+        filters = ["owner_id = ?"]
+        args: list[Any] = [owner_id]
+        if conversation_id is not None:
+            filters.append("conversation_id = ?")
+            args.append(conversation_id)
+        if since_us is not None:
+            filters.append("created_at >= ?")
+            args.append(since_us)
+        where = " AND ".join(filters)
+        with self.read() as conn:
+            if not self._has_vector_table(conn):
+                return []
+            size = conn.execute(
+                "SELECT coalesce(sum(message_count), 0) FROM conversations WHERE owner_id = ?"
+                + ("" if conversation_id is None else " AND conversation_id = ?"),
+                args[: 1 if conversation_id is None else 2],
+            ).fetchone()[0]
+            if size > exact_max and self._has_coarse(conn):
+                wanted = min(_MAX_K, max(k * OVERSAMPLE, MIN_CANDIDATES))
+                candidates = conn.execute(
+                    "SELECT rowid FROM message_vectors WHERE coarse MATCH vec_quantize_binary(?)"
+                    f" AND k = ? AND {where}",
+                    [vector, wanted, *args],
+                ).fetchall()
+                rescore = "SELECT vec_distance_cosine(embedding, ?) FROM message_vectors WHERE rowid = ?"
+                scored = [
+                    (row_id, 1.0 - conn.execute(rescore, (vector, row_id)).fetchone()[0])
+                    for (row_id,) in candidates
+                ]
+                scored.sort(key=lambda pair: (-pair[1], pair[0]))
+                return scored[:k]
+            rows = conn.execute(
+                "SELECT rowid, distance FROM message_vectors WHERE embedding MATCH ?"
+                f" AND k = ? AND {where} ORDER BY distance",
+                [vector, min(k, _MAX_K), *args],
+            ).fetchall()
+        rows.sort(key=lambda pair: (pair[1], pair[0]))  # vec0 allows no second sort key
+        return [(row_id, 1.0 - distance) for row_id, distance in rows]
+
+    def keyword(
+        self,
+        match: str,
+        k: int,
+        *,
+        owner_id: str,
+        conversation_id: str | None = None,
+        since_us: int | None = None,
+    ) -> list[tuple[int, float]]:
+        """The ``k`` best BM25 matches of an FTS5 ``match`` expression in the scope, as
+        (id, bm25 score: lower is better), best first. Build ``match`` with
+        ``keyword_query()``: raw user text is never FTS5 syntax."""
+        sql = (
+            "SELECT m.id, bm25(messages_fts) AS score FROM messages_fts"
+            " JOIN messages m ON m.id = messages_fts.rowid"
+            " WHERE messages_fts MATCH ? AND m.owner_id = ?"
+        )
+        args: list[Any] = [match, owner_id]
+        if conversation_id is not None:
+            sql += " AND m.conversation_id = ?"
+            args.append(conversation_id)
+        if since_us is not None:
+            sql += " AND m.created_at >= ?"
+            args.append(since_us)
+        sql += " ORDER BY score, m.id LIMIT ?"
+        args.append(k)
+        with self.read() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def rows_by_id(self, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """Message rows (``_COLUMNS`` order) by their integer id; missing ids are left out."""
+        found: dict[int, tuple[Any, ...]] = {}
+        with self.read() as conn:
+            for start in range(0, len(ids), _MAX_PARAMS):
+                part = list(ids[start : start + _MAX_PARAMS])
+                marks = ",".join("?" * len(part))
+                for row in conn.execute(
+                    f"SELECT id, {_COLUMNS} FROM messages WHERE id IN ({marks})", part
+                ):
+                    found[row[0]] = tuple(row[1:])
+        return found
+
+    def latest_user_message(self, owner_id: str, conversation_id: str) -> str | None:
+        """The content of the conversation's newest user message."""
+        with self._lock, self._mapped_errors():
+            row = self._connection().execute(
+                "SELECT content FROM messages WHERE conversation_id = ? AND owner_id = ?"
+                " AND role = 'user' ORDER BY created_at DESC, id DESC LIMIT 1",
+                (conversation_id, owner_id),
+            ).fetchone()
+        return None if row is None else row[0]
 
     # -- writes -----------------------------------------------------------------------
 
@@ -483,6 +764,11 @@ class Store:
                 (last_id,),
             )
         return len(fresh)
+
+    def delete(self, msg_id: str) -> bool:
+        """Delete a message; triggers remove its FTS5 row, vector and queue entry."""
+        with self.write() as conn:
+            return conn.execute("DELETE FROM messages WHERE msg_id = ?", (msg_id,)).rowcount == 1
 
     # -- reads ------------------------------------------------------------------------
 
@@ -557,4 +843,4 @@ class Store:
         return "ok"
 
 
-__all__ = ["Store", "ConversationState", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ConversationState", "Scope", "Store"]

@@ -7,7 +7,8 @@ wraps the answer in a ``MemoryResult`` with its latency.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,11 @@ def describe_days(lookback_days: float | None) -> str:
     return f"last {days} day" if days == 1 else f"last {days} days"
 
 
+def since_us(lookback_days: float | None) -> int | None:
+    """The start of the lookback window, in µs since the epoch (None: no limit)."""
+    return None if lookback_days is None else now_us() - int(lookback_days * _US_PER_DAY)
+
+
 def session_only() -> Recall:
     """No stored history: the agent's live session already carries the context."""
     return Recall((), False, "No historical context loaded (session only mode)")
@@ -64,7 +70,7 @@ def recent_history(
 ) -> Recall:
     """The last ``limit`` messages of the conversation inside the lookback window, oldest
     first. Served from the hot window when it holds them at the current version."""
-    since = None if lookback_days is None else now_us() - int(lookback_days * _US_PER_DAY)
+    since = since_us(lookback_days)
     rows, hit = _recent_rows(store, hot, owner_id, conversation_id, limit, since)
     messages = tuple(_retrieved(r, "recent") for r in rows)
     summary = f"Loaded {len(messages)} recent messages from {describe_days(lookback_days)}"
@@ -104,3 +110,148 @@ def _newest(rows: Sequence[Sequence[Any]], limit: int, since: int | None) -> Seq
     if since is not None:
         rows = [r for r in rows if r[5] >= since]
     return rows[-limit:]
+
+
+# -- searching by meaning ------------------------------------------------------------------
+
+# Reciprocal rank fusion (Cormack et al., 2009): score = sum over lists of 1 / (RRF_K + rank).
+# Each list contributes its top FUSION_DEPTH (or the limit, if larger). On LoCoMo (5
+# conversations, 762 questions) K=10 beat the customary 60 at every depth: recall@10 0.65
+# against 0.59 at depth 50, since with a deep list and K=60 a middling message found by
+# both rankings outranks the top hit of one.
+RRF_K = 10
+FUSION_DEPTH = 50
+_MAX_QUERY_WORDS = 64
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# Function words left out of keyword queries (English and Portuguese): OR-ing "what" or
+# "the" into BM25 only adds noise. On LoCoMo, dropping them lifts BM25 recall@10 by 5 points.
+STOPWORDS = frozenset(
+    "a an and are as at be by did do does for from had has have he her his how i in is it "
+    "its my of on or she that the their they this to was were what when where which who "
+    "why will with you your "
+    "o os as um uma uns umas de do da dos das em no na nos nas para por com que e é se "
+    "ao aos à às eu ele ela eles elas meu minha seu sua foi ser são qual quando onde como".split()
+)
+
+
+def keyword_query(text: str) -> str | None:
+    """An FTS5 expression matching any word of ``text``; None when it has no words.
+
+    Every word becomes a quoted FTS5 string, so nothing the user typed is FTS5 syntax:
+    ``NEAR(``, ``*``, ``col:``, ``OR``, ``AND``, ``NOT``, ``^`` and quotes are searched as
+    the words they contain (or dropped, being punctuation). Stopwords are left out unless
+    the query has nothing else.
+    """
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    words = ([w for w in words if w not in STOPWORDS] or words)[:_MAX_QUERY_WORDS]
+    if not words:
+        return None
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+@dataclass(frozen=True, slots=True)
+class Searcher:
+    """What the semantic strategies search with: the store, a function giving the query's
+    vector (float32 bytes), and whether BM25 is fused with the dense ranking."""
+
+    store: Store
+    query_vector: Callable[[str], bytes]
+    keyword: bool = True
+
+
+def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """Fuse ranked id lists: (id, sum of 1 / (k + rank)), best first (ties: smaller id)."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, row_id in enumerate(ranking, start=1):
+            scores[row_id] = scores.get(row_id, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
+
+
+def search(
+    searcher: Searcher,
+    query: str,
+    limit: int,
+    *,
+    owner_id: str,
+    conversation_id: str | None,
+    since_us: int | None,
+) -> list[tuple[int, float]]:
+    """The ``limit`` best (id, score) in the scope: cosine similarity when dense-only,
+    the RRF score when fused with BM25."""
+    scope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
+    vector = searcher.query_vector(query)
+    if not searcher.keyword:
+        return searcher.store.knn(vector, limit, **scope)
+    depth = max(limit, FUSION_DEPTH)
+    dense = searcher.store.knn(vector, depth, **scope)
+    match = keyword_query(query)
+    sparse = searcher.store.keyword(match, depth, **scope) if match else []
+    return rrf([[i for i, _ in dense], [i for i, _ in sparse]])[:limit]
+
+
+def _rows(store: Store, scored: Sequence[tuple[int, float]], source: str) -> tuple[RetrievedMessage, ...]:
+    rows = store.rows_by_id([i for i, _ in scored])
+    return tuple(_retrieved(rows[i], source, score) for i, score in scored if i in rows)
+
+
+def _no_query(summary: str) -> Recall:
+    return Recall((), False, f"{summary}: no query given and no user message to search with")
+
+
+def semantic_search(
+    searcher: Searcher, *, owner_id: str, conversation_id: str, query: str | None, limit: int
+) -> Recall:
+    """The conversation's messages most related to ``query``, best first (all time)."""
+    if query is None:
+        return _no_query("Found 0 semantically relevant messages")
+    scored = search(searcher, query, limit, owner_id=owner_id, conversation_id=conversation_id, since_us=None)
+    messages = _rows(searcher.store, scored, "semantic")
+    return Recall(messages, False, f"Found {len(messages)} semantically relevant messages")
+
+
+def hybrid(
+    searcher: Searcher,
+    hot: HotWindow | None,
+    *,
+    owner_id: str,
+    conversation_id: str,
+    query: str | None,
+    limit: int,
+    lookback_days: float | None,
+) -> Recall:
+    """The newest ``max(1, limit // 2)`` messages (inside the lookback window, oldest first,
+    ``source="recent"``), then the conversation's messages most related to ``query`` that
+    are not among them (best first, ``source="semantic"``), up to ``limit`` in all."""
+    recent = recent_history(
+        searcher.store, hot, owner_id=owner_id, conversation_id=conversation_id,
+        limit=max(1, limit // 2), lookback_days=lookback_days,
+    ).messages
+    semantic: tuple[RetrievedMessage, ...] = ()
+    wanted = limit - len(recent)
+    if query is not None and wanted > 0:
+        seen = {m.msg_id for m in recent}
+        scored = search(
+            searcher, query, wanted + len(recent),
+            owner_id=owner_id, conversation_id=conversation_id, since_us=None,
+        )
+        semantic = tuple(m for m in _rows(searcher.store, scored, "semantic") if m.msg_id not in seen)[:wanted]
+    summary = f"Loaded {len(recent)} recent + {len(semantic)} semantic messages"
+    return Recall(recent + semantic, False, summary)
+
+
+def cross_conversation(
+    searcher: Searcher, *, owner_id: str, query: str | None, limit: int, lookback_days: float | None
+) -> Recall:
+    """The owner's messages, from all conversations inside the lookback window, most related
+    to ``query``, best first."""
+    if query is None:
+        return _no_query("Found 0 relevant messages across all conversations")
+    scored = search(
+        searcher, query, limit, owner_id=owner_id, conversation_id=None,
+        since_us=since_us(lookback_days),
+    )
+    messages = _rows(searcher.store, scored, "cross_conversation")
+    return Recall(messages, False, f"Found {len(messages)} relevant messages across all conversations")

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 import localmem
-from localmem import Memory, Strategy
-from localmem import driver
+from localmem import Memory, Strategy, driver
 
 PROCS = 4
 PER_PROC = 250

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 import localmem
-from localmem import Memory
-from localmem import driver
+from localmem import Memory, driver
 
 SEED = 20261124
 ROUNDS = 20
@@ -52,7 +51,7 @@ CHILD = CONTENT_FN + textwrap.dedent(
 
     path, rnd, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(seed)
-    m = Memory(path)
+    m = Memory(path, embed="off")  # the message log; vectors: test_semantic.py
     seq = 0
     while seq < 20000:  # the parent kills us long before this
         conv = f"conv-{rnd}-{seq // 50}"
@@ -151,7 +150,7 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path, db_path):
             assert not new, f"{ctx}: acknowledged {len(new)} messages but no database file"
             continue
 
-        with Memory(db_path) as m:
+        with Memory(db_path, embed="off") as m:
             for msg_id in acked:
                 got = m.get(msg_id)
                 assert got is not None, f"{ctx}: acknowledged message {msg_id} is missing"

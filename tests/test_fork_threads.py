@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import traceback
 
 import pytest
+from forking import fork, wait_child
 
-from localmem import ClosedError, Memory, Strategy
-from localmem import driver
+from localmem import ClosedError, Memory, Strategy, driver
 
 OWNER = "owner-1"
 
@@ -23,35 +22,6 @@ CHILD_CODES = {
     3: "the child's add/read gave a wrong answer",
     4: "the child reused the parent's hot-window cache",
 }
-
-
-def _wait_child(pid: int, timeout: float) -> int | None:
-    """The child's exit code, or None (after killing it) if it is still running at timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            return None
-        time.sleep(0.01)
-
-
-def _fork(body) -> int:
-    """Fork; in the child run ``body() -> exit code`` and leave through os._exit only."""
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
-        try:
-            code = body()
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    return pid
 
 
 def _recent(m: Memory, conv: str, limit: int = 10) -> list[str]:
@@ -89,7 +59,7 @@ def test_forked_child_uses_its_own_connection(db_path):
                 return 3
             return 0
 
-        code = _wait_child(_fork(child), timeout=30)
+        code = wait_child(fork(child), timeout=30)
         assert code is not None, "forked child hung"
         assert code == 0, f"child failed: {CHILD_CODES.get(code, code)}"
 
@@ -117,7 +87,7 @@ def test_child_closing_memory_does_not_disturb_the_parent(db_path):
             m.close()  # closes only what the child opened; the inherited objects are left alone
             return 0
 
-        code = _wait_child(_fork(child), timeout=30)
+        code = wait_child(fork(child), timeout=30)
         assert code == 0, f"child failed: {CHILD_CODES.get(code, code)}"
         assert not m.closed
         assert os.path.exists(str(db_path) + "-wal"), "the child deleted the parent's WAL"
@@ -155,11 +125,11 @@ def test_fork_while_another_thread_is_inside_the_store(db_path):
                 m.add("user", "from child", conversation_id="c", owner_id=OWNER, msg_id="child")
                 return 0 if _recent(m, "c") == ["before", "child"] else 3
 
-            pid = _fork(child)
+            pid = fork(child)
         finally:
             leave.set()
             t.join()
-        code = _wait_child(pid, timeout=10)
+        code = wait_child(pid, timeout=10)
         assert code is not None, (
             "forked child deadlocked: the store lock held by another thread at fork() time "
             "stayed held in the child"

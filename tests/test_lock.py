@@ -18,8 +18,14 @@ from pathlib import Path
 import pytest
 
 import localmem
-from localmem import LocalMemError, LockTimeoutError, Memory, Strategy, StoreError
-from localmem import driver
+from localmem import (
+    LocalMemError,
+    LockTimeoutError,
+    Memory,
+    StoreError,
+    Strategy,
+    driver,
+)
 
 TIMEOUT = 0.5
 LOW, HIGH = TIMEOUT * 0.9, TIMEOUT * 1.2

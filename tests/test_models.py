@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from real_model import HAVE_MINILM, MINILM, needs_minilm
 
 from localmem import ModelError, models
 from localmem.models import (
@@ -32,16 +33,8 @@ from localmem.models import (
     resolve,
 )
 
-# CI points LOCALMEM_MODELS_DIR at the folder holding the real all-MiniLM-L6-v2; read it
-# before the fixtures below clear it.
-SHARED_MODELS = Path(os.environ.get("LOCALMEM_MODELS_DIR") or "/work/shared/models")
-MINILM = SHARED_MODELS / "all-MiniLM-L6-v2"
+SHARED_MODELS = MINILM.parent
 MINILM_SHA256 = "2c367d107dda7923d11ff52aa572a01aa5cfdde9639578bd3841c9122c345732"
-HAVE_MINILM = (MINILM / "model.onnx").is_file() and (MINILM / "tokenizer.json").is_file()
-needs_minilm = pytest.mark.skipif(
-    not HAVE_MINILM,
-    reason=f"the real all-MiniLM-L6-v2 is not in {MINILM} (set LOCALMEM_MODELS_DIR to its parent)",
-)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

@@ -1,0 +1,188 @@
+"""Semantic retrieval speed: KNN and full strategies at 10k and 100k messages, next to numpy.
+
+    python benchmarks/semantic_speed.py            # 10k and 100k (~3 minutes)
+    python benchmarks/semantic_speed.py --quick    # 2k, smoke run, numbers not meaningful
+
+One owner, one conversation holding every message (the worst case for semantic_search:
+its scope is the whole set). Vectors are precomputed and written straight to the store, and
+the query embedder is a lookup table, so the model's own time is excluded (see
+models_speed.py for that). The vectors are 384-d, like all-MiniLM-L6-v2's, drawn around
+topic centres so that neighbourhoods are crowded as in real chat; the text is Zipf-drawn
+words, so BM25 has realistic posting lists.
+
+Rows (medians and p95 over interleaved rounds; the baseline runs in the same rounds):
+
+* numpy brute force: ``argpartition`` over ``V @ q`` with V in memory (float32). The floor.
+* knn exact: ``Store.knn`` float scan (sqlite-vec, cosine), the path for scopes of up to
+  EXACT_SEARCH_MAX messages.
+* knn coarse: sign-bit scan + float re-scoring, the path above EXACT_SEARCH_MAX; its
+  recall@10 against the exact ranking is printed beside it.
+* semantic_search / hybrid / cross_conversation: ``Memory.get_memory`` end to end with the
+  query cache off (keyword fusion on, the default; and semantic_search with keyword=False).
+* cached repeat: the same semantic_search again with the query cache on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from localmem import Memory, Strategy, driver
+from localmem.store import EXACT_SEARCH_MAX, Store
+from localmem.validate import new_message
+
+DIM = 384
+VOCAB = 5000
+
+
+class LookupEmbedder:
+    """Answers precomputed query vectors; a stand-in that costs nothing."""
+
+    name = "benchmark-lookup"
+    dim = DIM
+
+    def __init__(self, table: dict[str, np.ndarray]):
+        self.table = table
+
+    def embed(self, texts):
+        return np.stack([self.table[t] for t in texts])
+
+
+def corpus(n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(8, n // 50), DIM)).astype(np.float32)
+    pick = rng.integers(0, len(centres), n)
+    other = rng.integers(0, len(centres), n)
+    mix = rng.uniform(0.6, 1.0, (n, 1)).astype(np.float32)
+    vectors = mix * centres[pick] + (1 - mix) * centres[other]
+    vectors += rng.standard_normal((n, DIM)).astype(np.float32) * 0.35
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ranks = np.minimum(rng.zipf(1.2, (n, 12)), VOCAB)
+    texts = [" ".join(f"w{r}" for r in row) for row in ranks]
+    return vectors, texts
+
+
+def build(path: Path, vectors: np.ndarray, texts: list[str]) -> None:
+    store = Store(str(path))
+    try:
+        for start in range(0, len(texts), 5000):
+            store.insert_many([
+                new_message("user", t, conversation_id="c0", owner_id="u1")
+                for t in texts[start : start + 5000]
+            ])
+        while batch := store.pending_batch(5000):
+            ids = [i for i, _ in batch]
+            store.write_vectors(
+                {"name": LookupEmbedder.name, "dim": DIM, "sha256": None},
+                ids, [vectors[i - 1].tobytes() for i in ids],
+            )
+    finally:
+        store.close()
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def row(name: str, samples: list[float], **extra) -> dict:
+    ms = [s * 1e3 for s in samples]
+    return {"name": name, "p50_ms": statistics.median(ms), "p95_ms": pct(ms, 0.95), **extra}
+
+
+def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
+    vectors, texts = corpus(n)
+    rng = np.random.default_rng(1)
+    queries = []
+    for i in range(per_round):
+        q = vectors[rng.integers(n)] + rng.standard_normal(DIM).astype(np.float32) * 0.3
+        queries.append((f"w{i % 40 + 1} w{i % 300 + 7} question {i}", (q / np.linalg.norm(q)).astype(np.float32)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.db"
+        started = time.perf_counter()
+        build(path, vectors, texts)
+        build_s = time.perf_counter() - started
+        table = {text: q for text, q in queries}
+        store = Store(str(path))
+        mem = Memory(path, embedder=LookupEmbedder(table), query_cache_ttl=0, hot_window=10)
+        cached = Memory(path, embedder=LookupEmbedder(table), query_cache_ttl=3600)
+        scope = {"owner_id": "u1", "conversation_id": "c0"}
+        samples: dict[str, list[float]] = {}
+        recall: list[float] = []
+        recall_exact: list[float] = []
+
+        def timed(name, fn):
+            t = time.perf_counter()
+            out = fn()
+            samples.setdefault(name, []).append(time.perf_counter() - t)
+            return out
+
+        args = {"conversation_id": "c0", "owner_id": "u1", "limit": 10}
+        for text, q in queries[:3]:  # warm the page cache and the embedding cache
+            mem.get_memory(Strategy.SEMANTIC_SEARCH, query=text, **args)
+            store.knn(q.tobytes(), 10, exact_max=0, **scope)
+        for _ in range(rounds):
+            for text, q in queries:
+                top = timed("numpy brute force", lambda q=q: np.argpartition(-(vectors @ q), 10)[:10])
+                exact = timed("knn exact (float scan)", lambda q=q: store.knn(q.tobytes(), 10, exact_max=10**12, **scope))
+                coarse = timed("knn coarse (bits + re-score)", lambda q=q: store.knn(q.tobytes(), 10, exact_max=0, **scope))
+                truth = {int(i) + 1 for i in top}
+                recall_exact.append(len(truth & {i for i, _ in exact}) / 10)
+                recall.append(len(truth & {i for i, _ in coarse}) / 10)
+                for strategy, kw in ((Strategy.SEMANTIC_SEARCH, True), (Strategy.SEMANTIC_SEARCH, False),
+                                     (Strategy.HYBRID, True), (Strategy.CROSS_CONVERSATION, True)):
+                    name = f"{strategy.value}" + ("" if kw else " (keyword=False)")
+                    timed(name, lambda s=strategy, t=text, kw=kw: mem.get_memory(
+                        s, query=t, keyword=kw, lookback_days=None, **args))
+                cached.get_memory(Strategy.SEMANTIC_SEARCH, query=text, **args)
+                hit = timed("semantic_search, cached repeat",
+                            lambda t=text: cached.get_memory(Strategy.SEMANTIC_SEARCH, query=t, **args))
+                assert hit.cache_hit
+        mem.close()
+        cached.close()
+        store.close()
+    floor = statistics.median(samples["numpy brute force"])
+    rows = []
+    for name, s in samples.items():
+        extra = {"x_numpy": statistics.median(s) / floor}
+        if name.startswith("knn coarse"):
+            extra["recall_at_10"] = statistics.mean(recall)
+        if name.startswith("knn exact"):
+            extra["recall_at_10"] = statistics.mean(recall_exact)
+        rows.append(row(name, s, **extra))
+    print(f"\n{n:,} messages, one owner, one conversation (build {build_s:.1f} s; "
+          f"exact path used up to {EXACT_SEARCH_MAX:,} messages)")
+    print(f"{'':38} {'p50 ms':>9} {'p95 ms':>9} {'x numpy':>9}")
+    for r in rows:
+        tail = f"  recall@10 vs numpy {r['recall_at_10']:.3f}" if "recall_at_10" in r else ""
+        print(f"{r['name']:38} {r['p50_ms']:9.2f} {r['p95_ms']:9.2f} {r['x_numpy']:9.1f}{tail}")
+    return [{"messages": n, **r} for r in rows]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2k messages, few rounds (smoke test)")
+    parser.add_argument("--sizes", type=int, nargs="*", help="message counts (default 10000 100000)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    sizes = args.sizes or ([2000] if args.quick else [10_000, 100_000])
+    rounds, per_round = (1, 5) if args.quick else (5, 20)
+    print(f"python {platform.python_version()}, driver {driver.dbapi().__name__} "
+          f"{driver.dbapi().sqlite_version}, {os.cpu_count()} cpus; {rounds} rounds x {per_round} queries")
+    rows = [r for n in sizes for r in run_size(n, rounds, per_round)]
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

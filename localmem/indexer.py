@@ -1,0 +1,252 @@
+"""Embedding on write: turns messages waiting in ``pending_vectors`` into vectors.
+
+``add()`` commits a message and its queue row in one transaction and returns; this worker
+(one daemon thread per ``Memory``) then embeds queued messages in batches and writes their
+vectors, one transaction per batch. The queue lives in the database, so a crash loses no
+work: whatever was not written is still queued and is embedded after the next open.
+
+A failure (the model cannot be loaded, it returns the wrong shape, the file belongs to
+another model) stops the worker and is kept: ``flush()`` and the semantic strategies raise
+it, and the messages stay queued. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+from . import driver
+from .errors import LocalMemError, LockTimeoutError, ModelError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 64
+
+# fork() while a worker is inside SQLite or ONNX Runtime would copy their internal mutexes
+# held, and the child's first open would wait forever. So fork() first waits for every
+# worker to finish its batch (each batch runs under its indexer's gate) and holds the
+# gates until the fork is done.
+_LIVE: weakref.WeakSet[Indexer] = weakref.WeakSet()
+_HELD: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for indexer in list(_LIVE):
+        gate = indexer._gate
+        gate.acquire()
+        _HELD.append(gate)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD:
+        _HELD.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _HELD.clear()  # the child's indexers get fresh gates (reset_locks_after_fork)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
+
+
+def check_vectors(vectors: Any, count: int, dim: int | None, who: str) -> np.ndarray:
+    """``vectors`` as a C-contiguous little-endian float32 (count, dim) array of finite
+    values, or a ModelError saying what the embedder returned instead."""
+    import numpy as np  # not at import time: ``import localmem`` stays light
+
+    array = np.asarray(vectors)
+    if array.ndim != 2 or array.shape[0] != count or (dim is not None and array.shape[1] != dim):
+        want = f"({count}, {dim if dim is not None else 'dim'})"
+        raise ModelError(f"{who} returned an array of shape {array.shape}; expected {want}")
+    if array.shape[1] == 0:
+        raise ModelError(f"{who} returned zero-dimensional vectors")
+    array = np.ascontiguousarray(array, dtype="<f4")
+    if not np.isfinite(array).all():
+        raise ModelError(f"{who} returned NaN or infinite values")
+    return array
+
+
+class Indexer:
+    """The background embedding worker of one ``Memory``.
+
+    ``open_store()`` gives the worker its own ``Store`` (its own connection, opened on first
+    use), so a batch waiting for the write lock never holds up the ``Memory``'s own calls;
+    the worker closes it. None: use ``store``, the ``Memory``'s (an in-memory database
+    exists on one connection only).
+    ``embed(texts) -> float32 (n, dim)`` embeds documents (through the embedding cache);
+    ``identity()`` gives the model's identity to record. All are called lazily, so opening
+    a ``Memory`` never loads a model.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        open_store: Callable[[], Store] | None,
+        embed: Callable[[Sequence[str]], np.ndarray],
+        identity: Callable[[], dict[str, Any]],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+    ):
+        self._shared_store = store
+        self._open_store = open_store
+        self._store_lock = threading.Lock()
+        self._own_store: Store | None = None
+        self._embed = embed
+        self._identity = identity
+        self.batch_size = batch_size
+        self._init_thread_state()
+        self._gate = threading.Lock()
+        driver.reset_locks_after_fork(self)
+        _LIVE.add(self)
+
+    def _init_thread_state(self) -> None:
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._wanted = False  # more work may have arrived since the last empty batch
+        self._running = False  # the worker is inside a batch
+        self._stopping = False
+        self._forked = False
+        self.error: BaseException | None = None
+
+    def reset_locks_after_fork(self) -> None:
+        # The parent's thread does not exist in the child. The child starts no worker of
+        # its own: ONNX Runtime is not fork-safe (a session created in a child forked while
+        # the parent ran one can deadlock), so the child's messages stay queued for the
+        # parent's worker or the next open. flush() in the child embeds in its own thread.
+        # (The store reconnects itself.)
+        self._init_thread_state()
+        self._store_lock = threading.Lock()
+        self._gate = threading.Lock()
+        self._forked = True
+
+    @property
+    def _store(self) -> Store:
+        if self._open_store is None:
+            return self._shared_store
+        with self._store_lock:
+            if self._own_store is None:
+                self._own_store = self._open_store()
+            return self._own_store
+
+    # -- control ----------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New messages are queued: make sure a worker will look."""
+        with self._cond:
+            if self._stopping or self.error is not None or self._forked:
+                return
+            self._wanted = True
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="localmem-embedder", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the queue is empty (every message of the file has its vector).
+
+        Raises the worker's error if it failed, and TimeoutError after ``timeout`` seconds.
+        """
+        self.raise_error()
+        if self._forked:
+            while self.run_batch():
+                pass
+            return
+        self.notify()
+        with self._cond:
+            done = self._cond.wait_for(
+                lambda: self.error is not None or not (self._wanted or self._running),
+                timeout=timeout,
+            )
+        self.raise_error()
+        if not done:
+            raise TimeoutError(f"embeddings still pending after {timeout} s")
+        if self._store.pending_count():  # queued by another process since: embed those too
+            self.flush(timeout)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            if isinstance(self.error, LocalMemError):
+                raise type(self.error)(str(self.error)) from self.error
+            raise ModelError(f"background embedding failed: {self.error}") from self.error
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop after the current batch. Unfinished work stays queued in the file."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._store_lock:
+            store, self._own_store = self._own_store, None
+        if store is not None:
+            store.close()
+
+    # -- work -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._wanted or self._stopping)
+                if self._stopping:
+                    return
+                self._wanted = False
+                self._running = True
+            try:
+                while not self._stopping and self._run_batch_patiently():
+                    pass
+            except Exception as exc:  # noqa: BLE001 - any failure is kept for flush(); the messages stay queued
+                log.error("localmem: background embedding stopped: %s", exc)
+                with self._cond:
+                    self.error = exc
+                    self._running = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+
+    def _run_batch_patiently(self) -> int:
+        """``run_batch()``, waiting out a writer that holds the lock past ``lock_timeout``
+        (another process's long import, say): that is a reason to wait, not to stop."""
+        while True:
+            try:
+                return self.run_batch()
+            except LockTimeoutError as exc:
+                log.warning("localmem: embedding waits for the write lock: %s", exc)
+                with self._cond:
+                    if self._cond.wait_for(lambda: self._stopping, timeout=0.5):
+                        return 0
+
+    def run_batch(self, ids: Sequence[int] | None = None) -> int:
+        """Embed and store one batch of queued messages (or just ``ids``, if they are still
+        queued); returns how many were taken from the queue."""
+        with self._gate:
+            return self._run_batch(ids)
+
+    def _run_batch(self, ids: Sequence[int] | None) -> int:
+        if ids is None:
+            batch = self._store.pending_batch(self.batch_size)
+        else:
+            batch = [row for row in self._store.pending_batch(len(ids), min(ids) - 1) if row[0] in set(ids)]
+        if not batch:
+            return 0
+        identity = self._identity()
+        vectors = check_vectors(
+            self._embed([content for _, content in batch]), len(batch), identity.get("dim"), "the embedder"
+        )
+        self._store.write_vectors(identity, [row_id for row_id, _ in batch], [v.tobytes() for v in vectors])
+        return len(batch)
