@@ -6,9 +6,8 @@
 One owner, one conversation holding every message (the worst case for semantic_search:
 its scope is the whole set). Vectors are precomputed and written straight to the store, and
 the query embedder is a lookup table, so the model's own time is excluded (see
-models_speed.py for that). The vectors are 384-d, like all-MiniLM-L6-v2's, drawn around
-topic centres so that neighbourhoods are crowded as in real chat; the text is Zipf-drawn
-words, so BM25 has realistic posting lists.
+models_speed.py for that). Data: see ``dataset()`` (LoCoMo embedded by the real model when
+both are on the machine, with fallbacks).
 
 Rows (medians and p95 over interleaved rounds; the baseline runs in the same rounds):
 
@@ -57,18 +56,72 @@ class LookupEmbedder:
         return np.stack([self.table[t] for t in texts])
 
 
-def corpus(n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+LOCOMO = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "locomo"
+
+
+def locomo_text() -> tuple[list[str], list[str]] | None:
+    """(turns, questions) of the LoCoMo conversations beside the repository, if present."""
+    if not LOCOMO.is_dir():
+        return None
+    turns, questions = [], []
+    for path in sorted(LOCOMO.glob("*.json")):
+        data = json.loads(path.read_text())
+        for key, value in data.items():
+            if key.startswith("session_") and isinstance(value, list):
+                turns += [t["text"] for t in value]
+        questions += [q["question"] for q in data["qa"] if q.get("category") != 5]
+    return turns, questions
+
+
+def real_vectors(turns: list[str], questions: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """all-MiniLM-L6-v2 vectors of the turns and questions, if the model is on this machine."""
+    try:
+        import localmem
+
+        embedder = localmem.load_embedder("all-MiniLM-L6-v2", download=False)
+        return embedder.embed(turns), embedder.embed_query(questions)
+    except localmem.LocalMemError:
+        return None
+
+
+def dataset(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, list[str], list[tuple[str, np.ndarray]], str]:
+    """(vectors, texts, [(query text, query vector)], description) for n messages.
+
+    Best available: LoCoMo's turns and questions embedded by the real model; the n vectors
+    are random mixtures of two real turn vectors plus a little noise, so neighbourhoods are
+    as crowded as real chat; texts are the turns, cycled, so BM25 sees real term statistics.
+    Without the model, random topic centres stand in (recall figures then mean little);
+    without LoCoMo, Zipf-drawn words.
+    """
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(8, n // 50), DIM)).astype(np.float32)
-    pick = rng.integers(0, len(centres), n)
-    other = rng.integers(0, len(centres), n)
-    mix = rng.uniform(0.6, 1.0, (n, 1)).astype(np.float32)
-    vectors = mix * centres[pick] + (1 - mix) * centres[other]
-    vectors += rng.standard_normal((n, DIM)).astype(np.float32) * 0.35
+    real = locomo_text()
+    embedded = real_vectors(*real) if real is not None else None
+    if embedded is not None:
+        base, qvec = embedded
+        i, j = rng.integers(0, len(base), n), rng.integers(0, len(base), n)
+        mix = rng.uniform(0.5, 1.0, (n, 1)).astype(np.float32)
+        vectors = mix * base[i] + (1 - mix) * base[j] + rng.standard_normal((n, DIM)).astype(np.float32) * 0.02
+        how = "LoCoMo vectors (all-MiniLM-L6-v2), mixed pairwise"
+    else:
+        centres = rng.standard_normal((max(8, n // 50), DIM)).astype(np.float32)
+        pick, other = rng.integers(0, len(centres), n), rng.integers(0, len(centres), n)
+        mix = rng.uniform(0.6, 1.0, (n, 1)).astype(np.float32)
+        vectors = mix * centres[pick] + (1 - mix) * centres[other]
+        vectors += rng.standard_normal((n, DIM)).astype(np.float32) * 0.35
+        qvec = vectors[rng.integers(0, n, queries)] + rng.standard_normal((queries, DIM)).astype(np.float32) * 0.3
+        how = "random topic centres (no model here: recall figures mean little)"
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ranks = np.minimum(rng.zipf(1.2, (n, 12)), VOCAB)
-    texts = [" ".join(f"w{r}" for r in row) for row in ranks]
-    return vectors, texts
+    qvec = qvec / np.linalg.norm(qvec, axis=1, keepdims=True)
+    if real is not None:
+        texts = [real[0][k % len(real[0])] for k in range(n)]
+        qtext = real[1]
+    else:
+        ranks = np.minimum(rng.zipf(1.2, (n, 12)), VOCAB)
+        texts = [" ".join(f"w{r}" for r in row) for row in ranks]
+        qtext = [f"w{k % 40 + 1} w{k % 300 + 7} question {k}" for k in range(queries)]
+    step = max(1, len(qtext) // queries)
+    picked = [(qtext[k * step], qvec[k * step].astype(np.float32)) for k in range(queries)]
+    return vectors.astype(np.float32), texts, picked, how
 
 
 def build(path: Path, vectors: np.ndarray, texts: list[str]) -> None:
@@ -100,12 +153,7 @@ def row(name: str, samples: list[float], **extra) -> dict:
 
 
 def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
-    vectors, texts = corpus(n)
-    rng = np.random.default_rng(1)
-    queries = []
-    for i in range(per_round):
-        q = vectors[rng.integers(n)] + rng.standard_normal(DIM).astype(np.float32) * 0.3
-        queries.append((f"w{i % 40 + 1} w{i % 300 + 7} question {i}", (q / np.linalg.norm(q)).astype(np.float32)))
+    vectors, texts, queries, how = dataset(n, per_round)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         started = time.perf_counter()
@@ -159,8 +207,8 @@ def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
         if name.startswith("knn exact"):
             extra["recall_at_10"] = statistics.mean(recall_exact)
         rows.append(row(name, s, **extra))
-    print(f"\n{n:,} messages, one owner, one conversation (build {build_s:.1f} s; "
-          f"exact path used up to {EXACT_SEARCH_MAX:,} messages)")
+    print(f"\n{n:,} messages, one owner, one conversation; {how}")
+    print(f"(build {build_s:.1f} s; exact KNN up to {EXACT_SEARCH_MAX:,} messages in scope)")
     print(f"{'':38} {'p50 ms':>9} {'p95 ms':>9} {'x numpy':>9}")
     for r in rows:
         tail = f"  recall@10 vs numpy {r['recall_at_10']:.3f}" if "recall_at_10" in r else ""

@@ -40,7 +40,9 @@ from .validate import (
 EMBED_MODES = ("background", "sync", "off")
 DEFAULT_EMBEDDING_TTL = 90 * 86_400.0
 DEFAULT_QUERY_CACHE_TTL = 300.0
-_SEMANTIC = (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION)
+# Scopes from this many messages run their BM25 search on a second connection, in
+# parallel with the KNN scan; below it a thread costs more than it saves.
+PARALLEL_KEYWORD_FROM = 5_000
 
 _ADD_MANY_KEYS = frozenset(
     ("role", "content", "conversation_id", "owner_id", "feature", "msg_id", "metadata", "created_at")
@@ -191,6 +193,7 @@ class Memory:
             self._identity: dict[str, Any] | None = None
             self._embedding_ttl = float(embedding_cache_ttl)
             self._embeddings: EmbeddingCache | None = None
+            self._reader: Store | None = None
             in_memory = self._store.in_memory
             if cache_dir is None and not in_memory:
                 cache_dir = self.path + "-cache"
@@ -229,7 +232,7 @@ class Memory:
         """Stop the worker, then close caches and store (whatever was opened)."""
         with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
             stack.callback(self._store.close)
-            for name in ("_embeddings", "_queries", "_hot", "_indexer"):
+            for name in ("_reader", "_embeddings", "_queries", "_hot", "_indexer"):
                 part = getattr(self, name, None)
                 if part is not None:
                     stack.callback(part.close)
@@ -272,6 +275,13 @@ class Memory:
                     arg = getattr(localmem, loader)(arg)
                 setattr(self, attr, arg)
             return getattr(self, attr)
+
+    def _keyword_reader(self) -> Store:
+        """A second connection for BM25 searches that run beside a KNN scan."""
+        with self._models_lock:
+            if self._reader is None:
+                self._reader = Store(self.path, **self._store_options)
+            return self._reader
 
     def _open_writer(self) -> Store:
         """The embedding worker's own connection to the file."""
@@ -544,7 +554,10 @@ class Memory:
                 recall = _recall_from_json(cached, lookback)
                 if recall is not None:
                     return recall
-        searcher = strategies.Searcher(self._store, self._query_vector, keyword)
+        parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
+        searcher = strategies.Searcher(
+            self._store, self._query_vector, keyword, self._keyword_reader() if parallel else None
+        )
         if strategy is Strategy.SEMANTIC_SEARCH:
             recall = strategies.semantic_search(
                 searcher, owner_id=owner_id, conversation_id=conversation_id, query=query, limit=limit

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,11 +155,17 @@ def keyword_query(text: str) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Searcher:
     """What the semantic strategies search with: the store, a function giving the query's
-    vector (float32 bytes), and whether BM25 is fused with the dense ranking."""
+    vector (float32 bytes), and whether BM25 is fused with the dense ranking.
+
+    ``keyword_store``: a second connection to the same file. Given, the BM25 search runs
+    on it in a thread while the KNN scan runs on ``store`` (SQLite releases the GIL while
+    it works), so a large scope costs the longer of the two instead of their sum.
+    """
 
     store: Store
     query_vector: Callable[[str], bytes]
     keyword: bool = True
+    keyword_store: Store | None = None
 
 
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
@@ -186,9 +193,31 @@ def search(
     if not searcher.keyword:
         return searcher.store.knn(vector, limit, **scope)
     depth = max(limit, FUSION_DEPTH)
-    dense = searcher.store.knn(vector, depth, **scope)
     match = keyword_query(query)
-    sparse = searcher.store.keyword(match, depth, **scope) if match else []
+    sparse: list[tuple[int, float]] = []
+    if match is None:
+        dense = searcher.store.knn(vector, depth, **scope)
+    elif searcher.keyword_store is None:
+        dense = searcher.store.knn(vector, depth, **scope)
+        sparse = searcher.store.keyword(match, depth, **scope)
+    else:
+        outcome: list[Any] = []
+
+        def keyword_side() -> None:
+            try:
+                outcome.append(searcher.keyword_store.keyword(match, depth, **scope))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+                outcome.append(exc)
+
+        side = threading.Thread(target=keyword_side, name="localmem-bm25", daemon=True)
+        side.start()
+        try:
+            dense = searcher.store.knn(vector, depth, **scope)
+        finally:
+            side.join()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        sparse = outcome[0]
     return rrf([[i for i, _ in dense], [i for i, _ in sparse]])[:limit]
 
 

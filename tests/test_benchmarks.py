@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from real_model import needs_minilm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,3 +41,35 @@ def test_models_speed_quick_run(tmp_path):
     results = json.loads(out.read_text())
     assert results["embedder"]["int8_cosine_mean"] > 0.9  # the int8 copy is the same model
     assert results["reranker"]["tokens_mean"] == 64 and len(results["goals"]) == 5
+
+
+def test_semantic_speed_quick_run(tmp_path):
+    out = tmp_path / "semantic.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "semantic_speed.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    assert rows["knn exact (float scan)"]["recall_at_10"] == 1.0  # agrees with numpy
+    assert rows["knn coarse (bits + re-score)"]["recall_at_10"] > 0.5
+    for name in ("numpy brute force", "semantic_search", "hybrid", "cross_conversation",
+                 "semantic_search, cached repeat"):
+        assert rows[name]["p50_ms"] > 0
+
+
+LOCOMO = ROOT.parent / "shared" / "data" / "locomo"
+
+
+@pytest.mark.slow
+@needs_minilm
+@pytest.mark.skipif(not LOCOMO.is_dir(), reason=f"needs the LoCoMo files in {LOCOMO} (CI has them)")
+def test_locomo_recall_fusion_beats_dense(tmp_path):
+    out = tmp_path / "locomo.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "locomo_recall.py"), "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert rows["fused"]["R@10"] > rows["dense"]["R@10"] > 0.3
