@@ -14,6 +14,10 @@ so the noise of a shared machine hits both alike; we report medians and ratios.
 * recent_history (hot window): repeated reads that the hot window answers (cache_hit).
 * recent_history (SQLite): the same reads with the hot window off.
 * add_many: 100k messages from a generator, chunked transactions; peak RSS growth.
+
+Every Memory here is opened with embed="off": these rows time the durable write path (the
+message, its FTS5 row and its place in the embedding queue). Embedding runs after it, in
+the background; models_speed.py and semantic_speed.py measure that side.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def raw_inserter(path: Path, table: str):
 
 def bench_add(tmp: Path, rounds: int, per_round: int) -> list[dict]:
     floor_conn, floor = raw_inserter(tmp / "floor.db", "floor")
-    mem = Memory(tmp / "add.db")
+    mem = Memory(tmp / "add.db", embed="off")  # the durable write; embedding is measured apart
     schema_conn, schema_sql = raw_inserter(tmp / "add.db", "messages")
     samples: dict[str, list[float]] = {"floor": [], "schema SQL": [], "add()": []}
     for _ in range(rounds):
@@ -98,8 +102,8 @@ def bench_add(tmp: Path, rounds: int, per_round: int) -> list[dict]:
 
 
 def bench_recent(tmp: Path, rounds: int, per_round: int) -> list[dict]:
-    hot = Memory(tmp / "recent.db")
-    cold = Memory(tmp / "recent.db", hot_window=0)
+    hot = Memory(tmp / "recent.db", embed="off")
+    cold = Memory(tmp / "recent.db", hot_window=0, embed="off")
     for i in range(50):
         hot.add("user" if i % 2 == 0 else "assistant", f"{TEXT} ({i})", conversation_id="c-r", owner_id="u1")
     args = dict(conversation_id="c-r", owner_id="u1", limit=10, lookback_days=7)
@@ -128,7 +132,7 @@ def bench_add_many(tmp: Path, n: int) -> dict:
                    "conversation_id": f"c{i // 100}"}
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with Memory(tmp / "bulk.db") as mem:
+    with Memory(tmp / "bulk.db", embed="off") as mem:
         t = time.perf_counter()
         added = mem.add_many(items(), owner_id="u1")
         elapsed = time.perf_counter() - t

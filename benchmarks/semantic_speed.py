@@ -11,7 +11,8 @@ both are on the machine, with fallbacks).
 
 Rows (medians and p95 over interleaved rounds; the baseline runs in the same rounds):
 
-* numpy brute force: ``argpartition`` over ``V @ q`` with V in memory (float32). The floor.
+* numpy brute force: ``argpartition`` over ``V @ q`` with V in memory (float32), one BLAS
+  thread. The floor.
 * knn exact: ``Store.knn`` float scan (sqlite-vec, cosine), the path for scopes of up to
   EXACT_SEARCH_MAX messages.
 * knn coarse: sign-bit scan + float re-scoring, the path above EXACT_SEARCH_MAX; its
@@ -23,9 +24,15 @@ Rows (medians and p95 over interleaved rounds; the baseline runs in the same rou
 
 from __future__ import annotations
 
+import os
+
+# numpy's brute force runs on one core, the floor the issue names ("a float32 scan of 100k
+# x 384 ... on one core"), and idle BLAS threads must not spin against the timed calls.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from . import driver
-from .errors import LocalMemError, LockTimeoutError, ModelError
+from .errors import ClosedError, LocalMemError, LockTimeoutError, ModelError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Indexer:
         self._identity = identity
         self.batch_size = batch_size
         self._init_thread_state()
-        self._gate = threading.Lock()
+        self._gate = threading.RLock()  # reentrant: an embedder may fork inside a batch
         driver.reset_locks_after_fork(self)
         _LIVE.add(self)
 
@@ -127,11 +127,13 @@ class Indexer:
         # (The store reconnects itself.)
         self._init_thread_state()
         self._store_lock = threading.Lock()
-        self._gate = threading.Lock()
+        self._gate = threading.RLock()  # reentrant: an embedder may fork inside a batch
         self._forked = True
 
     @property
     def _store(self) -> Store:
+        if self._stopping:  # never reopen a connection once close() has begun
+            raise ClosedError("the Memory is closed")
         if self._open_store is None:
             return self._shared_store
         with self._store_lock:
@@ -167,10 +169,12 @@ class Indexer:
         self.notify()
         with self._cond:
             done = self._cond.wait_for(
-                lambda: self.error is not None or not (self._wanted or self._running),
+                lambda: self.error is not None or self._stopping or not (self._wanted or self._running),
                 timeout=timeout,
             )
         self.raise_error()
+        if self._stopping:
+            raise ClosedError("the Memory was closed while flush() waited; the rest stays queued")
         if not done:
             raise TimeoutError(f"embeddings still pending after {timeout} s")
         if self._store.pending_count():  # queued by another process since: embed those too
@@ -202,6 +206,8 @@ class Indexer:
             with self._cond:
                 self._cond.wait_for(lambda: self._wanted or self._stopping)
                 if self._stopping:
+                    self._wanted = False
+                    self._cond.notify_all()
                     return
                 self._wanted = False
                 self._running = True
@@ -209,9 +215,12 @@ class Indexer:
                 while not self._stopping and self._run_batch_patiently():
                     pass
             except Exception as exc:  # noqa: BLE001 - any failure is kept for flush(); the messages stay queued
-                log.error("localmem: background embedding stopped: %s", exc)
+                if isinstance(exc, ClosedError) and self._stopping:
+                    exc = None  # close() began: not a failure
+                else:
+                    log.error("localmem: background embedding stopped: %s", exc)
                 with self._cond:
-                    self.error = exc
+                    self.error = exc or self.error
                     self._running = False
                     self._cond.notify_all()
                 return
@@ -245,8 +254,12 @@ class Indexer:
         if not batch:
             return 0
         identity = self._identity()
+        if self._stopping:
+            return 0
         vectors = check_vectors(
             self._embed([content for _, content in batch]), len(batch), identity.get("dim"), "the embedder"
         )
+        if self._stopping:  # close() began while the model ran: leave the batch queued
+            return 0
         self._store.write_vectors(identity, [row_id for row_id, _ in batch], [v.tobytes() for v in vectors])
         return len(batch)

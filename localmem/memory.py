@@ -22,7 +22,7 @@ from .cache import (
     HotWindow,
     QueryCache,
 )
-from .errors import ClosedError, InvalidInputError, StrategyUnavailableError
+from .errors import ClosedError, InvalidInputError, LocalMemError, ModelError, StrategyUnavailableError
 from .indexer import Indexer, check_vectors
 from .records import MemoryResult, Message, RetrievedMessage, Strategy
 from .store import Store, describe_model, model_mismatch, same_model
@@ -127,7 +127,8 @@ class Memory:
     open with embedding on) and the semantic strategies are unavailable. Messages left
     without a vector by a crash are embedded again after the next open.
     ``reembed``: open with a different embedder than the one recorded: every vector is
-    dropped and rebuilt with the new model (in the background; ``flush()`` waits).
+    dropped and rebuilt with the new model (in the background; ``flush()`` waits). With the
+    recorded model it does nothing (``Memory.reembed()`` rebuilds with the same model).
     ``embedding_cache_ttl``: seconds an unused cached embedding lives on disk (each hit
     renews it). ``query_cache_ttl``: seconds a cached strategy answer may be reused
     (0: no query cache); a new message in its scope voids it at once.
@@ -184,11 +185,8 @@ class Memory:
                 if not reembed:
                     raise model_mismatch(self.path, recorded, repr(wanted))
                 self._store.reset_vectors()
-            elif reembed:
-                raise InvalidInputError(
-                    "reembed=True needs an embedder other than the recorded one; "
-                    "to rebuild with the same model call Memory.reembed()"
-                )
+            # reembed=True with the recorded model (or none yet) has nothing to switch: it is
+            # a no-op, so start-up code that passes it stays safe to run again.
             self.embed_mode = embed
             self._identity: dict[str, Any] | None = None
             self._embedding_ttl = float(embedding_cache_ttl)
@@ -400,8 +398,17 @@ class Memory:
         """Embed what was just queued: now (``embed="sync"``) or in the background."""
         if self.embed_mode == "sync":
             self._indexer.raise_error()
-            while self._indexer.run_batch():
-                pass
+            try:
+                while self._indexer.run_batch():
+                    pass
+            except Exception as exc:
+                # The message is committed and stays queued: say so, so that a caller does
+                # not store it again by retrying add() without a msg_id.
+                kind = type(exc) if isinstance(exc, LocalMemError) else ModelError
+                raise kind(
+                    f"stored, but embedding failed (embed='sync'): {exc}. The message stays "
+                    "queued for its vector; flush() or the next open retries it"
+                ) from exc
         elif self.embed_mode == "background":
             self._indexer.notify()
 
@@ -602,6 +609,7 @@ class Memory:
         self._check_open()
         if self.embed_mode == "off":
             raise StrategyUnavailableError("this Memory was opened with embed='off': cannot re-embed")
+        self._embedder_identity()  # resolve the model first: the reset forgets the recorded one
         queued = self._store.reset_vectors()
         self._after_write()
         return queued

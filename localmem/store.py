@@ -259,7 +259,8 @@ class ConversationState:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """A search scope's state: ``token`` changes whenever a message enters or leaves it;
+    """A search scope's state: ``token`` changes whenever a message enters or leaves it, or
+    the vectors are rebuilt;
     ``size`` counts its messages; ``pending`` is True while some lack their vector."""
 
     token: list[int]
@@ -503,6 +504,7 @@ class Store:
             if not same_model(recorded, identity):
                 raise model_mismatch(self.path, recorded, describe_model(identity))
             return
+        self._bump_generation(conn)
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('embedder', ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -516,6 +518,15 @@ class Store:
         return conn.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'message_vectors'"
         ).fetchone() is not None
+
+    @staticmethod
+    def _bump_generation(conn: Any) -> None:
+        """A new vector space begins (first model bound, or every vector dropped): answers
+        cached from the old one must not be served, though no message changed."""
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('vector_generation', '1')"
+            " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
 
     def pending_batch(self, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
         """Up to ``limit`` messages still without a vector, as (id, content), by id."""
@@ -578,6 +589,7 @@ class Store:
         """Drop every vector and the recorded embedder; queue every message to be embedded
         again (by whatever model writes next). Returns how many messages are queued."""
         with self.write() as conn:
+            self._bump_generation(conn)
             conn.execute("DROP TRIGGER IF EXISTS messages_after_delete_vector")
             conn.execute("DROP TABLE IF EXISTS message_vectors")
             conn.execute("DELETE FROM meta WHERE key = 'embedder'")
@@ -602,6 +614,10 @@ class Store:
                 args,
             ).fetchone()
             m_where = where.replace("owner_id", "m.owner_id").replace("conversation_id", "m.conversation_id")
+            generation = conn.execute(
+                "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta"
+                " WHERE key = 'vector_generation'), 0)"
+            ).fetchone()[0]
             # CROSS JOIN keeps pending_vectors (usually empty or small) the outer loop.
             pending = conn.execute(
                 "SELECT 1 FROM pending_vectors p CROSS JOIN messages m ON m.id = p.id"
@@ -609,8 +625,9 @@ class Store:
                 args,
             ).fetchone() is not None
         # Versions only grow and conversation rows are never deleted, so (sum of versions,
-        # number of conversations) changes whenever anything in the scope changes.
-        return Scope(token=[version, conversations], size=count, pending=pending)
+        # number of conversations) changes whenever a message enters or leaves the scope;
+        # the generation changes when the vectors are rebuilt.
+        return Scope(token=[version, conversations, generation], size=count, pending=pending)
 
     def knn(
         self,

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from real_model import needs_minilm
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -24,3 +27,20 @@ def test_quickstart_runs_and_shows_a_hot_window_hit(tmp_path):
     # The example cleans up after itself. (onnxruntime 1.2x+ writes its own telemetry
     # session file, .ses, into TMPDIR whenever it creates a session; that one is not ours.)
     assert [p.name for p in tmp_path.iterdir() if p.name != ".ses"] == []
+
+
+@needs_minilm
+def test_the_readme_example_runs_and_finds_the_pizza_messages(tmp_path):
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = re.search(r"```python\n(from localmem import Memory.*?)```", readme, re.S).group(1)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+        timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("recent user Weather is nice today")
+    assert sorted(line.split(" ", 2)[2].rsplit(" ", 1)[0] for line in lines[1:3]) == [
+        "Best pizza in town", "I love pizza napolitana",
+    ]
+    assert lines[3].startswith("Loaded 1 recent + 2 semantic messages")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from real_model import needs_minilm
 
 from localmem import (
-    InvalidInputError,
+    ClosedError,
     Memory,
     ModelError,
     ModelMismatchError,
@@ -387,8 +388,6 @@ def test_another_model_is_refused_and_reembed_rebuilds(db_path):
     other = HashEmbedder(dim=32, name="other-model")
     with pytest.raises(ModelMismatchError):
         Memory(db_path, embedder=other)
-    with pytest.raises(InvalidInputError):
-        Memory(db_path, embedder=HashEmbedder(), reembed=True)  # same model: use reembed()
     with Memory(db_path, embedder=other, reembed=True) as mem:
         mem.flush(timeout=30)
         assert mem.stats()["vectors"] == 2
@@ -457,3 +456,92 @@ def test_fork_waits_for_the_embedding_worker(db_path):
             assert wait_child(fork(child), timeout=20) == 0, f"forked child {round_} hung or failed"
         mem.flush(timeout=120)
         assert mem.stats()["vectors"] == 3015
+
+
+# -- found in review: re-embedding, closing, sync failures ----------------------------------
+
+
+def test_reembed_without_an_embedder_keeps_the_recorded_model(db_path, monkeypatch):
+    import localmem
+
+    loaded = []
+
+    def fake_load(name=None):
+        loaded.append(name)
+        return HashEmbedder(name=name or "registry-default")
+
+    monkeypatch.setattr(localmem, "load_embedder", fake_load)
+    with Memory(db_path, embedder="recorded-model", embed="sync") as mem:
+        mem.add("user", "pizza", conversation_id="c", owner_id="u")
+    with Memory(db_path) as mem:  # embedder unset: the recorded one
+        assert mem.reembed() == 1
+        mem.flush(timeout=30)
+        assert mem.stats()["embedder"]["name"] == "recorded-model"
+    assert set(loaded) == {"recorded-model"}
+
+
+def test_cached_answers_die_with_the_vectors_they_came_from(db_path):
+    args = {"query": "pizza", "conversation_id": "c", "owner_id": "u", "keyword": False}
+    with Memory(db_path, embedder=HashEmbedder(name="a"), embed="sync") as mem:
+        mem.add("user", "pizza napolitana", conversation_id="c", owner_id="u")
+        mem.add("user", "train tickets", conversation_id="c", owner_id="u")
+        before = mem.get_memory(Strategy.SEMANTIC_SEARCH, **args)
+    with Memory(db_path, embedder=HashEmbedder(dim=32, name="b"), reembed=True) as mem:
+        mem.flush(timeout=30)
+        after = mem.get_memory(Strategy.SEMANTIC_SEARCH, **args)
+        assert not after.cache_hit and before.messages  # the old space's answer is not served
+        mem.reembed()
+        mem.flush(timeout=30)
+        assert not mem.get_memory(Strategy.SEMANTIC_SEARCH, **args).cache_hit
+
+
+def test_reembed_true_is_safe_to_pass_again(db_path):
+    with Memory(db_path, embedder=HashEmbedder(name="a"), embed="sync") as mem:
+        mem.add("user", "pizza", conversation_id="c", owner_id="u")
+    for _ in range(2):  # start-up code that always passes reembed=True
+        with Memory(db_path, embedder=HashEmbedder(name="b"), reembed=True) as mem:
+            mem.flush(timeout=30)
+            assert mem.stats()["vectors"] == 1 and mem.stats()["embedder"]["name"] == "b"
+
+
+def test_close_wakes_a_waiting_flush(db_path):
+    import threading
+
+    mem = Memory(db_path, embedder=HashEmbedder(delay=1.0))
+    mem.add_many(({"role": "user", "content": f"m {i}"} for i in range(200)), conversation_id="c", owner_id="u")
+    outcome = []
+
+    def flusher():
+        try:
+            mem.flush()
+            outcome.append("returned")
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=flusher, daemon=True)
+    waiter.start()
+    time.sleep(0.3)
+    mem.close()
+    waiter.join(10)
+    assert not waiter.is_alive(), "flush() still waiting after close()"
+    assert isinstance(outcome[0], ClosedError)
+    with Memory(db_path, embed="off") as again:  # what was not embedded is still queued
+        stats = again.stats()
+        assert stats["vectors"] + stats["pending_vectors"] == 200
+
+
+class _FlakyOnce(HashEmbedder):
+    def embed(self, texts):
+        if not getattr(self, "failed", False):
+            self.failed = True
+            raise RuntimeError("transient: device busy")
+        return super().embed(texts)
+
+
+def test_a_sync_failure_says_the_message_is_stored(db_path):
+    with Memory(db_path, embedder=_FlakyOnce(), embed="sync") as mem:
+        with pytest.raises(ModelError, match="stored, but embedding failed"):
+            mem.add("user", "pizza", conversation_id="c", owner_id="u", msg_id="m1")
+        assert mem.get("m1") is not None and mem.stats()["pending_vectors"] == 1
+        mem.flush(timeout=30)  # the retry embeds it
+        assert mem.stats()["vectors"] == 1
