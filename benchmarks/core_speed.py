@@ -13,7 +13,10 @@ so the noise of a shared machine hits both alike; we report medians and ratios.
   localmem's own overhead (validation, id, locking, result object).
 * recent_history (hot window): repeated reads that the hot window answers (cache_hit).
 * recent_history (SQLite): the same reads with the hot window off.
-* add_many: 100k messages from a generator, chunked transactions; peak RSS growth.
+* add_many: 100k messages from a generator, chunked transactions; peak RSS growth, and
+  the growth of anonymous memory (Linux: RssAnon), which leaves out the database pages
+  SQLite maps with mmap: those are the OS page cache, shared and reclaimable, and they
+  grow with the file, not with localmem's own memory.
 
 Every Memory here is opened with embed="off": these rows time the durable write path (the
 message, its FTS5 row and its place in the embedding queue). Embedding runs after it, in
@@ -133,13 +136,27 @@ def bench_add_many(tmp: Path, n: int) -> dict:
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with Memory(tmp / "bulk.db", embed="off") as mem:
+        anon_before = anon_kb()
         t = time.perf_counter()
         added = mem.add_many(items(), owner_id="u1")
         elapsed = time.perf_counter() - t
+        anon_after = anon_kb()
         assert added == n and mem.stats()["messages"] == n
     growth_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    anon = None if anon_before is None or anon_after is None else (anon_after - anon_before) / 1024
     return {"name": "add_many", "n": n, "seconds": elapsed, "msgs_per_s": n / elapsed,
-            "peak_rss_growth_mb": growth_kb / 1024}
+            "peak_rss_growth_mb": growth_kb / 1024, "anon_growth_mb": anon}
+
+
+def anon_kb() -> int | None:
+    """Anonymous resident memory of this process in kB (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in adds + reads:
         print(f"{row['name']:32s} {row['p50_us']:9.1f} {row['p95_us']:9.1f} {row['p50_us'] / floor:8.2f}")
     print(f"{'add_many':32s} {bulk_result['msgs_per_s']:9.0f} msgs/s over {bulk_result['n']} messages, "
-          f"peak RSS growth {bulk_result['peak_rss_growth_mb']:.1f} MB")
+          f"peak RSS growth {bulk_result['peak_rss_growth_mb']:.1f} MB"
+          + ("" if bulk_result["anon_growth_mb"] is None
+             else f" (anonymous memory {bulk_result['anon_growth_mb']:+.1f} MB; the rest is mmap'd file pages)"))
 
     by_name = {r["name"]: r for r in adds + reads}
     goals = [

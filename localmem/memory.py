@@ -22,10 +22,16 @@ from .cache import (
     HotWindow,
     QueryCache,
 )
-from .errors import ClosedError, InvalidInputError, LocalMemError, ModelError, StrategyUnavailableError
+from .errors import (
+    ClosedError,
+    InvalidInputError,
+    LocalMemError,
+    ModelError,
+    StrategyUnavailableError,
+)
 from .indexer import Indexer, check_vectors
 from .records import MemoryResult, Message, RetrievedMessage, Strategy
-from .store import Store, describe_model, model_mismatch, same_model
+from .store import EXACT_SEARCH_MAX, Store, describe_model, model_mismatch, same_model
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_id,
@@ -132,6 +138,9 @@ class Memory:
     ``embedding_cache_ttl``: seconds an unused cached embedding lives on disk (each hit
     renews it). ``query_cache_ttl``: seconds a cached strategy answer may be reused
     (0: no query cache); a new message in its scope voids it at once.
+    ``exact_search_max``: scopes of up to this many messages are searched exactly; larger
+    ones scan sign-bit codes and re-score the best candidates with their float vectors
+    (faster, approximate: recall@10 0.98 at 10k, 0.94 at 100k in benchmarks/semantic_speed.py).
 
     Thread-safe; after ``fork()`` the child opens its own connections on first use.
     """
@@ -152,11 +161,15 @@ class Memory:
         reembed: bool = False,
         embedding_cache_ttl: float = DEFAULT_EMBEDDING_TTL,
         query_cache_ttl: float = DEFAULT_QUERY_CACHE_TTL,
+        exact_search_max: int = EXACT_SEARCH_MAX,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
         if type(max_content_bytes) is not int or max_content_bytes < 1:
             raise InvalidInputError(f"max_content_bytes must be a positive int; got {max_content_bytes!r}")
+        if type(exact_search_max) is not int or exact_search_max < 0:
+            raise InvalidInputError(f"exact_search_max must be an int >= 0; got {exact_search_max!r}")
+        self.exact_search_max = exact_search_max
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         if type(reembed) is not bool:
@@ -563,7 +576,8 @@ class Memory:
                     return recall
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
         searcher = strategies.Searcher(
-            self._store, self._query_vector, keyword, self._keyword_reader() if parallel else None
+            self._store, self._query_vector, keyword,
+            self._keyword_reader() if parallel else None, self.exact_search_max,
         )
         if strategy is Strategy.SEMANTIC_SEARCH:
             recall = strategies.semantic_search(

@@ -155,7 +155,7 @@ _MMAP_SIZE = 1 << 30  # bytes of the file read through mmap (SQLite caps it at i
 # sqlite-vec's top-k selection costs n x k, so candidates are the price: 160 of 100k
 # vectors take ~17 ms and give recall@10 0.92 against the exact ranking on LoCoMo-derived
 # vectors (benchmarks/semantic_speed.py; see the README's speed table).
-EXACT_SEARCH_MAX = 10_000
+EXACT_SEARCH_MAX = 5_000
 OVERSAMPLE = 2
 MIN_CANDIDATES = 160
 
@@ -671,10 +671,15 @@ class Store:
                     f" AND k = ? AND {where}",
                     [vector, wanted, *args],
                 ).fetchall()
-                rescore = "SELECT vec_distance_cosine(embedding, ?) FROM message_vectors WHERE rowid = ?"
+                # One statement: a point lookup per candidate, the loop in C (vec0 turns
+                # the join's rowid equality into its rowid index).
                 scored = [
-                    (row_id, 1.0 - conn.execute(rescore, (vector, row_id)).fetchone()[0])
-                    for (row_id,) in candidates
+                    (row_id, 1.0 - distance)
+                    for row_id, distance in conn.execute(
+                        "SELECT j.value, vec_distance_cosine(v.embedding, ?) FROM json_each(?) j"
+                        " JOIN message_vectors v ON v.rowid = j.value",
+                        (vector, json.dumps([row_id for (row_id,) in candidates])),
+                    )
                 ]
                 scored.sort(key=lambda pair: (-pair[1], pair[0]))
                 return scored[:k]

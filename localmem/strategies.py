@@ -15,7 +15,7 @@ from typing import Any
 
 from .cache import HotWindow
 from .records import RetrievedMessage
-from .store import Store
+from .store import EXACT_SEARCH_MAX, Store
 from .validate import from_utc_us, now_us
 
 _US_PER_DAY = 86_400 * 1_000_000
@@ -166,6 +166,7 @@ class Searcher:
     query_vector: Callable[[str], bytes]
     keyword: bool = True
     keyword_store: Store | None = None
+    exact_max: int = EXACT_SEARCH_MAX
 
 
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
@@ -191,14 +192,14 @@ def search(
     scope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
     vector = searcher.query_vector(query)
     if not searcher.keyword:
-        return searcher.store.knn(vector, limit, **scope)
+        return searcher.store.knn(vector, limit, exact_max=searcher.exact_max, **scope)
     depth = max(limit, FUSION_DEPTH)
     match = keyword_query(query)
     sparse: list[tuple[int, float]] = []
     if match is None:
-        dense = searcher.store.knn(vector, depth, **scope)
+        dense = searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
     elif searcher.keyword_store is None:
-        dense = searcher.store.knn(vector, depth, **scope)
+        dense = searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
         sparse = searcher.store.keyword(match, depth, **scope)
     else:
         outcome: list[Any] = []
@@ -212,7 +213,7 @@ def search(
         side = threading.Thread(target=keyword_side, name="localmem-bm25", daemon=True)
         side.start()
         try:
-            dense = searcher.store.knn(vector, depth, **scope)
+            dense = searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
         finally:
             side.join()
         if isinstance(outcome[0], BaseException):

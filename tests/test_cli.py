@@ -170,6 +170,28 @@ def test_info_shows_counts_and_schema_version(run, db_path):
     assert (stats["messages"], stats["conversations"], stats["owners"]) == (3, 2, 2)
 
 
+@needs_minilm  # search embeds with the recorded (default) model
+def test_add_then_search_then_reembed(run, db_path):
+    for text in ("I love pizza napolitana", "Best pizza in town", "Weather is nice today"):
+        assert run("--db", str(db_path), "add", "--conversation", "c", "--owner", "u", text)[0] == 0
+    code, out, err = run("--db", str(db_path), "info", "--json")
+    assert json.loads(out)["pending_vectors"] == 3  # add queues; it does not load a model
+    code, out, err = run("--db", str(db_path), "search", "--conversation", "c", "--owner", "u",
+                         "--strategy", "semantic_search", "--limit", "2", "tell me about pizza")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3 and all("pizza" in line for line in lines[:2])
+    assert lines[2] == "Found 2 semantically relevant messages"
+    code, out, err = run("--db", str(db_path), "search", "--conversation", "c", "--owner", "u",
+                         "--strategy", "semantic_search", "--json", "--dense-only", "weather")
+    assert json.loads(out)["messages"][0]["content"] == "Weather is nice today"
+    code, out, err = run("--db", str(db_path), "reembed")
+    assert code == 0, err
+    assert "re-embedding 3 messages with all-MiniLM-L6-v2" in out and "done: 3 vectors" in out
+    code, out, err = run("--db", str(db_path), "info")
+    assert "'all-MiniLM-L6-v2' (dim 384" in out
+
+
 def test_db_after_the_subcommand_wins_over_the_global_one(run, tmp_path):
     a, b = tmp_path / "a.db", tmp_path / "b.db"
     run("--db", str(a), "add", "--db", str(b), "--conversation", "c", "--owner", "u", "x")
@@ -196,6 +218,8 @@ def test_bad_metadata_is_error_1(run, db_path, metadata):
     ["info"],
     ["info", "--json"],
     ["recent", "--conversation", "c1", "--owner", "u1"],
+    ["search", "--conversation", "c1", "--owner", "u1", "pizza"],
+    ["reembed"],
 ])
 def test_reading_a_missing_database_creates_nothing(run, tmp_path, argv):
     missing = tmp_path / "missing.db"
