@@ -51,7 +51,7 @@ VOCAB = 5000
 
 
 class LookupEmbedder:
-    """Answers precomputed query vectors; a stand-in that costs nothing."""
+    """Answers precomputed vectors by text; a stand-in model that costs nothing."""
 
     name = "benchmark-lookup"
     dim = DIM
@@ -115,7 +115,8 @@ def dataset(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, list[str],
         mix = rng.uniform(0.6, 1.0, (n, 1)).astype(np.float32)
         vectors = mix * centres[pick] + (1 - mix) * centres[other]
         vectors += rng.standard_normal((n, DIM)).astype(np.float32) * 0.35
-        qvec = vectors[rng.integers(0, n, queries)] + rng.standard_normal((queries, DIM)).astype(np.float32) * 0.3
+        nq = len(real[1]) if real is not None else queries  # one vector per query text
+        qvec = vectors[rng.integers(0, n, nq)] + rng.standard_normal((nq, DIM)).astype(np.float32) * 0.3
         how = "random topic centres (no model here: recall figures mean little)"
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     qvec = qvec / np.linalg.norm(qvec, axis=1, keepdims=True)
@@ -223,20 +224,27 @@ def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
     return [{"messages": n, **r} for r in rows]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2k messages, few rounds (smoke test)")
-    parser.add_argument("--sizes", type=int, nargs="*", help="message counts (default 10000 100000)")
+def run_sizes(description: str, run_size, sizes: list[int], quick: int, note: str = "") -> int:
+    """The size benchmarks' command line: --quick, --sizes, --json; a header naming the
+    machine, then ``run_size(n, rounds, queries_per_round)`` for each size."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=f"{quick:,} messages, few rounds (smoke test)")
+    parser.add_argument("--sizes", type=int, nargs="*", help=f"message counts (default {sizes})")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    sizes = args.sizes or ([2000] if args.quick else [10_000, 100_000])
+    chosen = args.sizes or ([quick] if args.quick else sizes)
     rounds, per_round = (1, 5) if args.quick else (5, 20)
     print(f"python {platform.python_version()}, driver {driver.dbapi().__name__} "
-          f"{driver.dbapi().sqlite_version}, {os.cpu_count()} cpus; {rounds} rounds x {per_round} queries")
-    rows = [r for n in sizes for r in run_size(n, rounds, per_round)]
+          f"{driver.dbapi().sqlite_version}, {os.cpu_count()} cpus{note}; "
+          f"{rounds} rounds x {per_round} queries")
+    rows = [r for n in chosen for r in run_size(n, rounds, per_round)]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def main() -> int:
+    return run_sizes(__doc__.split("\n")[0], run_size, [10_000, 100_000], 2000)
 
 
 if __name__ == "__main__":
