@@ -492,6 +492,7 @@ class Memory:
         limit: int = 10,
         lookback_days: float | None = 7,
         keyword: bool = True,
+        dense: bool = True,
     ) -> MemoryResult:
         """The messages worth putting in the prompt, chosen by ``strategy``.
 
@@ -509,7 +510,8 @@ class Memory:
         Searching by meaning fuses the dense (cosine) ranking with FTS5 BM25 by reciprocal
         rank fusion; ``score`` is then the fused score, sum of ``1 / (10 + rank)`` over the
         two rankings. ``keyword=False`` searches by vectors alone and ``score`` is the
-        cosine similarity. ``query=None`` searches with the conversation's latest user
+        cosine similarity; ``dense=False`` by BM25 alone and ``score`` is ``-bm25`` (higher
+        is better; no model is needed). ``query=None`` searches with the conversation's latest user
         message (the original design's "user input"); with none, the semantic part is empty.
         Messages whose vectors are still being computed are found by keywords only: call
         ``flush()`` first (or open with ``embed="sync"``) to include them by meaning.
@@ -526,8 +528,10 @@ class Memory:
         lookback = check_lookback_days(lookback_days)
         if query is not None and not isinstance(query, str):
             raise InvalidInputError(f"query must be a str or None, not {type(query).__name__}")
-        if type(keyword) is not bool:
-            raise InvalidInputError(f"keyword must be True or False; got {keyword!r}")
+        if type(keyword) is not bool or type(dense) is not bool:
+            raise InvalidInputError(f"keyword and dense must be True or False; got {keyword!r}, {dense!r}")
+        if not (keyword or dense):
+            raise InvalidInputError("keyword=False and dense=False leave nothing to search with")
         if strategy is Strategy.SESSION_ONLY:
             recall = strategies.session_only()
         elif strategy is Strategy.RECENT_HISTORY:
@@ -536,7 +540,7 @@ class Memory:
                 limit=limit, lookback_days=lookback,
             )
         else:
-            recall = self._semantic(strategy, owner_id, conversation_id, query, limit, lookback, keyword)
+            recall = self._semantic(strategy, owner_id, conversation_id, query, limit, lookback, keyword, dense)
         return MemoryResult(
             messages=recall.messages,
             strategy=strategy,
@@ -554,20 +558,22 @@ class Memory:
         limit: int,
         lookback: float | None,
         keyword: bool,
+        dense: bool,
     ) -> strategies.Recall:
-        if self.embed_mode == "off":
-            raise StrategyUnavailableError(
-                f"{strategy.value} searches by meaning, and this Memory was opened with "
-                "embed='off'; open it with embed='background' or 'sync'"
-            )
-        self._indexer.raise_error()
+        if dense:
+            if self.embed_mode == "off":
+                raise StrategyUnavailableError(
+                    f"{strategy.value} searches by meaning, and this Memory was opened with "
+                    "embed='off'; open it with embed='background' or 'sync' (or search with dense=False)"
+                )
+            self._indexer.raise_error()
         if query is not None and not query.strip():
             query = None
         if query is None:
             query = self._store.latest_user_message(owner_id, conversation_id)
         cross = strategy is Strategy.CROSS_CONVERSATION
         scope = self._store.scope(owner_id, None if cross else conversation_id)
-        key = [strategy.value, owner_id, conversation_id, query, limit, lookback, keyword]
+        key = [strategy.value, owner_id, conversation_id, query, limit, lookback, keyword, dense]
         if self._queries is not None and not scope.pending:
             cached = self._queries.get(key, scope.token)
             if cached is not None:
@@ -577,7 +583,7 @@ class Memory:
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
         searcher = strategies.Searcher(
             self._store, self._query_vector, keyword,
-            self._keyword_reader() if parallel else None, self.exact_search_max,
+            self._keyword_reader() if parallel else None, self.exact_search_max, dense,
         )
         if strategy is Strategy.SEMANTIC_SEARCH:
             recall = strategies.semantic_search(

@@ -112,7 +112,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             DELETE FROM pending_vectors WHERE id = old.id;
         END""",
         # The keyword index gains the Porter stemmer ("recommendations" finds "recommend"):
-        # on LoCoMo it lifts BM25 recall@10 from 0.53 to 0.57 (benchmarks/locomo_recall.py).
+        # on LoCoMo it lifts BM25 recall@10 from 0.53 to 0.57 (benchmarks/locomo.py).
         # Accent folding stays. The index is rebuilt from messages.content.
         "DROP TABLE messages_fts",
         """CREATE VIRTUAL TABLE messages_fts USING fts5(

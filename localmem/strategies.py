@@ -167,6 +167,7 @@ class Searcher:
     keyword: bool = True
     keyword_store: Store | None = None
     exact_max: int = EXACT_SEARCH_MAX
+    dense: bool = True
 
 
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
@@ -187,9 +188,13 @@ def search(
     conversation_id: str | None,
     since_us: int | None,
 ) -> list[tuple[int, float]]:
-    """The ``limit`` best (id, score) in the scope: cosine similarity when dense-only,
-    the RRF score when fused with BM25."""
+    """The ``limit`` best (id, score) in the scope: cosine similarity when dense only,
+    ``-bm25`` when keyword only, the RRF score when both are fused."""
     scope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
+    if not searcher.dense:  # BM25 alone; score = -bm25 (higher is better)
+        match = keyword_query(query)
+        found = searcher.store.keyword(match, limit, **scope) if match else []
+        return [(row_id, -bm25) for row_id, bm25 in found]
     vector = searcher.query_vector(query)
     if not searcher.keyword:
         return searcher.store.knn(vector, limit, exact_max=searcher.exact_max, **scope)

@@ -20,6 +20,7 @@ from real_model import needs_minilm
 
 from localmem import (
     ClosedError,
+    InvalidInputError,
     Memory,
     ModelError,
     ModelMismatchError,
@@ -545,3 +546,17 @@ def test_a_sync_failure_says_the_message_is_stored(db_path):
         assert mem.get("m1") is not None and mem.stats()["pending_vectors"] == 1
         mem.flush(timeout=30)  # the retry embeds it
         assert mem.stats()["vectors"] == 1
+
+
+def test_keyword_only_search_needs_no_model(db_path):
+    with Memory(db_path, embed="off") as mem:
+        mem.add("user", "Best pizza in town", conversation_id="c", owner_id="u")
+        mem.add("user", "recommendations for pizza and pasta", conversation_id="c", owner_id="u")
+        mem.add("user", "Weather is nice today", conversation_id="c", owner_id="u")
+        got = mem.get_memory(Strategy.SEMANTIC_SEARCH, query="recommended pizza", conversation_id="c",
+                             owner_id="u", dense=False)
+        assert [m.content for m in got.messages] == ["recommendations for pizza and pasta", "Best pizza in town"]
+        assert got.messages[0].score > got.messages[1].score > 0
+        with pytest.raises(InvalidInputError):
+            mem.get_memory(Strategy.SEMANTIC_SEARCH, query="x", conversation_id="c", owner_id="u",
+                           dense=False, keyword=False)

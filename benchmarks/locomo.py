@@ -1,16 +1,18 @@
-"""Retrieval quality on LoCoMo: turn-level recall@k of cross_conversation, fused and dense.
+"""Retrieval quality on LoCoMo: turn-level recall@k of cross_conversation, per configuration.
 
-    python benchmarks/locomo_recall.py [--data DIR] [--json OUT]
+    python benchmarks/locomo.py [--data DIR] [--json OUT]      # about 1 minute
 
 Protocol (../shared/data/locomo/README.md): skip category 5; one owner per conversation
 file, one conversation per session, every turn a message stamped with its session's time;
 for each question, retrieve the owner's top k messages across all sessions; recall@k is the
 share of the question's evidence turns among them, averaged over questions.
 
-Runs through the public API only: ``Memory.add_many``, ``flush``, and ``get_memory(
-Strategy.CROSS_CONVERSATION, lookback_days=None)`` with ``keyword=True`` (dense KNN fused
-with BM25 by reciprocal rank fusion, the default) and ``keyword=False`` (dense only).
-Needs the real all-MiniLM-L6-v2 (LOCALMEM_MODELS_DIR or the model cache).
+Runs through the public API only (``Memory.add_many``, ``flush``, ``get_memory(
+Strategy.CROSS_CONVERSATION, lookback_days=None)``), so it works on any data in this
+format. Configurations: the default (dense KNN fused with BM25 by reciprocal rank fusion),
+``keyword=False`` (dense only), ``dense=False`` (BM25 only). Prints recall@1/5/10/20/50
+overall and per question category. Needs the real all-MiniLM-L6-v2 (LOCALMEM_MODELS_DIR
+or the model cache).
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from localmem import Memory, Strategy
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "locomo"
-KS = (5, 10, 50)
+KS = (1, 5, 10, 20, 50)
+CONFIGS = {  # name -> get_memory arguments
+    "fused (default)": {},
+    "dense only (keyword=False)": {"keyword": False},
+    "keyword only (dense=False)": {"dense": False},
+}
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 
 
 def session_time(text: str) -> datetime:
@@ -36,7 +45,9 @@ def session_time(text: str) -> datetime:
     return datetime.strptime(text, "%I:%M %p on %d %B, %Y").replace(tzinfo=timezone.utc)
 
 
-def load(path: Path) -> tuple[list[dict], list[tuple[str, set[str]]]]:
+def load(path: Path) -> tuple[list[dict], list[tuple[str, int, set[str]]]]:
+    """One conversation file: its messages (add_many items) and its questions as
+    (question, category, evidence msg_ids)."""
     data = json.loads(path.read_text())
     owner = path.stem
     messages = []
@@ -60,7 +71,8 @@ def load(path: Path) -> tuple[list[dict], list[tuple[str, set[str]]]]:
         if qa.get("category") == 5:
             continue
         evidence = " ".join(qa["evidence"]) if isinstance(qa["evidence"], list) else str(qa["evidence"])
-        questions.append((qa["question"], {f"{owner}:{d}" for d in re.findall(r"D\d+:\d+", evidence)}))
+        ids = {f"{owner}:{d}" for d in re.findall(r"D\d+:\d+", evidence)}
+        questions.append((qa["question"], qa.get("category"), ids))
     return messages, questions
 
 
@@ -73,34 +85,51 @@ def main() -> int:
     if not files:
         print(f"no LoCoMo files in {args.data}", file=sys.stderr)
         return 2
-    recall: dict[str, dict[int, list[float]]] = {m: {k: [] for k in KS} for m in ("fused", "dense")}
+    # recall[config][category or "all"][k] -> one value per question
+    recall: dict[str, dict[Any, dict[int, list[float]]]] = {
+        name: {c: {k: [] for k in KS} for c in ("all", *CATEGORIES)} for name in CONFIGS
+    }
     with tempfile.TemporaryDirectory() as tmp, Memory(Path(tmp) / "locomo.db", query_cache_ttl=0) as mem:
         started = time.perf_counter()
         questions = []
         for path in files:
             messages, qs = load(path)
             mem.add_many(messages)
-            questions += [(path.stem, q, ev) for q, ev in qs]
+            questions += [(path.stem, *q) for q in qs]
         mem.flush()
         print(f"{mem.stats()['messages']} messages embedded in {time.perf_counter() - started:.1f} s; "
               f"{len(questions)} questions from {len(files)} conversations")
-        for owner, question, evidence in questions:
-            for mode, keyword in (("fused", True), ("dense", False)):
+        for owner, question, category, evidence in questions:
+            for name, options in CONFIGS.items():
                 got = mem.get_memory(
                     Strategy.CROSS_CONVERSATION, query=question, owner_id=owner,
-                    conversation_id="session_1", limit=max(KS), lookback_days=None, keyword=keyword,
+                    conversation_id="session_1", limit=max(KS), lookback_days=None, **options,
                 )
                 ids = [m.msg_id for m in got.messages]
                 for k in KS:
-                    found = len(evidence & set(ids[:k]))
-                    recall[mode][k].append(found / len(evidence) if evidence else 0.0)
-    rows = {mode: {f"R@{k}": statistics.mean(v) for k, v in by_k.items()} for mode, by_k in recall.items()}
-    print(f"{'':28}" + "".join(f"{'R@' + str(k):>8}" for k in KS))
-    names = {"fused": "cross_conversation (fused)", "dense": "keyword=False (dense only)"}
-    for mode, row in rows.items():
-        print(f"{names[mode]:28}" + "".join(f"{row[f'R@{k}']:8.3f}" for k in KS))
+                    value = len(evidence & set(ids[:k])) / len(evidence) if evidence else 0.0
+                    recall[name]["all"][k].append(value)
+                    if category in CATEGORIES:
+                        recall[name][category][k].append(value)
+    table = {
+        name: {
+            ("all" if c == "all" else CATEGORIES[c]): {
+                "questions": len(by_k[KS[0]]),
+                **{f"R@{k}": statistics.mean(v) if v else 0.0 for k, v in by_k.items()},
+            }
+            for c, by_k in per_category.items()
+        }
+        for name, per_category in recall.items()
+    }
+    print(f"\n{'all questions':30}" + "".join(f"{'R@' + str(k):>8}" for k in KS))
+    for name, rows in table.items():
+        print(f"{name:30}" + "".join(f"{rows['all'][f'R@{k}']:8.3f}" for k in KS))
+    print(f"\n{'R@10 by category':30}" + "".join(f"{c:>13}" for c in CATEGORIES.values()))
+    print(f"{'(questions)':30}" + "".join(f"{table[next(iter(CONFIGS))][c]['questions']:>13}" for c in CATEGORIES.values()))
+    for name, rows in table.items():
+        print(f"{name:30}" + "".join(f"{rows[c]['R@10']:13.3f}" for c in CATEGORIES.values()))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(table, indent=2))
     return 0
 
 
