@@ -39,6 +39,15 @@ from .errors import (
 from .records import Message
 from .validate import NewMessage, from_utc_us, now_us
 
+# The message just before (cmp "<", order DESC) or just after (">", ASC) message ``m`` in
+# its conversation, by (created_at, id); ``col`` picks what to return. Uses the
+# messages_by_conversation index.
+_NEIGHBOUR = (
+    "(SELECT n.{col} FROM messages n WHERE n.conversation_id = {m}.conversation_id"
+    " AND n.owner_id = {m}.owner_id AND (n.created_at, n.id) {cmp} ({m}.created_at, {m}.id)"
+    " ORDER BY n.created_at {order}, n.id {order} LIMIT 1)"
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: messages, FTS5, conversations, meta.
     (
@@ -111,15 +120,34 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER messages_after_delete_pending AFTER DELETE ON messages BEGIN
             DELETE FROM pending_vectors WHERE id = old.id;
         END""",
-        # The keyword index gains the Porter stemmer ("recommendations" finds "recommend"):
-        # on LoCoMo it lifts BM25 recall@10 from 0.53 to 0.57 (benchmarks/locomo.py).
-        # Accent folding stays. The index is rebuilt from messages.content.
+        # The keyword index is rebuilt with two changes measured on LoCoMo
+        # (benchmarks/locomo.py, five conversations):
+        # * the Porter stemmer ("recommendations" finds "recommend"): BM25 recall@10
+        #   0.53 -> 0.57; accent folding stays;
+        # * a second column, ``prev``, holding the previous message of the conversation,
+        #   ranked at half weight (bm25(messages_fts, 1.0, 0.5)): a reply ("Yes, last
+        #   May!") is found by the words of the question it answers. Fused recall@10
+        #   0.644 -> 0.711, no embedding cost.
+        # It stores its own text (no longer external-content), so a row can be updated
+        # when its neighbour changes and deleted without replaying old values.
+        "DROP TRIGGER messages_after_delete",
         "DROP TABLE messages_fts",
         """CREATE VIRTUAL TABLE messages_fts USING fts5(
-            content, content='messages', content_rowid='id',
-            tokenize='porter unicode61 remove_diacritics 2'
+            content, prev, tokenize='porter unicode61 remove_diacritics 2'
         )""",
-        "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+        """INSERT INTO messages_fts (rowid, content, prev)
+            SELECT id, content, lag(content) OVER (
+                PARTITION BY owner_id, conversation_id ORDER BY created_at, id)
+            FROM messages""",
+        # A deleted message's successor takes its predecessor as ``prev``. (This runs
+        # AFTER the delete, so neither lookup can find the deleted row itself.)
+        f"""CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
+            UPDATE messages_fts SET prev = {_NEIGHBOUR.format(m="old", cmp="<", order="DESC", col="content")}
+                WHERE rowid = {_NEIGHBOUR.format(m="old", cmp=">", order="ASC", col="id")};
+            DELETE FROM messages_fts WHERE rowid = old.id;
+            UPDATE conversations SET version = version + 1, message_count = message_count - 1
+                WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
+        END""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -145,7 +173,19 @@ _INSERT = (
     "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at,"
     " feature, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_FTS = "INSERT INTO messages_fts (rowid, content) VALUES (?, ?)"
+# Index the messages with id > ?, each with its predecessor as ``prev``.
+_INSERT_FTS = (
+    "INSERT INTO messages_fts (rowid, content, prev) SELECT m.id, m.content, "
+    + _NEIGHBOUR.format(m="m", cmp="<", order="DESC", col="content")
+    + " FROM messages m WHERE m.id > ?"
+)
+# New messages (id > ?) whose successor is an older message: that one's ``prev`` is now the
+# new message (a backdated insert). Append-only writes find none.
+_DISPLACED = (
+    "SELECT s.id, m.content FROM messages m JOIN messages s ON s.id = "
+    + _NEIGHBOUR.format(m="m", cmp=">", order="ASC", col="id")
+    + " WHERE m.id > ?1 AND s.id <= ?1"
+)
 _MAX_PARAMS = 500  # per IN (...) lookup, well under SQLite's limit
 _MAX_K = 4096  # sqlite-vec's largest k
 _MMAP_SIZE = 1 << 30  # bytes of the file read through mmap (SQLite caps it at its own limit)
@@ -704,7 +744,7 @@ class Store:
         (id, bm25 score: lower is better), best first. Build ``match`` with
         ``keyword_query()``: raw user text is never FTS5 syntax."""
         sql = (
-            "SELECT m.id, bm25(messages_fts) AS score FROM messages_fts"
+            "SELECT m.id, bm25(messages_fts, 1.0, 0.5) AS score FROM messages_fts"
             " JOIN messages m ON m.id = messages_fts.rowid"
             " WHERE messages_fts MATCH ? AND m.owner_id = ?"
         )
@@ -750,7 +790,7 @@ class Store:
         with self.write() as conn:
             cur = conn.execute(_INSERT + " ON CONFLICT (msg_id) DO NOTHING", _params(m))
             if cur.rowcount == 1:
-                conn.execute(_INSERT_FTS, (cur.lastrowid, m.content))
+                self._index_keywords(conn, cur.lastrowid - 1)
                 stored = None
             else:
                 stored = conn.execute(
@@ -788,12 +828,17 @@ class Store:
                         raise _conflict(m)
             last_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
             conn.executemany(_INSERT, [_params(m) for m in fresh.values()])
-            conn.execute(
-                "INSERT INTO messages_fts (rowid, content)"
-                " SELECT id, content FROM messages WHERE id > ?",
-                (last_id,),
-            )
+            self._index_keywords(conn, last_id)
         return len(fresh)
+
+    @staticmethod
+    def _index_keywords(conn: Any, last_id: int) -> None:
+        """Index the messages with id > ``last_id`` (one statement: FTS5 writes one segment
+        per statement, not per row), and repoint the ``prev`` of any older message that a
+        backdated one now precedes."""
+        conn.execute(_INSERT_FTS, (last_id,))
+        for successor, content in conn.execute(_DISPLACED, (last_id,)).fetchall():
+            conn.execute("UPDATE messages_fts SET prev = ? WHERE rowid = ?", (content, successor))
 
     def delete(self, msg_id: str) -> bool:
         """Delete a message; triggers remove its FTS5 row, vector and queue entry."""
@@ -860,12 +905,25 @@ class Store:
             result = "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
         if result != "ok":
             return result
+        with self.read() as conn:
+            unindexed = conn.execute(
+                "SELECT count(*) FROM messages m"
+                " WHERE NOT EXISTS (SELECT 1 FROM messages_fts f WHERE f.rowid = m.id)"
+            ).fetchone()[0]
+            indexed = conn.execute("SELECT count(*) FROM messages_fts").fetchone()[0]
+            total = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+            stale = conn.execute(
+                "SELECT count(*) FROM (SELECT id, lag(content) OVER (PARTITION BY owner_id,"
+                " conversation_id ORDER BY created_at, id) AS prev FROM messages) x"
+                " JOIN messages_fts f ON f.rowid = x.id WHERE f.prev IS NOT x.prev"
+            ).fetchone()[0]
+        if unindexed or indexed != total:
+            return f"fts5: {unindexed} messages missing from the keyword index, which has {indexed} rows for {total} messages"
+        if stale:
+            return f"fts5: {stale} keyword rows hold the wrong previous message"
         try:
             with self.write() as conn:
-                # rank = 1: also compare the index with the messages it should hold.
-                conn.execute(
-                    "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)"
-                )
+                conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
         except LockTimeoutError:
             raise  # a busy file is not a damaged one
         except StoreError as exc:

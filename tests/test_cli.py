@@ -55,7 +55,7 @@ def test_demo_asks_every_strategy_on_a_temporary_database(run, temp_dir):
     cross = out.split("== cross_conversation")[1]
     assert "catupiry" in cross or "pizza" in cross  # found in the other conversation
     assert "manjericão" in out and "guaraná" in out  # Portuguese, accents intact
-    assert "[user] I'm planning three days in Lisbon" in out
+    assert "[user] Perfect. Add a day trip to Sintra on the second day." in out  # recent_history
     assert "cache_hit=True" in out and "cache_hit=False" in out
     assert "metadata=" in out and "feature=trip_planner" in out
     assert len(out.splitlines()) < 70

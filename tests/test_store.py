@@ -153,7 +153,7 @@ def fts(db_path, query):
     try:
         return [r[0] for r in conn.execute(
             "SELECT m.content FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
-            " WHERE messages_fts MATCH ? ORDER BY m.id", (query,))]
+            " WHERE messages_fts.content MATCH ? ORDER BY m.id", (query,))]
     finally:
         conn.close()
 
@@ -222,6 +222,46 @@ def test_the_chosen_driver_loads_sqlite_vec():
         assert conn.execute("SELECT vec_version()").fetchone()[0].startswith("v")
     finally:
         conn.close()
+
+
+def prev_column(db_path) -> dict[str, str | None]:
+    conn = raw(db_path)
+    try:
+        return dict(conn.execute(
+            "SELECT m.content, f.prev FROM messages m JOIN messages_fts f ON f.rowid = m.id"
+        ).fetchall())
+    finally:
+        conn.close()
+
+
+def test_the_keyword_index_knows_each_messages_predecessor(mem, db_path):
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    mem.add("user", "first", created_at=t0, **OK)
+    mem.add("user", "third", created_at=t0 + timedelta(minutes=2), **OK)
+    mem.add("user", "elsewhere", conversation_id="c2", owner_id="u1", created_at=t0)
+    assert prev_column(db_path) == {"first": None, "third": "first", "elsewhere": None}
+    mem.add("user", "second", created_at=t0 + timedelta(minutes=1), msg_id="m2", **OK)  # backdated
+    assert prev_column(db_path) == {"first": None, "second": "first", "third": "second", "elsewhere": None}
+    mem.add_many([{"role": "user", "content": "zero", "created_at": t0 - timedelta(minutes=1)},
+                  {"role": "user", "content": "fourth", "created_at": t0 + timedelta(minutes=3)}], **OK)
+    assert prev_column(db_path)["first"] == "zero" and prev_column(db_path)["fourth"] == "third"
+    assert mem.delete("m2")
+    assert prev_column(db_path)["third"] == "first"
+    assert mem.check_integrity() == "ok"
+    # A reply is found by the words of the message it answers (at half weight).
+    got = mem._store.keyword('"third"', 10, owner_id="u1", conversation_id="c1")
+    assert [mem._store.rows_by_id([i])[i][4] for i, _ in got] == ["third", "fourth"]
+
+
+def test_integrity_check_notices_a_stale_predecessor(mem, db_path):
+    mem.add("user", "one", **OK)
+    mem.add("user", "two", **OK)
+    conn = raw(db_path)
+    conn.execute("UPDATE messages_fts SET prev = 'wrong' WHERE prev = 'one'")
+    conn.close()
+    assert "previous message" in mem.check_integrity()
 
 
 def test_integrity_check_notices_a_message_without_its_fts_row(mem, db_path):
