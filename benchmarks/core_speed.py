@@ -38,7 +38,9 @@ import time
 from pathlib import Path
 
 from localmem import Memory, driver
-from localmem.store import _INSERT_FTS  # the statement add() runs, so the row compares like with like
+from localmem.store import (
+    _INSERT_FTS,  # the statement add() runs, so the row compares like with like
+)
 
 TEXT = "I love pizza napolitana; can you remind me which place we liked near the station?"
 FLOOR_DDL = (
