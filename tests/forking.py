@@ -3,15 +3,21 @@ wait for it with a deadline (a hung child is killed and reported as None)."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import time
 import traceback
 
 
-def fork(body) -> int:
-    """Fork; in the child run ``body() -> exit code`` and leave through os._exit only."""
+def fork(body, dump_after: float = 20.0) -> int:
+    """Fork; in the child run ``body() -> exit code`` and leave through os._exit only.
+
+    A child still running after ``dump_after`` seconds prints every thread's stack to
+    stderr and exits, so a hang shows where it hung.
+    """
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
+        faulthandler.dump_traceback_later(dump_after, exit=True)
         code = 1
         try:
             code = body()

@@ -12,6 +12,10 @@ from forking import fork, wait_child
 from localmem import ClosedError, Memory, Strategy, driver
 
 OWNER = "owner-1"
+# These tests are about the store, the hot window and close(); the embedding worker is off
+# so that no ONNX model is loaded. fork() during background embedding is tested in
+# test_semantic.py (test_fork_waits_for_the_embedding_worker).
+EMBED = "off"
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX-only")
 
@@ -37,7 +41,7 @@ def _recent(m: Memory, conv: str, limit: int = 10) -> list[str]:
 
 @needs_fork
 def test_forked_child_uses_its_own_connection(db_path):
-    with Memory(db_path) as m:
+    with Memory(db_path, embed=EMBED) as m:
         m.add("user", "from the parent", conversation_id="c", owner_id=OWNER, msg_id="parent-0")
         assert _recent(m, "c") == ["parent-0"]  # the hot window is open and warm, too
         parent_conn = m._store._conn
@@ -74,7 +78,7 @@ def test_forked_child_uses_its_own_connection(db_path):
 
 @needs_fork
 def test_child_closing_memory_does_not_disturb_the_parent(db_path):
-    with Memory(db_path) as m:
+    with Memory(db_path, embed=EMBED) as m:
         # Leave committed data in the WAL, not yet checkpointed into the main file.
         m.add_many(
             [{"role": "user", "content": f"wal {i}", "msg_id": f"w{i}"} for i in range(200)],
@@ -97,7 +101,7 @@ def test_child_closing_memory_does_not_disturb_the_parent(db_path):
         m.add("user", "parent", conversation_id="c", owner_id=OWNER, msg_id="parent")
         assert m.stats()["messages"] == 202
         assert m.check_integrity() == "ok"
-    with Memory(db_path) as again:
+    with Memory(db_path, embed=EMBED) as again:
         assert again.stats()["messages"] == 202
         assert again.check_integrity() == "ok"
 
@@ -107,7 +111,7 @@ def test_child_closing_memory_does_not_disturb_the_parent(db_path):
 def test_fork_while_another_thread_is_inside_the_store(db_path):
     """A thread that is in the middle of a store call when another thread forks holds the
     store's lock; the child has no such thread, so that lock must not stay held there."""
-    with Memory(db_path) as m:
+    with Memory(db_path, embed=EMBED) as m:
         m.add("user", "before", conversation_id="c", owner_id=OWNER, msg_id="before")
         inside, leave = threading.Event(), threading.Event()
 
@@ -125,7 +129,7 @@ def test_fork_while_another_thread_is_inside_the_store(db_path):
                 m.add("user", "from child", conversation_id="c", owner_id=OWNER, msg_id="child")
                 return 0 if _recent(m, "c") == ["before", "child"] else 3
 
-            pid = fork(child)
+            pid = fork(child, dump_after=8)
         finally:
             leave.set()
             t.join()
@@ -151,7 +155,7 @@ def test_threads_share_one_memory(db_path):
     barrier = threading.Barrier(WRITERS + READERS)
     reads = [0] * READERS
 
-    with Memory(db_path) as m:
+    with Memory(db_path, embed=EMBED) as m:
 
         def writer(t: int) -> None:
             try:
@@ -250,7 +254,7 @@ def _assert_every_call_raises_closed(m: Memory) -> None:
 
 
 def test_close_is_idempotent_and_every_call_after_it_raises_closed(db_path):
-    m = Memory(db_path)
+    m = Memory(db_path, embed=EMBED)
     m.add("user", "hello", conversation_id="c", owner_id=OWNER, msg_id="m0")
     assert not m.closed
     m.close()
@@ -261,13 +265,13 @@ def test_close_is_idempotent_and_every_call_after_it_raises_closed(db_path):
     _assert_every_call_raises_closed(m)
     # Closing released the file: it was the last connection, so SQLite folded the WAL in.
     assert not os.path.exists(str(db_path) + "-wal")
-    with Memory(db_path) as again:
+    with Memory(db_path, embed=EMBED) as again:
         assert again.get("m0").content == "hello"
         assert again.stats()["messages"] == 1
 
 
 def test_context_manager_closes_on_exit(db_path):
-    with Memory(db_path) as m:
+    with Memory(db_path, embed=EMBED) as m:
         assert not m.closed
         m.add("user", "inside", conversation_id="c", owner_id=OWNER, msg_id="m0")
     assert m.closed
@@ -277,18 +281,18 @@ def test_context_manager_closes_on_exit(db_path):
 
 def test_context_manager_closes_when_the_body_raises(db_path):
     with pytest.raises(RuntimeError, match="boom"):
-        with Memory(db_path) as m:
+        with Memory(db_path, embed=EMBED) as m:
             m.add("user", "kept", conversation_id="c", owner_id=OWNER, msg_id="m0")
             raise RuntimeError("boom")
     assert m.closed
     with pytest.raises(ClosedError):
         m.add("user", "x", conversation_id="c", owner_id=OWNER)
-    with Memory(db_path) as again:
+    with Memory(db_path, embed=EMBED) as again:
         assert again.get("m0").content == "kept"
 
 
 def test_close_from_many_threads_at_once(db_path):
-    m = Memory(db_path)
+    m = Memory(db_path, embed=EMBED)
     m.add("user", "x", conversation_id="c", owner_id=OWNER)
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
