@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -166,19 +167,22 @@ class Indexer:
             while self.run_batch():
                 pass
             return
-        self.notify()
-        with self._cond:
-            done = self._cond.wait_for(
-                lambda: self.error is not None or self._stopping or not (self._wanted or self._running),
-                timeout=timeout,
-            )
-        self.raise_error()
-        if self._stopping:
-            raise ClosedError("the Memory was closed while flush() waited; the rest stays queued")
-        if not done:
-            raise TimeoutError(f"embeddings still pending after {timeout} s")
-        if self._store.pending_count():  # queued by another process since: embed those too
-            self.flush(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.notify()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with self._cond:
+                done = self._cond.wait_for(
+                    lambda: self.error is not None or self._stopping or not (self._wanted or self._running),
+                    timeout=left,
+                )
+            self.raise_error()
+            if self._stopping:
+                raise ClosedError("the Memory was closed while flush() waited; the rest stays queued")
+            if not done:
+                raise TimeoutError(f"embeddings still pending after {timeout} s")
+            if not self._store.pending_count():  # else queued by another process meanwhile
+                return
 
     def raise_error(self) -> None:
         if self.error is not None:
