@@ -12,45 +12,39 @@ from real_model import needs_minilm
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_core_speed_quick_run_prints_every_row(tmp_path):
-    out = tmp_path / "core.json"
+def run_benchmark(tmp_path, script: str, *args: str, timeout: int = 600, env=None):
+    """Run benchmarks/<script> with ``--json``; (its stdout, the JSON it wrote)."""
+    out = tmp_path / "result.json"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "core_speed.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, check=True,
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
+        capture_output=True, text=True, timeout=timeout, env=env,
     )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout, json.loads(out.read_text())
+
+
+def test_core_speed_quick_run_prints_every_row(tmp_path):
+    stdout, results = run_benchmark(tmp_path, "core_speed.py", "--quick", timeout=300)
     for row in ("floor", "schema SQL", "add()", "recent_history (hot window)", "add_many"):
-        assert row in run.stdout
-    results = json.loads(out.read_text())
+        assert row in stdout
     assert {op["name"] for op in results["ops"]} >= {"floor", "add()"}
     assert results["add_many"]["n"] > 0 and len(results["goals"]) == 3
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (Path(os.environ.get("LOCALMEM_MODELS_DIR", "/nonexistent")) / "all-MiniLM-L6-v2").is_dir(),
-    reason="needs the real all-MiniLM-L6-v2 in LOCALMEM_MODELS_DIR (CI sets it)",
-)
+@needs_minilm
 def test_models_speed_quick_run(tmp_path):
-    out = tmp_path / "models.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "models_speed.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+    _, results = run_benchmark(
+        tmp_path, "models_speed.py", "--quick",
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # the int8 copy goes here
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
     assert results["embedder"]["int8_cosine_mean"] > 0.9  # the int8 copy is the same model
     assert results["reranker"]["tokens_mean"] == 64 and len(results["goals"]) == 5
 
 
 def test_semantic_speed_quick_run(tmp_path):
-    out = tmp_path / "semantic.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "semantic_speed.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    _, results = run_benchmark(tmp_path, "semantic_speed.py", "--quick")
+    rows = {r["name"]: r for r in results}
     assert rows["knn exact (float scan)"]["recall_at_10"] == 1.0  # agrees with numpy
     assert rows["knn coarse (bits + re-score)"]["recall_at_10"] > 0.5
     for name in ("numpy brute force", "semantic_search", "hybrid", "cross_conversation",
@@ -65,13 +59,7 @@ LOCOMO = ROOT.parent / "shared" / "data" / "locomo"
 @needs_minilm
 @pytest.mark.skipif(not LOCOMO.is_dir(), reason=f"needs the LoCoMo files in {LOCOMO} (CI has them)")
 def test_locomo_fusion_beats_each_ranking_alone(tmp_path):
-    out = tmp_path / "locomo.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "locomo.py"), "--json", str(out)],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    table = json.loads(out.read_text())
+    _, table = run_benchmark(tmp_path, "locomo.py", timeout=900)
     fused, dense, keyword = (table[name]["all"] for name in (
         "fused (default)", "dense only (keyword=False)", "keyword only (dense=False)"))
     assert fused["questions"] == 762
@@ -83,13 +71,8 @@ def test_locomo_fusion_beats_each_ranking_alone(tmp_path):
 def test_speed_quick_run(tmp_path):
     """Chroma is compared only where the bench extra is installed (pip install '.[bench]');
     the test command installs '.[test]', so CI checks the localmem side and the baselines."""
-    out = tmp_path / "speed.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    stdout, results = run_benchmark(tmp_path, "speed.py", "--quick")
+    rows = {r["name"]: r for r in results}
     assert rows["ingest: localmem add_many + flush"]["msgs_per_s"] > 0
     for name in ("add(): bare SQLite floor", "add(): localmem", "recent_history",
                  "search: numpy brute force", "search: localmem hybrid"):
@@ -97,6 +80,6 @@ def test_speed_quick_run(tmp_path):
     try:
         import chromadb  # noqa: F401
     except ImportError:
-        assert "Chroma not installed" in run.stdout
+        assert "Chroma not installed" in stdout
     else:
         assert rows["ingest: Chroma collection.add"]["bytes"] > 0
