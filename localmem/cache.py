@@ -122,6 +122,8 @@ class _DiskTier:
     of its own; a lock the parent held at the fork is replaced in the child.
     """
 
+    _label = "cache"  # names the tier in log lines
+
     def __init__(
         self,
         directory: Path | None,
@@ -162,6 +164,16 @@ class _DiskTier:
                     self._pid = os.getpid()
         return self._cache
 
+    def _get_json(self, key: str, fallback: str) -> Any:
+        """The JSON value stored under ``key``, or None when absent or unreadable (logged,
+        saying what happens instead: ``fallback``)."""
+        try:
+            raw = self._current().get(key)
+            return None if raw is None else json.loads(raw)
+        except _CACHE_ERRORS as exc:
+            log.warning("localmem %s unreadable, %s: %s", self._label, fallback, exc)
+            return None
+
     def _remove_owned_tmp(self) -> None:
         # Only the creator removes it: a forked child closing its copy must not pull the
         # directory from under the parent.
@@ -179,6 +191,8 @@ class _DiskTier:
 
 class HotWindow(_DiskTier):
     """Last ``size`` messages per conversation, as rows in the store's column order."""
+
+    _label = "hot window"
 
     def __init__(
         self,
@@ -200,14 +214,7 @@ class HotWindow(_DiskTier):
         self, owner_id: str, conversation_id: str, state: ConversationState
     ) -> list[list[Any]] | None:
         """The cached window if it was built from ``state``'s version, else None."""
-        try:
-            raw = self._current().get(self._key(owner_id, conversation_id))
-            if raw is None:
-                return None
-            entry = json.loads(raw)
-        except _CACHE_ERRORS as exc:
-            log.warning("localmem hot window unreadable, using the database: %s", exc)
-            return None
+        entry = self._get_json(self._key(owner_id, conversation_id), "using the database")
         if type(entry) is not dict or entry.get("v") != state.version:
             return None
         rows = entry.get("rows")
@@ -493,6 +500,8 @@ class QueryCache(_DiskTier):
     first). A stored ``None`` reads as a miss.
     """
 
+    _label = "query cache"
+
     def __init__(
         self,
         directory: Path | None,
@@ -512,13 +521,10 @@ class QueryCache(_DiskTier):
         """The value stored for ``key`` at exactly ``scope``, else None."""
         try:
             key_json, scope_json = _json(list(key)), _json(scope)
-            raw = self._current().get(self._disk_key(key_json))
-            if raw is None:
-                return None
-            entry = json.loads(raw)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem query cache unreadable, running the query: %s", exc)
+            log.warning("localmem query cache key unusable, running the query: %s", exc)
             return None
+        entry = self._get_json(self._disk_key(key_json), "running the query")
         if type(entry) is not dict or entry.get("k") != key_json or entry.get("s") != scope_json:
             return None
         return entry.get("v")

@@ -244,19 +244,16 @@ class Indexer:
                     if self._cond.wait_for(lambda: self._stopping, timeout=0.5):
                         return 0
 
-    def run_batch(self, ids: Sequence[int] | None = None) -> int:
-        """Embed and store one batch of queued messages (or just ``ids``, if they are still
-        queued); returns how many were taken from the queue."""
+    def run_batch(self) -> int:
+        """Embed and store one batch of queued messages; returns how many were taken from
+        the queue."""
         with self._gate:
-            return self._run_batch(ids)
-
-    def _run_batch(self, ids: Sequence[int] | None) -> int:
-        if ids is None:
             batch = self._store.pending_batch(self.batch_size)
-        else:
-            batch = [row for row in self._store.pending_batch(len(ids), min(ids) - 1) if row[0] in set(ids)]
-        if not batch:
-            return 0
+            if not batch:
+                return 0
+            return self._embed_and_store(batch)
+
+    def _embed_and_store(self, batch: list[tuple[int, str]]) -> int:
         identity = self._identity()
         if self._stopping:
             return 0

@@ -216,7 +216,7 @@ class Memory:
             if query_cache_ttl:
                 self._queries = QueryCache(self._cache_dir, namespace=namespace, ttl=float(query_cache_ttl))
             self._indexer = Indexer(
-                self._store, None if in_memory else self._open_writer,
+                self._store, None if in_memory else self._open_store,
                 self._embed_documents, self._embedder_identity,
             )
             if embed != "off" and self._store.pending_count():
@@ -291,11 +291,12 @@ class Memory:
         """A second connection for BM25 searches that run beside a KNN scan."""
         with self._models_lock:
             if self._reader is None:
-                self._reader = Store(self.path, **self._store_options)
+                self._reader = self._open_store()
             return self._reader
 
-    def _open_writer(self) -> Store:
-        """The embedding worker's own connection to the file."""
+    def _open_store(self) -> Store:
+        """Another connection to the file, with this Memory's settings (the embedding
+        worker's, the keyword reader's)."""
         return Store(self.path, **self._store_options)
 
     def _embedder_identity(self) -> dict[str, Any]:
@@ -582,8 +583,9 @@ class Memory:
                     return recall
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
         searcher = strategies.Searcher(
-            self._store, self._query_vector, keyword,
-            self._keyword_reader() if parallel else None, self.exact_search_max, dense,
+            self._store, self._query_vector, keyword=keyword, dense=dense,
+            keyword_store=self._keyword_reader() if parallel else None,
+            exact_max=self.exact_search_max,
         )
         if strategy is Strategy.SEMANTIC_SEARCH:
             recall = strategies.semantic_search(

@@ -163,6 +163,7 @@ _VECTOR_TABLE = """CREATE VIRTUAL TABLE message_vectors USING vec0(
     created_at integer,
     embedding float[{dim}] distance_metric=cosine{coarse}
 )"""
+_COARSE = "coarse bit["  # the sign-bit column's declaration, up to its dimension
 _VECTOR_DELETE_TRIGGER = """CREATE TRIGGER messages_after_delete_vector AFTER DELETE ON messages
 BEGIN
     DELETE FROM message_vectors WHERE rowid = old.id;
@@ -409,6 +410,11 @@ class Store:
         except dbapi.Error as exc:
             raise map_error(exc, self.path) from exc
 
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read statement (a statement is its own snapshot)."""
+        with self._lock, self._mapped_errors():
+            return self._connection().execute(sql, args).fetchall()
+
     @contextlib.contextmanager
     def read(self) -> Iterator[Any]:
         """A consistent snapshot: every statement inside sees the same committed state."""
@@ -554,10 +560,11 @@ class Store:
     # -- vectors ----------------------------------------------------------------------
 
     @staticmethod
-    def _has_vector_table(conn: Any) -> bool:
-        return conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'message_vectors'"
-        ).fetchone() is not None
+    def _vector_table(conn: Any) -> str | None:
+        """The vector table's CREATE statement (it tells whether a ``coarse`` column
+        exists), or None before the first vector."""
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'message_vectors'").fetchone()
+        return None if row is None else row[0]
 
     @staticmethod
     def _bump_generation(conn: Any) -> None:
@@ -570,16 +577,14 @@ class Store:
 
     def pending_batch(self, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
         """Up to ``limit`` messages still without a vector, as (id, content), by id."""
-        with self._lock, self._mapped_errors():
-            return self._connection().execute(
-                "SELECT p.id, m.content FROM pending_vectors p JOIN messages m ON m.id = p.id"
-                " WHERE p.id > ? ORDER BY p.id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
+        return self._query(
+            "SELECT p.id, m.content FROM pending_vectors p JOIN messages m ON m.id = p.id"
+            " WHERE p.id > ? ORDER BY p.id LIMIT ?",
+            (after_id, limit),
+        )
 
     def pending_count(self) -> int:
-        with self._lock, self._mapped_errors():
-            return self._connection().execute("SELECT count(*) FROM pending_vectors").fetchone()[0]
+        return self._query("SELECT count(*) FROM pending_vectors")[0][0]
 
     def write_vectors(self, identity: dict[str, Any], ids: Sequence[int], vectors: Sequence[bytes]) -> int:
         """Store float32 vectors (little-endian bytes) for messages ``ids``; returns how many
@@ -596,11 +601,12 @@ class Store:
             raise InvalidInputError(f"an embedder identity needs a positive int dim; got {dim!r}")
         with self.write() as conn:
             self._bind(conn, identity)
-            if not self._has_vector_table(conn):
-                coarse = f",\n    coarse bit[{dim}]" if dim % 8 == 0 else ""
-                conn.execute(_VECTOR_TABLE.format(dim=dim, coarse=coarse))
+            table = self._vector_table(conn)
+            if table is None:
+                table = _VECTOR_TABLE.format(dim=dim, coarse=f",\n    {_COARSE}{dim}]" if dim % 8 == 0 else "")
+                conn.execute(table)
                 conn.execute(_VECTOR_DELETE_TRIGGER)
-            has_coarse = self._has_coarse(conn)
+            has_coarse = _COARSE in table
             insert = (
                 "INSERT INTO message_vectors (rowid, owner_id, conversation_id, created_at,"
                 " embedding" + (", coarse)" if has_coarse else ")")
@@ -618,13 +624,6 @@ class Store:
                     written += conn.execute(insert, (vector, row_id)).rowcount
         return written
 
-    @staticmethod
-    def _has_coarse(conn: Any) -> bool:
-        sql = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name = 'message_vectors'"
-        ).fetchone()
-        return sql is not None and "coarse bit[" in sql[0]
-
     def reset_vectors(self) -> int:
         """Drop every vector and the recorded embedder; queue every message to be embedded
         again (by whatever model writes next). Returns how many messages are queued."""
@@ -638,7 +637,7 @@ class Store:
 
     def vector_count(self) -> int:
         with self.read() as conn:
-            if not self._has_vector_table(conn):
+            if self._vector_table(conn) is None:
                 return 0
             return conn.execute("SELECT count(*) FROM message_vectors").fetchone()[0]
 
@@ -697,14 +696,15 @@ class Store:
             args.append(since_us)
         where = " AND ".join(filters)
         with self.read() as conn:
-            if not self._has_vector_table(conn):
+            table = self._vector_table(conn)
+            if table is None:
                 return []
             size = conn.execute(
                 "SELECT coalesce(sum(message_count), 0) FROM conversations WHERE owner_id = ?"
                 + ("" if conversation_id is None else " AND conversation_id = ?"),
                 args[: 1 if conversation_id is None else 2],
             ).fetchone()[0]
-            if size > exact_max and self._has_coarse(conn):
+            if size > exact_max and _COARSE in table:
                 wanted = min(_MAX_K, max(k * OVERSAMPLE, MIN_CANDIDATES))
                 candidates = conn.execute(
                     "SELECT rowid FROM message_vectors WHERE coarse MATCH vec_quantize_binary(?)"
@@ -775,13 +775,12 @@ class Store:
 
     def latest_user_message(self, owner_id: str, conversation_id: str) -> str | None:
         """The content of the conversation's newest user message."""
-        with self._lock, self._mapped_errors():
-            row = self._connection().execute(
-                "SELECT content FROM messages WHERE conversation_id = ? AND owner_id = ?"
-                " AND role = 'user' ORDER BY created_at DESC, id DESC LIMIT 1",
-                (conversation_id, owner_id),
-            ).fetchone()
-        return None if row is None else row[0]
+        rows = self._query(
+            "SELECT content FROM messages WHERE conversation_id = ? AND owner_id = ?"
+            " AND role = 'user' ORDER BY created_at DESC, id DESC LIMIT 1",
+            (conversation_id, owner_id),
+        )
+        return rows[0][0] if rows else None
 
     # -- writes -----------------------------------------------------------------------
 
@@ -848,13 +847,12 @@ class Store:
     # -- reads ------------------------------------------------------------------------
 
     def conversation_state(self, owner_id: str, conversation_id: str) -> ConversationState | None:
-        with self._lock, self._mapped_errors():
-            row = self._connection().execute(
-                "SELECT version, message_count FROM conversations"
-                " WHERE owner_id = ? AND conversation_id = ?",
-                (owner_id, conversation_id),
-            ).fetchone()
-        return None if row is None else ConversationState(row[0], row[1])
+        rows = self._query(
+            "SELECT version, message_count FROM conversations"
+            " WHERE owner_id = ? AND conversation_id = ?",
+            (owner_id, conversation_id),
+        )
+        return ConversationState(*rows[0]) if rows else None
 
     def recent_rows(
         self, owner_id: str, conversation_id: str, limit: int, since_us: int | None
@@ -880,11 +878,8 @@ class Store:
         return ConversationState(state[0], state[1]), rows
 
     def get(self, msg_id: str) -> Message | None:
-        with self._lock, self._mapped_errors():
-            row = self._connection().execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (msg_id,)
-            ).fetchone()
-        return None if row is None else row_to_message(row)
+        rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (msg_id,))
+        return row_to_message(rows[0]) if rows else None
 
     def counts(self) -> dict[str, int]:
         with self.read() as conn:

@@ -191,40 +191,47 @@ def search(
     """The ``limit`` best (id, score) in the scope: cosine similarity when dense only,
     ``-bm25`` when keyword only, the RRF score when both are fused."""
     scope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
+    match = keyword_query(query) if searcher.keyword else None
     if not searcher.dense:  # BM25 alone; score = -bm25 (higher is better)
-        match = keyword_query(query)
         found = searcher.store.keyword(match, limit, **scope) if match else []
         return [(row_id, -bm25) for row_id, bm25 in found]
     vector = searcher.query_vector(query)
+    depth = max(limit, FUSION_DEPTH) if searcher.keyword else limit
+
+    def dense() -> list[tuple[int, float]]:
+        return searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
+
     if not searcher.keyword:
-        return searcher.store.knn(vector, limit, exact_max=searcher.exact_max, **scope)
-    depth = max(limit, FUSION_DEPTH)
-    match = keyword_query(query)
-    sparse: list[tuple[int, float]] = []
+        return dense()
     if match is None:
-        dense = searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
+        ranked, sparse = dense(), []
     elif searcher.keyword_store is None:
-        dense = searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
-        sparse = searcher.store.keyword(match, depth, **scope)
+        ranked, sparse = dense(), searcher.store.keyword(match, depth, **scope)
     else:
-        outcome: list[Any] = []
+        ranked, sparse = _beside(dense, lambda: searcher.keyword_store.keyword(match, depth, **scope))
+    return rrf([[i for i, _ in ranked], [i for i, _ in sparse]])[:limit]
 
-        def keyword_side() -> None:
-            try:
-                outcome.append(searcher.keyword_store.keyword(match, depth, **scope))
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
-                outcome.append(exc)
 
-        side = threading.Thread(target=keyword_side, name="localmem-bm25", daemon=True)
-        side.start()
+def _beside(main: Callable[[], Any], side: Callable[[], Any]) -> tuple[Any, Any]:
+    """(main(), side()), side() run in a thread meanwhile; an error in either is raised
+    here, in the caller's thread."""
+    outcome: list[Any] = []
+
+    def run_side() -> None:
         try:
-            dense = searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
-        finally:
-            side.join()
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        sparse = outcome[0]
-    return rrf([[i for i, _ in dense], [i for i, _ in sparse]])[:limit]
+            outcome.append(side())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run_side, name="localmem-bm25", daemon=True)
+    thread.start()
+    try:
+        first = main()
+    finally:
+        thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return first, outcome[0]
 
 
 def _rows(store: Store, scored: Sequence[tuple[int, float]], source: str) -> tuple[RetrievedMessage, ...]:
