@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
-from .errors import InvalidInputError, LocalMemError
+from .errors import InvalidInputError, LocalMemError, ModelError
 from .memory import Memory, default_path
 from .models import (
     DEFAULT_EMBEDDER,
@@ -108,6 +108,9 @@ _DEMO_ASKS: dict[Strategy, list[tuple[str, str | None]]] = {
 }
 
 
+_SEARCHES = (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Write two short conversations, then ask every strategy about them."""
     if args.db is None:
@@ -121,13 +124,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for conv, items in conversations.items():
             added = mem.add_many(items, conversation_id=conv, owner_id=owner)
             print(f"  wrote {added} new of {len(items)} messages to {conv!r} (owner {owner!r})")
-        mem.flush()  # the vectors are computed in the background; wait for them
+        search = {}
+        try:
+            mem.flush()  # the vectors are computed in the background; wait for them
+        except ModelError as exc:
+            # Offline with no model yet: say so, and show the keyword half of the search.
+            print(f"\n  no embedding model here ({str(exc).splitlines()[0]})")
+            print("  the strategies that search by meaning run on keywords only (dense=False);"
+                  " `localmem models download all-MiniLM-L6-v2` fetches the model")
+            search = {"dense": False}
         for strategy, asks in _DEMO_ASKS.items():
             for n, (conv, query) in enumerate(asks):
                 again = ", asked again" if (conv, query) in asks[:n] else ""
                 about = f", query {query!r}" if query else ""
                 print(f"\n== {strategy.value} (conversation {conv!r}{about}{again})")
-                result = mem.get_memory(strategy, conversation_id=conv, owner_id=owner, query=query, limit=3)
+                options = search if strategy in _SEARCHES else {}
+                result = mem.get_memory(strategy, conversation_id=conv, owner_id=owner, query=query,
+                                        limit=3, **options)
                 _print_result(result)
     print(f"\nInspect it: localmem info --db {path}")
     return 0

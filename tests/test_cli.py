@@ -64,6 +64,22 @@ def test_demo_asks_every_strategy_on_a_temporary_database(run, temp_dir):
     assert str(db) in out
 
 
+def test_demo_without_a_model_says_so_and_searches_by_keywords(tmp_path):
+    """A fresh offline machine has no model: the demo still runs, and says what it lacks."""
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    done = script("--db", str(tmp_path / "demo.db"), "demo", env={
+        "LOCALMEM_MODELS_DIR": str(empty), "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    })
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "no embedding model here (cannot find model 'all-MiniLM-L6-v2'" in out
+    assert "run on keywords only (dense=False)" in out
+    semantic = out.split("== semantic_search")[1]
+    assert "vegetarian" in semantic and "score" in semantic  # found by BM25
+
+
 @needs_minilm  # the demo searches by meaning with the default model
 def test_demo_with_db_uses_that_file_and_a_rerun_adds_nothing(run, db_path, temp_dir):
     code, out, _ = run("demo", "--db", str(db_path))
