@@ -37,6 +37,7 @@ from .validate import (
     check_id,
     check_limit,
     check_lookback_days,
+    check_query,
     check_strategy,
     from_utc_us,
     new_message,
@@ -527,8 +528,7 @@ class Memory:
         owner_id = check_id(owner_id, "owner_id")
         limit = check_limit(limit)
         lookback = check_lookback_days(lookback_days)
-        if query is not None and not isinstance(query, str):
-            raise InvalidInputError(f"query must be a str or None, not {type(query).__name__}")
+        query = check_query(query)
         if type(keyword) is not bool or type(dense) is not bool:
             raise InvalidInputError(f"keyword and dense must be True or False; got {keyword!r}, {dense!r}")
         if not (keyword or dense):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .errors import InvalidInputError
+from .errors import CorruptDatabaseError, InvalidInputError
 from .records import Strategy
 
 ROLES = ("user", "assistant", "system")
@@ -27,8 +27,28 @@ MAX_METADATA_BYTES = 64 * 1024
 MAX_METADATA_DEPTH = 8
 MAX_LIMIT = 4096
 METADATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}\Z")
+# The lowest limit Python lets a process set on int <-> str conversion
+# (sys.int_info.str_digits_check_threshold): an int of at most this many digits can be
+# written and read back as JSON by every process, whatever its limit.
+MAX_METADATA_INT_DIGITS = 640
+_MAX_METADATA_INT = 10**MAX_METADATA_INT_DIGITS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _us_since_epoch(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+# The instants a datetime can hold in UTC, as microseconds since the epoch. An aware
+# datetime inside its own zone's range can fall outside this one (year 1 at +01:00 is
+# year 0 in UTC): it could be stored, but never read back as a datetime.
+MIN_US = _us_since_epoch(datetime.min.replace(tzinfo=timezone.utc))
+MAX_US = _us_since_epoch(datetime.max.replace(tzinfo=timezone.utc))
+# A lookback window this long reaches before the earliest instant a message can have:
+# it is all time.
+MAX_LOOKBACK_DAYS = (MAX_US - MIN_US) // (86_400 * 1_000_000)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DIGIT_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # index: 10-bit value
 _PAIR_SHIFTS = range(120, -1, -10)
@@ -62,8 +82,9 @@ def new_msg_id(now_ms: int | None = None) -> str:
     return "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
-def _check_utf8(text: str, what: str) -> None:
-    if "\x00" in text:
+def _check_utf8(text: str, what: str, *, nul: bool = False) -> None:
+    """Refuse a lone surrogate (not valid Unicode text), and NUL unless ``nul``."""
+    if not nul and "\x00" in text:
         raise InvalidInputError(f"{what} must not contain NUL characters")
     try:
         text.encode("utf-8")
@@ -108,8 +129,15 @@ def _check_json_value(value: Any, depth: int, path: str) -> None:
     # bool is an int subclass; both are fine. Exact types only: a subclass (an IntEnum, a
     # str subclass) would not come back as itself.
     kind = type(value)
-    if value is None or kind in (bool, int):
+    if value is None or kind is bool:
         return
+    if kind is int:
+        if -_MAX_METADATA_INT < value < _MAX_METADATA_INT:
+            return
+        raise InvalidInputError(
+            f"metadata int at {path} has more than {MAX_METADATA_INT_DIGITS} digits; "
+            "store a number that large as a str"
+        )
     if kind is float:
         if not math.isfinite(value):
             raise InvalidInputError(f"metadata value at {path} is {value!r}; JSON has no NaN or infinity")
@@ -152,18 +180,30 @@ def check_metadata(value: Any) -> str | None:
 
 
 def to_utc_us(value: Any, what: str = "created_at") -> int:
-    """An aware datetime as integer microseconds since the epoch (exact, no float)."""
+    """An aware datetime as integer microseconds since the epoch (exact, no float); it
+    must be an instant a UTC datetime can hold, so that it can be read back."""
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInputError(
             f"{what} is a naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
         )
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    us = _us_since_epoch(value)
+    if not MIN_US <= us <= MAX_US:
+        raise InvalidInputError(
+            f"{what} {value.isoformat()} is outside the years 1 to 9999 once converted to UTC"
+        )
+    return us
 
 
 def from_utc_us(us: int) -> datetime:
+    """Microseconds since the epoch as an aware UTC datetime. A stored value outside the
+    range (written by a localmem that did not check it) is a CorruptDatabaseError."""
+    if not MIN_US <= us <= MAX_US:
+        raise CorruptDatabaseError(
+            f"a stored created_at ({us} µs since 1970) is outside the years 1 to 9999 in UTC; "
+            "delete that message (check_integrity() counts them)"
+        )
     return _EPOCH + timedelta(microseconds=us)
 
 
@@ -213,9 +253,25 @@ def check_limit(value: Any) -> int:
 
 
 def check_lookback_days(value: Any) -> float | None:
-    """None means all time; else a positive, finite number of days."""
+    """None means all time; else a positive, finite number of days. A window longer than
+    datetime's whole range (``MAX_LOOKBACK_DAYS``) is all time too: None."""
     if value is None:
         return None
-    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+    if type(value) is int:  # compared as an int: 10**400 has no float
+        valid = value > 0
+    else:
+        valid = type(value) is float and math.isfinite(value) and value > 0
+    if not valid:
         raise InvalidInputError(f"lookback_days must be a positive number or None; got {value!r}")
-    return float(value)
+    return None if value >= MAX_LOOKBACK_DAYS else float(value)
+
+
+def check_query(value: Any) -> str | None:
+    """A search query: None or a str that is valid Unicode (no lone surrogate), so that
+    any tokenizer can take it."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"query must be a str or None, not {type(value).__name__}")
+    _check_utf8(value, "query", nul=True)
+    return value

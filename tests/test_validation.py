@@ -70,6 +70,13 @@ BAD_ADD = [
     ("created_at naive", ("user", "hi"), {"created_at": datetime(2024, 1, 1)}, "naive"),
     ("created_at str", ("user", "hi"), {"created_at": "2024-01-01T00:00:00Z"}, "datetime"),
     ("created_at float", ("user", "hi"), {"created_at": 1700000000.0}, "datetime"),
+    # Valid in their own zone, outside datetime's range once in UTC (year 0, year 10000).
+    ("created_at year 1 at +01:00", ("user", "hi"),
+     {"created_at": datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))}, "years 1 to 9999"),
+    ("created_at year 9999 at -05:00", ("user", "hi"),
+     {"created_at": datetime(9999, 12, 31, 22, tzinfo=timezone(timedelta(hours=-5)))}, "years 1 to 9999"),
+    ("metadata int over 640 digits", ("user", "hi"), {"metadata": {"a": 10**640}}, "640 digits"),
+    ("metadata int over 4300 digits", ("user", "hi"), {"metadata": {"a": [-(10**5000)]}}, "640 digits"),
 ]
 
 
@@ -155,12 +162,67 @@ def test_add_many_conflicting_duplicate_inside_one_chunk(mem):
         ({"conversation_id": ""}, "conversation_id"),
         ({"owner_id": "\x00"}, "owner_id"),
         ({"query": 12}, "query"),
+        ({"query": "a\ud800b", "strategy": Strategy.SEMANTIC_SEARCH}, "surrogate"),
+        ({"query": "\udfff", "strategy": Strategy.CROSS_CONVERSATION, "dense": False}, "surrogate"),
     ],
 )
 def test_bad_get_memory_arguments(mem, kwargs, words):
     args = {"strategy": Strategy.RECENT_HISTORY, **OK, **kwargs}
     with pytest.raises(InvalidInputError, match=words):
         mem.get_memory(args.pop("strategy"), **args)
+
+
+def test_the_edges_of_the_utc_range_round_trip(mem):
+    earliest = datetime(1, 1, 1, tzinfo=timezone.utc)
+    latest = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc)
+    for when in (earliest, latest, datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))):
+        stored = mem.add("user", "edge", **OK, created_at=when)
+        assert mem.get(stored.msg_id).created_at == when
+    got = mem.get_memory("recent_history", **OK, lookback_days=None)
+    assert [m.created_at for m in got.messages] == [earliest, earliest, latest]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    when=st.one_of(  # the ends of the calendar, where offsets matter, and everything between
+        st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1, 1, 2)),
+        st.datetimes(min_value=datetime(9999, 12, 30), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+        st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    ),
+    minutes=st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1),
+)
+def test_any_aware_datetime_is_stored_and_read_back_or_refused(mem, when, minutes):
+    """Near the ends of the calendar, an offset can carry an instant out of datetime's
+    range in UTC: such a created_at is refused before anything is written, and every
+    accepted one reads back, so the conversation never becomes unreadable."""
+    aware = when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    try:
+        stored = mem.add("user", "t", **OK, created_at=aware)
+    except InvalidInputError as exc:
+        assert "years 1 to 9999" in str(exc)
+        with pytest.raises(OverflowError):
+            aware.astimezone(timezone.utc)  # refused exactly when UTC cannot hold it
+    else:
+        assert mem.get(stored.msg_id).created_at == aware
+    mem.get_memory("recent_history", **OK, limit=4096, lookback_days=None)
+
+
+def test_the_largest_metadata_int_accepted_round_trips(mem):
+    big = {"n": 10**640 - 1, "m": -(10**640 - 1)}
+    assert mem.get(mem.add("user", "hi", **OK, metadata=big).msg_id).metadata == big
+
+
+@pytest.mark.parametrize("days", [1e9, 1e300, 10**400, 3_652_059, 10**6 * 4])
+def test_a_lookback_longer_than_the_calendar_is_all_time(db_path, days):
+    with Memory(db_path, embed="off") as mem:
+        mem.add("user", "ancient", **OK, created_at=datetime(1, 1, 1, tzinfo=timezone.utc))
+        mem.add("user", "today", **OK)
+        for strategy in (Strategy.RECENT_HISTORY, Strategy.HYBRID):
+            got = mem.get_memory(strategy, **OK, lookback_days=days, dense=False, query="today")
+            assert {m.content for m in got.messages} == {"ancient", "today"}
+        got = mem.get_memory(Strategy.CROSS_CONVERSATION, **OK, lookback_days=days, dense=False, query="ancient")
+        assert got.messages[0].content == "ancient"
+        assert "all time" in mem.get_memory(Strategy.RECENT_HISTORY, **OK, lookback_days=days).context_summary
 
 
 # -- round-trips over unrestricted input ------------------------------------------------
