@@ -8,6 +8,7 @@ from .errors import (
     LockTimeoutError,
     ModelError,
     ModelMismatchError,
+    NotEmbeddedError,
     StorageFullError,
     StoreError,
     StrategyUnavailableError,
@@ -45,6 +46,7 @@ __all__ = [
     "ModelMismatchError",
     "StorageFullError",
     "ModelError",
+    "NotEmbeddedError",
     "StrategyUnavailableError",
     "ClosedError",
 ]

@@ -10,6 +10,7 @@ Every error is a ``LocalMemError``; catch that to catch them all::
     │   ├── ModelMismatchError                  vectors in the file come from another model
     │   └── StorageFullError                    the disk (or a size limit) is full
     ├── ModelError                              a model could not be found or loaded
+    ├── NotEmbeddedError                        embed="sync": stored, but not embedded
     ├── StrategyUnavailableError                the strategy needs a layer this build lacks
     └── ClosedError                             the Memory was used after close()
 
@@ -18,6 +19,9 @@ A raw ``sqlite3`` error never escapes: the store maps it to one of the above and
 """
 
 from __future__ import annotations
+
+import errno
+from typing import Any
 
 __all__ = [
     "LocalMemError",
@@ -28,6 +32,7 @@ __all__ = [
     "ModelMismatchError",
     "StorageFullError",
     "ModelError",
+    "NotEmbeddedError",
     "StrategyUnavailableError",
     "ClosedError",
 ]
@@ -65,9 +70,37 @@ class ModelError(LocalMemError):
     """A model could not be resolved or loaded."""
 
 
+class NotEmbeddedError(LocalMemError):
+    """``add()``/``add_many()`` with ``embed="sync"`` stored the messages (they are durable)
+    but could not embed them. Do not add them again: they stay queued, and ``flush()`` or
+    the next open embeds them. ``message`` is the stored message (``add()``; None for
+    ``add_many()``), ``added`` how many new messages the call stored; ``__cause__`` says
+    why embedding failed (a ``LockTimeoutError``, a ``ModelError``, ...). It is not a
+    ``LockTimeoutError`` even when one caused it, so that code retrying writes on lock
+    timeouts does not store a message twice.
+    """
+
+    def __init__(self, text: str, *, message: Any = None, added: int = 0):
+        super().__init__(text)
+        self.message = message
+        self.added = added
+
+
 class StrategyUnavailableError(LocalMemError):
     """The strategy exists in the API but needs a layer this build does not provide."""
 
 
 class ClosedError(LocalMemError):
     """The ``Memory`` was used after ``close()``."""
+
+
+def as_localmem_error(exc: BaseException, doing: str) -> LocalMemError:
+    """``exc`` as the localmem error that says what failed (for the caller to raise ``from
+    exc``): a localmem error as a fresh one of its own type, a full disk as
+    StorageFullError, anything else (raised by an embedder, most likely) as ModelError,
+    each saying what was being done."""
+    if isinstance(exc, LocalMemError):
+        return type(exc)(str(exc))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return StorageFullError(f"{doing}: the disk is full ({exc})")
+    return ModelError(f"{doing}: {type(exc).__name__}: {exc}")

@@ -9,7 +9,7 @@ PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
-    "StrategyUnavailableError", "ClosedError", "load_embedder", "load_reranker",
+    "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
 }
 
 
@@ -27,6 +27,9 @@ def test_error_tree():
     for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult",
                           "load_embedder", "load_reranker"}:
         assert issubclass(getattr(localmem, name), localmem.LocalMemError)
+    # Stored but not embedded is not a lock timeout, whatever caused it: a caller retrying
+    # writes on LockTimeoutError must not store the message twice.
+    assert not issubclass(localmem.NotEmbeddedError, (localmem.StoreError, localmem.ModelError))
 
 
 def test_strategy_values_and_string_form():
