@@ -639,7 +639,7 @@ class Memory:
     def delete(self, msg_id: str) -> bool:
         """Delete one message with its keyword and vector index rows; False if absent."""
         self._check_open()
-        return self._store.delete(check_id(msg_id, "msg_id"))
+        return self._store.delete(check_id(msg_id, "msg_id")) is not None
 
     def embedding_cache_stats(self) -> dict[str, Any]:
         """Entries, hits, misses and hit rate of the embedding cache (loads the embedder's

@@ -8,14 +8,23 @@ Rules this module keeps (see DESIGN.md):
   the same transaction, so no crash can separate them.
 * The schema version lives in ``PRAGMA user_version``; ``MIGRATIONS[i]`` takes a file from
   version ``i`` to ``i + 1``, in one transaction. A file from a newer localmem is refused.
-* Messages are immutable. Each conversation, keyed by ``(owner_id, conversation_id)``, has a
-  ``version`` that every insert or delete of one of its messages bumps: caches compare it to
-  know whether what they hold is current.
+* Messages are immutable. Each conversation, keyed by ``(owner_id, conversation_id)``, and
+  each owner has a ``version`` that every insert or delete of one of its messages replaces:
+  caches compare it to know whether what they hold is current. A version is never a
+  counter: a counter repeats after a backup is restored, a copy diverges, or a power loss
+  drops the last commits, and a cache would then take other contents for the ones it holds.
+  It is the file's ``write_stamp`` XOR the message's id (see ``_INSERTED``); every write
+  connection sets a fresh random stamp with its first write, and each of those cases
+  comes back through a new connection (SQLite forbids replacing a file under an open one).
+* Reads run on a pool of read-only connections, one per concurrent reader, so that they
+  never wait behind a writer that waits for the file lock (WAL lets them read meanwhile);
+  writes run on one connection whose lock a thread waits for within ``lock_timeout``.
 * A raw driver error never escapes: ``_mapped_errors`` turns it into a ``StoreError``.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
@@ -37,7 +46,7 @@ from .errors import (
     StoreError,
 )
 from .records import Message
-from .validate import NewMessage, from_utc_us, now_us
+from .validate import MAX_US, MIN_US, NewMessage, from_utc_us, now_us
 
 # The message just before (cmp "<", order DESC) or just after (">", ASC) message ``m`` in
 # its conversation, by (created_at, id); ``col`` picks what to return. Uses the
@@ -47,6 +56,18 @@ _NEIGHBOUR = (
     " AND n.owner_id = {m}.owner_id AND (n.created_at, n.id) {cmp} ({m}.created_at, {m}.id)"
     " ORDER BY n.created_at {order}, n.id {order} LIMIT 1)"
 )
+
+# The version a row change gives its conversation and owner: the write stamp (see the
+# module docstring; each write connection sets a fresh random one with its first write,
+# from os.urandom: SQLite's random() would repeat in a forked child, which inherits its
+# PRNG state) XOR the message's id, negated for a delete. Ids are never reused in a file
+# (AUTOINCREMENT), so a version changes with every row change, even one written without
+# Store.write (by a raw connection, say); a fresh stamp keeps the versions of a restored
+# backup's new life apart from those of its lost one, whose ids it reuses. (SQLite has no
+# XOR operator: a ^ b = (a | b) - (a & b), exact for any two 64-bit ints.)
+_STAMP = "(SELECT value FROM write_stamp)"
+_INSERTED = f"(({_STAMP} | new.id) - ({_STAMP} & new.id))"
+_DELETED = f"(({_STAMP} | -old.id) - ({_STAMP} & -old.id))"
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: messages, FTS5, conversations, meta.
@@ -149,8 +170,59 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
         END""",
     ),
+    # 2 -> 3: versions that never repeat, an owners table, vectors with no direction.
+    # Every write connection first sets write_stamp to a fresh random value (Store.write);
+    # the triggers derive from it the versions of the conversation and owner they touch.
+    # (The migration sets every version to its own stamp: Store._migrate.)
+    (
+        """CREATE TABLE write_stamp (
+            only  INTEGER PRIMARY KEY CHECK (only = 1),
+            value INTEGER NOT NULL
+        )""",
+        "INSERT INTO write_stamp (only, value) VALUES (1, 0)",
+        """CREATE TABLE owners (
+            owner_id      TEXT PRIMARY KEY,
+            version       INTEGER NOT NULL,
+            message_count INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """INSERT INTO owners (owner_id, version, message_count)
+            SELECT owner_id, 0, sum(message_count) FROM conversations GROUP BY owner_id""",
+        # Messages embedded as the zero vector (a custom embedder's answer for a text it
+        # has nothing for): it has no direction, so cosine is undefined (vec0 returns NULL,
+        # and sorts it ahead of every real neighbour). They get no row in message_vectors,
+        # are found by keywords only, and are counted here so that check_integrity() can
+        # still account for every message.
+        "CREATE TABLE zero_vectors (id INTEGER PRIMARY KEY)",
+        "DROP TRIGGER messages_after_insert",
+        f"""CREATE TRIGGER messages_after_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO conversations (owner_id, conversation_id, version, message_count)
+                VALUES (new.owner_id, new.conversation_id, {_INSERTED}, 1)
+                ON CONFLICT DO UPDATE SET version = excluded.version, message_count = message_count + 1;
+            INSERT INTO owners (owner_id, version, message_count)
+                VALUES (new.owner_id, {_INSERTED}, 1)
+                ON CONFLICT DO UPDATE SET version = excluded.version, message_count = message_count + 1;
+            INSERT INTO pending_vectors (id) VALUES (new.id);
+        END""",
+        "DROP TRIGGER messages_after_delete",
+        f"""CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
+            UPDATE messages_fts SET prev = {_NEIGHBOUR.format(m="old", cmp="<", order="DESC", col="content")}
+                WHERE rowid = {_NEIGHBOUR.format(m="old", cmp=">", order="ASC", col="id")};
+            DELETE FROM messages_fts WHERE rowid = old.id;
+            UPDATE conversations SET version = {_DELETED}, message_count = message_count - 1
+                WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
+            UPDATE owners SET version = {_DELETED}, message_count = message_count - 1
+                WHERE owner_id = old.owner_id;
+            DELETE FROM zero_vectors WHERE id = old.id;
+        END""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# Statements that give every version in the file the current write stamp: run when a
+# file is migrated to version 3, so that no version from before (a counter) stays.
+_RESTAMP = (
+    f"UPDATE conversations SET version = {_STAMP}",
+    f"UPDATE owners SET version = {_STAMP}",
+)
 
 # The vector table: one row per embedded message, rowid = messages.id. owner_id is the
 # partition key (every search is inside one owner), conversation_id and created_at are
@@ -201,7 +273,7 @@ OVERSAMPLE = 2
 MIN_CANDIDATES = 160
 
 # SQLite primary result codes (https://sqlite.org/rescode.html).
-_BUSY, _LOCKED, _CORRUPT, _FULL, _NOTADB = 5, 6, 11, 13, 26
+_BUSY, _LOCKED, _IOERR, _CORRUPT, _FULL, _NOTADB = 5, 6, 10, 11, 13, 26
 
 
 def row_to_message(row: Sequence[Any]) -> Message:
@@ -256,17 +328,58 @@ def _is_busy(exc: BaseException) -> bool:
     return "locked" in str(exc).lower()
 
 
+def _disk_is_full(path: str) -> bool:
+    """Is the file system holding ``path`` out of space? SQLite reports some writes on a
+    full disk (growing the -shm file, say) as a plain I/O error."""
+    try:
+        info = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return info.f_bavail * info.f_frsize < 64 * 1024
+
+
 def map_error(exc: Exception, path: str) -> StoreError:
     """The StoreError that stands for a driver error."""
     code = _error_code(exc)
     text = str(exc).lower()
     if _is_busy(exc):
         return LockTimeoutError(f"{path}: the database stayed locked by another connection ({exc})")
-    if code == _FULL or "disk is full" in text:
+    if code == _FULL or "disk is full" in text or (code == _IOERR and _disk_is_full(path)):
         return StorageFullError(f"{path}: the disk is full ({exc})")
     if code in (_CORRUPT, _NOTADB) or "not a database" in text or "malformed" in text:
         return CorruptDatabaseError(f"{path}: not a usable localmem database ({exc})")
     return StoreError(f"{path}: {exc}")
+
+
+def is_zero_vector(vector: bytes) -> bool:
+    """Is this float32 vector all zeros (+0.0 or -0.0)? It has no direction: its cosine
+    with anything is undefined."""
+    return not any(array.array("f", vector))
+
+
+def new_stamp() -> int:
+    """A fresh random 63-bit write stamp (from the OS: a forked child never repeats its
+    parent's, as a copied PRNG state would)."""
+    return int.from_bytes(os.urandom(8), "big") >> 1
+
+
+def _refuse_hard_links(path: str) -> None:
+    """Refuse a database file with more than one name. SQLite finds the -wal and -shm
+    files by the name it was opened with: two processes opening one file by two hard
+    links each use a WAL of their own, and every acknowledged write of one can be lost
+    (symbolic links are fine: SQLite resolves them)."""
+    try:
+        links = os.stat(path).st_nlink
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the file's status ({exc})") from exc
+    if links > 1:
+        raise StoreError(
+            f"{path} has {links} hard links. SQLite keeps its write-ahead log beside the name a "
+            "file is opened by, so two names for one database can lose committed writes. Open "
+            "it by one name only: remove the other links, or make a copy (cp) instead of a link"
+        )
 
 
 def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -299,6 +412,15 @@ class ConversationState:
 
 
 @dataclass(frozen=True, slots=True)
+class Deleted:
+    """A message just deleted: where it was and what it said, for the caches to forget."""
+
+    owner_id: str
+    conversation_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class Scope:
     """A search scope's state: ``token`` changes whenever a message enters or leaves it, or
     the vectors are rebuilt;
@@ -310,8 +432,9 @@ class Scope:
 
 
 class Store:
-    """One SQLite file. Thread-safe (one connection behind a lock); fork-safe (a child
-    process opens its own connection on first use)."""
+    """One SQLite file. Thread-safe: writes on one connection behind a lock, reads on a
+    pool of read-only connections. Fork-safe: a child process opens its own connections
+    on first use."""
 
     def __init__(self, path: str, *, durability: str = "normal", lock_timeout: float = 5.0):
         if durability not in ("normal", "full"):
@@ -322,11 +445,21 @@ class Store:
         self.durability = durability
         self.lock_timeout = float(lock_timeout)
         self._in_memory = path == ":memory:" or path.startswith("file::memory:")
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the write connection
+        self._pool_lock = threading.Lock()  # the read pool's lists
         driver.reset_locks_after_fork(self)
         self._pid = os.getpid()
         self._conn: Any = None
+        self._stamped = False  # this write connection has set its write stamp
+        # Read connections not in use, by the kind of read they serve: a keyword search
+        # keeps to connections of its own, whose page cache holds the FTS5 index, so that
+        # it does not evict the vector pages of the KNN scan running beside it (sharing
+        # one pool made the fused search at 100k 20 % slower: benchmarks/semantic_speed.py).
+        self._idle: dict[str, list[Any]] = {}
+        self._readers: list[Any] = []  # every read connection, to close them
         self._closed = False
+        if not self._in_memory:
+            _refuse_hard_links(path)
         with self._mapped_errors():
             self._conn = self._open()
             self._migrate()
@@ -334,12 +467,14 @@ class Store:
 
     # -- connection lifecycle ---------------------------------------------------------
 
-    def _open(self) -> Any:
+    def _open(self, *, reader: bool = False) -> Any:
         conn = driver.connect(self.path)
         try:
             # busy_timeout first: the journal-mode switch below may itself wait for a lock.
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
-            if not self._in_memory:
+            if reader:  # the writer opened the file first: it is in WAL mode already
+                conn.execute("PRAGMA query_only = 1")
+            elif not self._in_memory:
                 mode = self._execute_when_free(conn, "PRAGMA journal_mode").fetchone()[0]
                 if str(mode).lower() != "wal":
                     mode = self._execute_when_free(conn, "PRAGMA journal_mode = WAL").fetchone()[0]
@@ -357,7 +492,7 @@ class Store:
         return conn
 
     def _connection(self) -> Any:
-        """The connection for this process. Caller holds ``self._lock``."""
+        """The write connection for this process. Caller holds ``self._lock``."""
         if self._closed:
             raise ClosedError("this Memory is closed")
         if self._pid != os.getpid():
@@ -367,10 +502,12 @@ class Store:
     def _after_fork(self) -> None:
         if self._in_memory:
             raise StoreError("an in-memory database cannot be used from a forked child process")
-        driver.abandon(self._conn)
-        self._conn = None
+        for conn in [self._conn, *self._readers]:
+            driver.abandon(conn)
+        self._conn, self._idle, self._readers = None, {}, []
         self._pid = os.getpid()
         self._conn = self._open()
+        self._stamped = False  # a new connection: the child's writes get a stamp of their own
 
     def close(self) -> None:
         with self._lock:
@@ -378,15 +515,20 @@ class Store:
                 return
             self._closed = True
             conn, self._conn = self._conn, None
-            if conn is None:
-                return
+            with self._pool_lock:
+                idle = [c for conns in self._idle.values() for c in conns]
+                self._idle = {}
             if self._pid != os.getpid():
-                driver.abandon(conn)
+                for c in [conn, *self._readers]:
+                    driver.abandon(c)
                 return
-            with contextlib.suppress(Exception):
-                conn.execute("PRAGMA optimize")  # SQLite's advice for long-lived connections
             with self._mapped_errors():
-                conn.close()
+                for reader in idle:  # a reader in use is closed when it is given back
+                    reader.close()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.execute("PRAGMA optimize")  # SQLite's advice for long-lived connections
+                    conn.close()
 
     @property
     def closed(self) -> bool:
@@ -399,6 +541,7 @@ class Store:
 
     def reset_locks_after_fork(self) -> None:
         self._lock = threading.RLock()
+        self._pool_lock = threading.Lock()
 
     # -- transactions -----------------------------------------------------------------
 
@@ -410,29 +553,108 @@ class Store:
         except dbapi.Error as exc:
             raise map_error(exc, self.path) from exc
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """The rows of one read statement (a statement is its own snapshot)."""
-        with self._lock, self._mapped_errors():
-            return self._connection().execute(sql, args).fetchall()
+    @contextlib.contextmanager
+    def _reader(self, kind: str = "read") -> Iterator[Any]:
+        """A read-only connection of this process's pool for reads of ``kind``, for the
+        caller alone (an in-memory database has one connection: the writer's, under its
+        lock)."""
+        if self._in_memory:
+            with self._write_lock(), self._mapped_errors():
+                yield self._connection()
+            return
+        if self._closed:
+            raise ClosedError("this Memory is closed")
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._after_fork()
+        with self._pool_lock:
+            idle = self._idle.setdefault(kind, [])
+            conn = idle.pop() if idle else None
+        if conn is None:
+            with self._mapped_errors():
+                conn = self._open(reader=True)
+            with self._pool_lock:
+                self._readers.append(conn)
+        pid = os.getpid()
+        try:
+            with self._mapped_errors():
+                yield conn
+        finally:
+            with self._pool_lock:
+                keep = not self._closed and pid == self._pid
+                if keep:
+                    self._idle.setdefault(kind, []).append(conn)
+                elif pid == os.getpid():
+                    self._readers.remove(conn)
+            if not keep and pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Any]:
-        """A consistent snapshot: every statement inside sees the same committed state."""
-        with self._lock, self._mapped_errors():
-            conn = self._connection()
-            conn.execute("BEGIN")
+    def _fresh_reader(self) -> Iterator[Any]:
+        """A read connection of its own, closed after use: nothing cached from before."""
+        if self._in_memory:
+            with self._reader() as conn:
+                yield conn
+            return
+        with self._mapped_errors():
+            conn = self._open(reader=True)
             try:
                 yield conn
             finally:
-                conn.execute("COMMIT")
+                conn.close()
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read statement (a statement is its own snapshot)."""
+        with self._reader() as conn:
+            return conn.execute(sql, args).fetchall()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Any]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
-        with self._lock, self._mapped_errors():
-            conn = self._connection()
-            self._begin_immediate(conn)
+    def read(self, kind: str = "read") -> Iterator[Any]:
+        """A consistent snapshot: every statement inside sees the same committed state
+        (``kind``: see ``_reader``)."""
+        with self._reader(kind) as conn:
+            conn.execute("BEGIN")
             try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[float]:
+        """Hold the write connection's lock, waited for at most ``lock_timeout``; yields
+        the deadline (``lock_timeout`` after the call began) for the file lock too."""
+        deadline = time.monotonic() + self.lock_timeout
+        if not self._lock.acquire(timeout=self.lock_timeout):
+            raise LockTimeoutError(
+                f"{self.path}: the write lock stayed taken past lock_timeout ({self.lock_timeout:g} s): "
+                "other threads of this process were writing, or waiting for another writer"
+            )
+        try:
+            yield deadline
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def write(self, *, stamp: bool = True) -> Iterator[Any]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error.
+
+        The whole wait (for other threads of this process, then for the file lock) is
+        bounded by ``lock_timeout``. The first write of a connection sets a fresh write
+        stamp (see the module docstring); ``stamp=False`` leaves it to the caller (the
+        migration, which may create the table).
+        """
+        with self._write_lock() as deadline, self._mapped_errors():
+            conn = self._connection()
+            self._execute_when_free(conn, "BEGIN IMMEDIATE", deadline)
+            stamping = stamp and not self._stamped
+            try:
+                if stamping:
+                    conn.execute("UPDATE write_stamp SET value = ?", (new_stamp(),))
                 yield conn
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -444,22 +666,26 @@ class Store:
                 with contextlib.suppress(Exception):
                     conn.execute("ROLLBACK")
                 raise
+            if stamping:
+                self._stamped = True
 
-    def _begin_immediate(self, conn: Any) -> None:
-        """Take the write lock, waiting at most ``lock_timeout`` in all."""
-        self._execute_when_free(conn, "BEGIN IMMEDIATE")
-
-    def _execute_when_free(self, conn: Any, sql: str) -> Any:
-        """Run ``sql``, retrying while the file is busy, for at most ``lock_timeout`` in all.
+    def _execute_when_free(self, conn: Any, sql: str, deadline: float | None = None) -> Any:
+        """Run ``sql``, retrying while the file is busy, until ``deadline`` (a monotonic
+        time; default ``lock_timeout`` from now).
 
         ``busy_timeout`` does most of the waiting; the loop covers the cases where SQLite
         reports SQLITE_BUSY at once, without calling the busy handler: WAL recovery, a
         racing checkpoint, and a lock upgrade that could deadlock (switching a new file
         to WAL while other connections open it).
         """
-        deadline = time.monotonic() + self.lock_timeout
-        retried = False
+        if deadline is None:
+            deadline = time.monotonic() + self.lock_timeout
+        full = int(self.lock_timeout * 1000)
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        shortened = left_ms < full - 1  # part of the time went waiting for another thread
         try:
+            if shortened:
+                conn.execute(f"PRAGMA busy_timeout = {max(1, left_ms)}")
             while True:
                 try:
                     return conn.execute(sql)
@@ -467,12 +693,12 @@ class Store:
                     left = deadline - time.monotonic()
                     if not _is_busy(exc) or left <= 0.002:
                         raise
-                    retried = True
+                    shortened = True
                     time.sleep(0.002)
                     conn.execute(f"PRAGMA busy_timeout = {max(1, int((left - 0.002) * 1000))}")
         finally:
-            if retried:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+            if shortened:
+                conn.execute(f"PRAGMA busy_timeout = {full}")
 
     # -- schema -----------------------------------------------------------------------
 
@@ -481,18 +707,41 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         self._check_known(version)
-        with self.write() as conn:
+        with self.write(stamp=False) as conn:  # the stamp table may not exist yet
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # another opener?
             self._check_known(version)
             for statements in MIGRATIONS[version:]:
                 for sql in statements:
                     conn.execute(sql)
+            conn.execute("UPDATE write_stamp SET value = ?", (new_stamp(),))
+            if version < 3:
+                for sql in _RESTAMP:
+                    conn.execute(sql)
+                self._set_aside_zero_vectors(conn)
             if version == 0:
                 conn.executemany(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [("instance_id", uuid.uuid4().hex), ("created_at_us", str(now_us()))],
                 )
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._stamped = True  # the migration's transaction set it
+
+    def _set_aside_zero_vectors(self, conn: Any) -> None:
+        """Move zero vectors (written before version 3 refused to index them) from
+        message_vectors to zero_vectors: they sort ahead of every real neighbour."""
+        if self._vector_table(conn) is None:
+            return
+        row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+        dim = None if row is None else json.loads(row[0]).get("dim")
+        if type(dim) is not int or dim < 1:
+            return
+        zero = bytes(4 * dim)
+        ids = [i for (i,) in conn.execute(
+            "SELECT rowid FROM message_vectors WHERE vec_distance_l2(embedding, ?) = 0", (zero,)
+        )]
+        for row_id in ids:
+            conn.execute("DELETE FROM message_vectors WHERE rowid = ?", (row_id,))
+            conn.execute("INSERT INTO zero_vectors (id) VALUES (?)", (row_id,))
 
     def _check_known(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -569,10 +818,12 @@ class Store:
     @staticmethod
     def _bump_generation(conn: Any) -> None:
         """A new vector space begins (first model bound, or every vector dropped): answers
-        cached from the old one must not be served, though no message changed."""
+        cached from the old one must not be served, though no message changed. Like the
+        versions, the generation is a fresh random stamp, never a counter that repeats."""
         conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('vector_generation', '1')"
-            " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            "INSERT INTO meta (key, value) VALUES ('vector_generation', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(new_stamp()),),
         )
 
     def pending_batch(self, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
@@ -621,7 +872,10 @@ class Store:
                         f"vector for message {row_id} has {len(vector)} bytes; dim {dim} needs {dim * 4}"
                     )
                 if conn.execute("DELETE FROM pending_vectors WHERE id = ?", (row_id,)).rowcount:
-                    written += conn.execute(insert, (vector, row_id)).rowcount
+                    if is_zero_vector(vector):  # no direction: not indexed (see zero_vectors)
+                        conn.execute("INSERT INTO zero_vectors (id) SELECT id FROM messages WHERE id = ?", (row_id,))
+                    else:
+                        written += conn.execute(insert, (vector, row_id)).rowcount
         return written
 
     def reset_vectors(self) -> int:
@@ -632,6 +886,7 @@ class Store:
             conn.execute("DROP TRIGGER IF EXISTS messages_after_delete_vector")
             conn.execute("DROP TABLE IF EXISTS message_vectors")
             conn.execute("DELETE FROM meta WHERE key = 'embedder'")
+            conn.execute("DELETE FROM zero_vectors")
             conn.execute("INSERT OR IGNORE INTO pending_vectors (id) SELECT id FROM messages")
             return conn.execute("SELECT count(*) FROM pending_vectors").fetchone()[0]
 
@@ -646,12 +901,10 @@ class Store:
         conversations when ``conversation_id`` is None, read in one snapshot."""
         where = "owner_id = ?" + ("" if conversation_id is None else " AND conversation_id = ?")
         args = (owner_id,) if conversation_id is None else (owner_id, conversation_id)
+        table = "owners" if conversation_id is None else "conversations"
         with self.read() as conn:
-            version, count, conversations = conn.execute(
-                "SELECT coalesce(sum(version), 0), coalesce(sum(message_count), 0), count(*)"
-                f" FROM conversations WHERE {where}",
-                args,
-            ).fetchone()
+            row = conn.execute(f"SELECT version, message_count FROM {table} WHERE {where}", args).fetchone()
+            version, count = row if row is not None else (0, 0)
             m_where = where.replace("owner_id", "m.owner_id").replace("conversation_id", "m.conversation_id")
             generation = conn.execute(
                 "SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta"
@@ -663,10 +916,9 @@ class Store:
                 f" WHERE {m_where} LIMIT 1",
                 args,
             ).fetchone() is not None
-        # Versions only grow and conversation rows are never deleted, so (sum of versions,
-        # number of conversations) changes whenever a message enters or leaves the scope;
-        # the generation changes when the vectors are rebuilt.
-        return Scope(token=[version, conversations, generation], size=count, pending=pending)
+        # The version is the stamp of the last transaction that changed the scope's
+        # messages (never repeated); the generation changes when vectors are rebuilt.
+        return Scope(token=[version, generation], size=count, pending=pending)
 
     def knn(
         self,
@@ -695,13 +947,16 @@ class Store:
             filters.append("created_at >= ?")
             args.append(since_us)
         where = " AND ".join(filters)
+        if is_zero_vector(vector):  # the zero vector: no direction, so nothing is near it
+            return []
         with self.read() as conn:
             table = self._vector_table(conn)
             if table is None:
                 return []
             size = conn.execute(
-                "SELECT coalesce(sum(message_count), 0) FROM conversations WHERE owner_id = ?"
-                + ("" if conversation_id is None else " AND conversation_id = ?"),
+                "SELECT coalesce(sum(message_count), 0) FROM "
+                + ("owners WHERE owner_id = ?" if conversation_id is None
+                   else "conversations WHERE owner_id = ? AND conversation_id = ?"),
                 args[: 1 if conversation_id is None else 2],
             ).fetchone()[0]
             if size > exact_max and _COARSE in table:
@@ -720,14 +975,18 @@ class Store:
                         " JOIN message_vectors v ON v.rowid = j.value",
                         (vector, json.dumps([row_id for (row_id,) in candidates])),
                     )
+                    if distance is not None  # NaN: a vector with no direction
                 ]
                 scored.sort(key=lambda pair: (-pair[1], pair[0]))
                 return scored[:k]
-            rows = conn.execute(
-                "SELECT rowid, distance FROM message_vectors WHERE embedding MATCH ?"
-                f" AND k = ? AND {where} ORDER BY distance",
-                [vector, min(k, _MAX_K), *args],
-            ).fetchall()
+            rows = [
+                row for row in conn.execute(
+                    "SELECT rowid, distance FROM message_vectors WHERE embedding MATCH ?"
+                    f" AND k = ? AND {where} ORDER BY distance",
+                    [vector, min(k, _MAX_K), *args],
+                )
+                if row[1] is not None  # NaN: a vector with no direction
+            ]
         rows.sort(key=lambda pair: (pair[1], pair[0]))  # vec0 allows no second sort key
         return [(row_id, 1.0 - distance) for row_id, distance in rows]
 
@@ -757,7 +1016,7 @@ class Store:
             args.append(since_us)
         sql += " ORDER BY score, m.id LIMIT ?"
         args.append(k)
-        with self.read() as conn:
+        with self.read("keyword") as conn:
             return conn.execute(sql, args).fetchall()
 
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
@@ -839,10 +1098,16 @@ class Store:
         for successor, content in conn.execute(_DISPLACED, (last_id,)).fetchall():
             conn.execute("UPDATE messages_fts SET prev = ? WHERE rowid = ?", (content, successor))
 
-    def delete(self, msg_id: str) -> bool:
-        """Delete a message; triggers remove its FTS5 row, vector and queue entry."""
+    def delete(self, msg_id: str) -> Deleted | None:
+        """Delete a message; triggers remove its FTS5 row, vector and queue entry. Returns
+        what the caches need to forget it, or None if there was no such message."""
         with self.write() as conn:
-            return conn.execute("DELETE FROM messages WHERE msg_id = ?", (msg_id,)).rowcount == 1
+            row = conn.execute(
+                "SELECT owner_id, conversation_id, content FROM messages WHERE msg_id = ?", (msg_id,)
+            ).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM messages WHERE msg_id = ?", (msg_id,))
+        return None if row is None else Deleted(*row)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -895,11 +1160,18 @@ class Store:
                 "conversations": conversations, "owners": owners}
 
     def check_integrity(self) -> str:
-        """``PRAGMA integrity_check`` plus FTS5's own check; "ok" when all is well."""
-        with self.read() as conn:
+        """"ok", or what was found, a line a problem: ``PRAGMA integrity_check``; the
+        keyword index (a row per message, the right previous message, FTS5's own check);
+        the vectors (see ``_vector_problems``); times a datetime cannot hold."""
+        # On a fresh connection: SQLite 3.50's PRAGMA integrity_check reports a healthy
+        # FTS5 index as "malformed inverted index" on a connection that read the index
+        # before another connection changed it (FTS5 keeps the index structure cached
+        # per connection, and its integrity check does not refresh it).
+        with self._fresh_reader() as conn:
             result = "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
         if result != "ok":
             return result
+        problems: list[str] = []
         with self.read() as conn:
             unindexed = conn.execute(
                 "SELECT count(*) FROM messages m"
@@ -912,18 +1184,105 @@ class Store:
                 " conversation_id ORDER BY created_at, id) AS prev FROM messages) x"
                 " JOIN messages_fts f ON f.rowid = x.id WHERE f.prev IS NOT x.prev"
             ).fetchone()[0]
-        if unindexed or indexed != total:
-            return f"fts5: {unindexed} messages missing from the keyword index, which has {indexed} rows for {total} messages"
-        if stale:
-            return f"fts5: {stale} keyword rows hold the wrong previous message"
+            if unindexed or indexed != total:
+                problems.append(
+                    f"fts5: {unindexed} messages missing from the keyword index, which has {indexed} rows for {total} messages"
+                )
+            if stale:
+                problems.append(f"fts5: {stale} keyword rows hold the wrong previous message")
+            out_of_range = conn.execute(
+                "SELECT count(*) FROM messages WHERE created_at NOT BETWEEN ? AND ?", (MIN_US, MAX_US)
+            ).fetchone()[0]
+            if out_of_range:
+                problems.append(f"messages: {out_of_range} have a created_at outside the years 1 to 9999 UTC")
+            problems += _vector_problems(conn)
         try:
             with self.write() as conn:
                 conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
         except LockTimeoutError:
             raise  # a busy file is not a damaged one
         except StoreError as exc:
-            return f"fts5: {exc}"
-        return "ok"
+            problems.append(f"fts5: {exc}")
+        return "\n".join(problems) or "ok"
 
+
+def _vector_problems(conn: Any) -> list[str]:
+    """What is wrong with the vectors, in one read transaction:
+
+    * accounting: each message is in exactly one of message_vectors, pending_vectors and
+      zero_vectors, and nothing there belongs to no message;
+    * each vector reads back (through vec0's own row lookup) with its message's owner,
+      conversation and time, and the recorded model's dimension;
+    * the chunks, as the KNN scan reads them: blobs of the right sizes, and the rows their
+      validity bits mark are exactly the rows of the rowid table, at the same places.
+      (This reads sqlite-vec 0.1's chunk layout; pyproject keeps sqlite-vec below 0.2.)
+    """
+    table = Store._vector_table(conn)
+    parts = ["pending_vectors", "zero_vectors"] + (["message_vectors_rowids"] if table else [])
+    union = " UNION ALL ".join(f"SELECT {'rowid' if p.endswith('rowids') else 'id'} AS id FROM {p}" for p in parts)
+    unaccounted, doubled, orphans = conn.execute(
+        f"SELECT (SELECT count(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM ({union}) u WHERE u.id = m.id)),"
+        f" (SELECT count(*) FROM (SELECT id FROM ({union}) GROUP BY id HAVING count(*) > 1)),"
+        f" (SELECT count(*) FROM ({union}) u WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = u.id))"
+    ).fetchone()
+    problems = []
+    if unaccounted:
+        problems.append(f"vectors: {unaccounted} messages have no vector and are not queued for one")
+    if doubled:
+        problems.append(f"vectors: {doubled} messages are counted twice (vector, queue, zero vector)")
+    if orphans:
+        problems.append(f"vectors: {orphans} vectors or queue rows belong to no message")
+    if table is None:
+        return problems
+    identity = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+    dim = None if identity is None else json.loads(identity[0]).get("dim")
+    if type(dim) is not int or f"float[{dim}]" not in table:
+        return [*problems, f"vectors: the recorded model's dimension ({dim}) is not the vector table's"]
+    messages = {row[0]: row[1:] for row in conn.execute("SELECT id, owner_id, conversation_id, created_at FROM messages")}
+    try:
+        wrong = sum(
+            1 for row_id, owner, conversation, created, length in conn.execute(
+                "SELECT rowid, owner_id, conversation_id, created_at, vec_length(embedding) FROM message_vectors"
+            )
+            if row_id in messages and (messages[row_id] != (owner, conversation, created) or length != dim)
+        )
+    except driver.dbapi().Error as exc:
+        problems.append(f"vectors: unreadable ({exc})")
+    else:
+        if wrong:
+            problems.append(f"vectors: {wrong} vectors disagree with their message (owner, conversation, time or size)")
+    places = {row_id: (chunk, offset) for row_id, chunk, offset in conn.execute(
+        "SELECT rowid, chunk_id, chunk_offset FROM message_vectors_rowids")}
+    seen: dict[int, tuple[int, int]] = {}
+    bad_chunks = 0
+    blob_sizes = [(name, 4 * dim) for name in ("message_vectors_vector_chunks00",)]
+    if _COARSE in table:
+        blob_sizes.append(("message_vectors_vector_chunks01", dim // 8))
+    blobs = [
+        dict(conn.execute(f"SELECT rowid, length(vectors) FROM {name}")) for name, _ in blob_sizes
+    ]
+    for chunk, size, validity, rowids in conn.execute(
+        "SELECT chunk_id, size, validity, rowids FROM message_vectors_chunks"
+    ):
+        if (
+            type(validity) is not bytes or type(rowids) is not bytes
+            or len(validity) * 8 != size or len(rowids) != 8 * size
+            or any(found.get(chunk) != size * width for found, (_, width) in zip(blobs, blob_sizes))
+        ):
+            bad_chunks += 1
+            continue
+        for offset in range(size):
+            if validity[offset >> 3] >> (offset & 7) & 1:
+                seen[int.from_bytes(rowids[8 * offset : 8 * offset + 8], "little", signed=True)] = (chunk, offset)
+    if bad_chunks:
+        problems.append(f"vectors: {bad_chunks} chunks of the vector table are damaged (wrong sizes)")
+    elif seen != places:
+        lost = sum(1 for row_id, place in places.items() if seen.get(row_id) != place)
+        extra = sum(1 for row_id in seen if row_id not in places)
+        problems.append(
+            f"vectors: the search sees {len(seen)} vectors, the table lists {len(places)}"
+            f" ({lost} unseen or misplaced, {extra} unlisted)"
+        )
+    return problems
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ConversationState", "Scope", "Store"]

@@ -12,8 +12,9 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import diskcache
+from hash_embedder import HashEmbedder
 
-from localmem import Memory
+from localmem import Memory, driver
 
 OK = dict(conversation_id="c1", owner_id="u1")
 
@@ -174,3 +175,67 @@ def test_a_recreated_database_never_sees_the_old_cache(db_path):
     with Memory(db_path) as m:  # same path, same cache dir, same conversation version 1
         m.add("user", "new life", **OK)
         assert [x.content for x in recent(m).messages] == ["new life"]
+
+
+# -- versions never repeat (issue 9, item 3) ---------------------------------------------
+
+
+
+def _copy_database(source, target) -> None:
+    """A consistent copy of the file (SQLite's online backup), as a user's backup is.
+    Through localmem's own driver: a second SQLite library in one process would drop the
+    first one's POSIX locks on the file as it closes it (sqlite.org/howtocorrupt.html)."""
+    src, dst = driver.connect(str(source)), driver.connect(str(target))
+    src.backup(dst)
+    src.close()
+    dst.close()
+
+
+def _semantic(m, query: str):
+    return m.get_memory("semantic_search", query=query, dense=False, **OK)
+
+
+def test_a_restored_backup_never_meets_the_caches_of_its_lost_future(db_path, tmp_path):
+    with Memory(db_path, embedder=HashEmbedder(), embed="sync") as m:
+        m.add("user", "one apple", **OK)
+        m.add("user", "two apples", **OK)
+        _copy_database(db_path, tmp_path / "backup.db")
+        m.add("user", "three apples, later deleted by the restore", **OK)
+        assert len(recent(m).messages) == 3 and recent(m).cache_hit
+        assert len(_semantic(m, "apples").messages) == 3 and _semantic(m, "apples").cache_hit
+    for suffix in ("", "-wal", "-shm"):  # restore the backup in place; the cache folder stays
+        if os.path.exists(str(db_path) + suffix):
+            os.remove(str(db_path) + suffix)
+    shutil.copy(tmp_path / "backup.db", db_path)
+    with Memory(db_path, embedder=HashEmbedder(), embed="sync") as m:
+        m.add("user", "four apples", **OK)  # a counter would now repeat the lost version
+        assert [x.content for x in recent(m).messages] == ["one apple", "two apples", "four apples"]
+        contents = {x.content for x in _semantic(m, "apples").messages}
+        assert contents == {"one apple", "two apples", "four apples"}
+
+
+def test_two_copies_sharing_a_cache_folder_never_serve_each_other(db_path, tmp_path):
+    shared = tmp_path / "shared-cache"
+    options = dict(embedder=HashEmbedder(), embed="sync", cache_dir=shared)
+    with Memory(db_path, **options) as m:
+        m.add("user", "common ground", **OK)
+    _copy_database(db_path, tmp_path / "copy.db")  # same instance id, same versions
+    with Memory(db_path, **options) as a, Memory(tmp_path / "copy.db", **options) as b:
+        a.add("user", "only in a", **OK)
+        assert [x.content for x in recent(a).messages] == ["common ground", "only in a"]
+        b.add("user", "only in b", **OK)
+        assert [x.content for x in recent(b).messages] == ["common ground", "only in b"]
+        assert [x.content for x in recent(a).messages] == ["common ground", "only in a"]
+        assert {x.content for x in _semantic(b, "only").messages} == {"only in b"}
+        assert {x.content for x in _semantic(a, "only").messages} == {"only in a"}
+
+
+def test_a_version_changes_with_every_write_and_never_comes_back(mem):
+    seen = set()
+    for i in range(50):
+        message = mem.add("user", f"m{i}", **OK)
+        seen.add(mem._store.conversation_state("u1", "c1").version)
+        if i % 5 == 4:
+            mem.delete(message.msg_id)
+            seen.add(mem._store.conversation_state("u1", "c1").version)
+    assert len(seen) == 60

@@ -429,7 +429,7 @@ def test_a_version_1_file_is_upgraded_and_queued(db_path):
     conn.close()
     with Memory(db_path, embedder=HashEmbedder()) as mem:
         mem.flush(timeout=30)
-        assert mem.stats()["schema_version"] == 2 and mem.stats()["vectors"] == 1
+        assert mem.stats()["schema_version"] == store_module.SCHEMA_VERSION and mem.stats()["vectors"] == 1
         assert mem.check_integrity() == "ok"
         got = mem.get_memory(
             Strategy.SEMANTIC_SEARCH, query="recommend", conversation_id="c", owner_id="u", keyword=True

@@ -169,7 +169,7 @@ def test_fts_index_written_with_the_message_and_folds_accents(mem, db_path):
     assert mem.check_integrity() == "ok"
 
 
-def test_deleting_a_message_removes_its_fts_row_and_bumps_the_version(mem, db_path):
+def test_deleting_a_message_removes_its_fts_row_and_changes_the_version(mem, db_path):
     stored = mem.add("user", "unique zebra words", **OK)
     before = mem._store.conversation_state("u1", "c1")
     conn = raw(db_path)
@@ -177,7 +177,8 @@ def test_deleting_a_message_removes_its_fts_row_and_bumps_the_version(mem, db_pa
     conn.close()
     assert fts(db_path, "zebra") == []
     after = mem._store.conversation_state("u1", "c1")
-    assert after.version > before.version and after.message_count == 0
+    # Even a delete through a raw connection (no write stamp of localmem's) changes it.
+    assert after.version != before.version and after.message_count == 0
     assert mem.check_integrity() == "ok"
 
 
@@ -286,3 +287,105 @@ def test_a_full_database_raises_storage_full_and_keeps_what_was_stored(mem):
     assert isinstance(info.value.__cause__, driver.dbapi().Error)
     assert mem.stats()["messages"] == 1 and mem.get(kept.msg_id) == kept
     assert mem.check_integrity() == "ok"
+
+
+# -- hazards from the reliability review (issue 9) ----------------------------------------
+
+
+def test_a_file_with_two_hard_links_is_refused(db_path, tmp_path):
+    with Memory(db_path) as m:
+        m.add("user", "hi", **OK)
+    other = tmp_path / "other-name.db"
+    os.link(db_path, other)
+    for path in (db_path, other):
+        with pytest.raises(StoreError, match="2 hard links"):
+            Memory(path)
+    os.unlink(other)
+    with Memory(db_path) as m:  # one name again: fine
+        assert m.stats()["messages"] == 1
+
+
+def test_a_symbolic_link_is_fine(db_path, tmp_path):
+    with Memory(db_path) as m:
+        m.add("user", "hi", **OK)
+    link = tmp_path / "link.db"
+    link.symlink_to(db_path)
+    with Memory(link, embed="off") as m:  # SQLite resolves it: one WAL for both names
+        m.add("user", "through the link", **OK)
+    with Memory(db_path, embed="off") as m:
+        assert m.stats()["messages"] == 2 and m.check_integrity() == "ok"
+
+
+@pytest.fixture
+def embedded(db_path):
+    """A file with 300 embedded messages over 3 owners (several vec0 chunks), closed."""
+    from hash_embedder import HashEmbedder
+
+    with Memory(db_path, embedder=HashEmbedder()) as m:
+        m.add_many({"role": "user", "content": f"message {i}", "conversation_id": f"c{i % 4}",
+                    "owner_id": f"u{i % 3}"} for i in range(300))
+        m.flush(timeout=60)
+        assert m.check_integrity() == "ok"
+    return db_path
+
+
+DAMAGE = [
+    # (what, SQL run on the closed file, words the report must hold)
+    ("a chunk's validity bits cleared",
+     "UPDATE message_vectors_chunks SET validity = zeroblob(length(validity)) WHERE chunk_id = 1",
+     "the search sees"),
+    ("a chunk's vectors truncated",
+     "UPDATE message_vectors_vector_chunks00 SET vectors = substr(vectors, 1, 100) WHERE rowid = 2",
+     "chunks of the vector table are damaged"),
+    ("a vector's row lost",
+     "DELETE FROM message_vectors_rowids WHERE rowid = 7",
+     "no vector and are not queued"),
+    ("a vector without its message",
+     "DELETE FROM messages_fts WHERE rowid = 8; DROP TRIGGER messages_after_delete_vector;"
+     " DROP TRIGGER messages_after_delete; DELETE FROM messages WHERE id = 8",
+     "belong to no message"),
+    ("a message both queued and embedded",
+     "INSERT INTO pending_vectors (id) VALUES (9)",
+     "counted twice"),
+    ("a vector filed under another owner",
+     "UPDATE message_vectors SET conversation_id = 'elsewhere' WHERE rowid = 10",
+     "disagree with their message"),
+]
+
+
+@pytest.mark.parametrize("sql, words", [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_check_integrity_finds_damaged_vectors(embedded, sql, words):
+    conn = raw(embedded)
+    conn.executescript(sql)
+    conn.close()
+    with Memory(embedded, embed="off") as m:
+        assert words in m.check_integrity()
+
+
+def test_check_integrity_counts_times_no_datetime_can_hold(db_path):
+    with Memory(db_path, embed="off") as m:
+        m.add("user", "fine", **OK)
+    conn = raw(db_path)
+    conn.execute(  # as a localmem that did not check the range could write it
+        "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at)"
+        " VALUES ('far', 'c1', 'u1', 'user', 'year zero', ?)", (-62135596800 * 10**6 - 1,)
+    )
+    conn.execute("INSERT INTO messages_fts (rowid, content, prev) SELECT id, content, 'fine' FROM messages WHERE msg_id = 'far'")
+    conn.close()
+    with Memory(db_path, embed="off") as m:
+        assert "1 have a created_at outside the years 1 to 9999" in m.check_integrity()
+        with pytest.raises(CorruptDatabaseError, match="created_at"):
+            m.get("far")
+        assert m.delete("far")  # and it can be removed
+        assert m.check_integrity() == "ok"
+
+
+def test_check_integrity_after_another_connection_wrote(db_path):
+    """SQLite's integrity check of FTS5 on a connection that read the index before another
+    one changed it reports a healthy index as malformed: localmem checks on a fresh one."""
+    with Memory(db_path, embed="off") as a, Memory(db_path, embed="off") as b:
+        a.add("user", "first words", **OK)
+        assert a.check_integrity() == "ok"
+        b.add("user", "more words", **OK)
+        b.delete(b.get_memory("recent_history", **OK).messages[0].msg_id)
+        assert a.check_integrity() == "ok"
