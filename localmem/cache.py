@@ -23,16 +23,21 @@ Each tier is an accelerator, never a source of truth:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +46,7 @@ import diskcache
 from . import driver
 from .errors import InvalidInputError
 from .store import ConversationState
+from .validate import MAX_US, MIN_US, ROLES
 
 if TYPE_CHECKING:  # numpy is imported on first use: ``import localmem`` stays light
     import numpy as np
@@ -52,12 +58,32 @@ DEFAULT_HOT_TTL = 3600.0
 DEFAULT_EMBEDDING_TTL = 90 * 86400.0
 DEFAULT_QUERY_TTL = 300.0
 EMBEDDING_KINDS = ("document", "query")
-_CACHE_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout, ValueError, TypeError)
+# The longest a cache operation waits for a lock on the cache's own SQLite file (or the
+# Memory's lock_timeout, if shorter): past it the operation is a miss. Cache writes are
+# short transactions, so contention between processes clears well within it.
+CACHE_TIMEOUT = 0.1
+# A tier that could not be opened is retried after this many seconds; meanwhile every
+# call is a miss.
+RETRY_OPEN_AFTER = 30.0
+# Repeats of one tier's warning are logged at most this often (with how many were held).
+WARN_EVERY = 60.0
+# Anything a cache operation raises is cache trouble: a miss, logged. (Entries come from
+# files anyone with access to the folder can edit: diskcache raises KeyError, for one,
+# for a planted eviction policy.) Argument errors of our own are raised before any of it.
+_CACHE_ERRORS = (Exception,)
 _COUNTERS = ("memory_hits", "disk_hits", "misses")
+# The only PRAGMAs a cache connection runs, whatever a Settings row in the cache file says.
+_PRAGMAS = frozenset(
+    ("auto_vacuum", "cache_size", "journal_mode", "mmap_size", "synchronous", "secure_delete")
+)
+_PRAGMA_VALUE = re.compile(r"-?[A-Za-z0-9_]{1,32}\Z")
+_FORMAT = 2  # the layout of hot-window and query-cache entries; another one is a miss
 
 
 class RawBytesDisk(diskcache.Disk):
-    """A diskcache ``Disk`` for str keys and bytes values that refuses to pickle."""
+    """A diskcache ``Disk`` for str keys and bytes values that refuses to pickle, and never
+    reads or removes a file outside its own directory (a row's ``filename`` comes from the
+    cache file, which anyone who can write the folder can edit)."""
 
     def put(self, key: Any) -> tuple[Any, bool]:
         if type(key) is not str:
@@ -77,7 +103,24 @@ class RawBytesDisk(diskcache.Disk):
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
             raise ValueError(f"refusing a cache value stored in mode {mode} (only raw bytes)")
+        if mode == diskcache.core.MODE_BINARY and not self._inside(filename):
+            raise ValueError(f"refusing a cache value file outside the cache folder: {filename!r}")
         return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path: Any) -> None:
+        if not self._inside(file_path):
+            log.warning("localmem cache: not removing %r, which is outside the cache folder", file_path)
+            return
+        super().remove(file_path)
+
+    def _inside(self, filename: Any) -> bool:
+        """Does ``filename`` name a file strictly below this Disk's directory (after
+        resolving ``..`` and symbolic links)?"""
+        if type(filename) is not str or not filename or "\x00" in filename:
+            return False
+        root = os.path.realpath(self._directory)
+        full = os.path.realpath(os.path.join(root, filename))
+        return full != root and os.path.commonpath([root, full]) == root
 
 
 class _CounterDisk(RawBytesDisk):
@@ -94,10 +137,69 @@ class _CounterDisk(RawBytesDisk):
         return value
 
 
+class _BoundedCache(diskcache.Cache):
+    """A ``diskcache.Cache`` that waits for a lock on its file at most ``timeout`` seconds.
+
+    The connection's busy timeout is ``timeout``; diskcache's own retry loops (in
+    ``__init__``, which writes its Settings table, and in ``reset()``, which reads and sets
+    PRAGMAs on every new connection) would otherwise wait up to 60 s. Only PRAGMAs in
+    ``_PRAGMAS`` with plain values are run, whatever the Settings table holds.
+    """
+
+    def __init__(self, directory: str, *, timeout: float, **settings: Any) -> None:
+        self._retry_for = timeout
+        super().__init__(directory, timeout=timeout, **settings)
+
+    def _retrying(self, run: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self._retry_for
+        while True:
+            try:
+                return run()
+            except sqlite3.OperationalError as exc:
+                if str(exc) != "database is locked" or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.001)
+
+    @property
+    def _sql_retry(self) -> Callable[..., Any]:
+        sql = self._sql
+        return lambda *args, **kwargs: self._retrying(lambda: sql(*args, **kwargs))
+
+    def reset(self, key: str, value: Any = diskcache.core.ENOVAL, update: bool = True) -> Any:
+        if not key.startswith("sqlite_") or value is diskcache.core.ENOVAL:
+            return super().reset(key, value, update)
+        if update:
+            self._sql_retry("UPDATE Settings SET value = ? WHERE key = ?", (value, key))
+        pragma = key[len("sqlite_"):]
+        if pragma not in _PRAGMAS or not _PRAGMA_VALUE.match(str(value)):
+            raise ValueError(f"refusing cache setting {key} = {value!r}")
+
+        def apply() -> None:
+            ((old,),) = self._sql(f"PRAGMA {pragma}").fetchall()
+            if old != value:
+                self._sql(f"PRAGMA {pragma} = {value}").fetchall()
+
+        self._retrying(apply)
+        setattr(self, key, value)
+        return value
+
+
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it 0o700 whatever the umask."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """``path`` as a directory of this user's, mode 0o700: created (with its parents) if
+    missing. An existing one is used if it is a directory this user owns (through a
+    symbolic link too); anything else (a file, a dangling link, another user's directory)
+    raises OSError and is left untouched."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    info = os.stat(path)  # follows a link; a dangling one raises FileNotFoundError
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"{path} is not a directory")
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        raise PermissionError(f"{path} belongs to user id {info.st_uid}, not to this user")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
     return path
 
 
@@ -112,14 +214,54 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+def _is_json_object(text: str) -> bool:
+    try:
+        return type(json.loads(text)) is dict
+    except ValueError:
+        return False
+
+
+def message_rows(value: Any, extra: int = 0) -> list[list[Any]] | None:
+    """``value`` if it is a list of message rows as the store gives them (msg_id,
+    conversation_id, owner_id, role, content, created_at in µs, feature, metadata JSON),
+    each followed by ``extra`` more fields the caller checks; else None.
+
+    Cache entries are read back from files anyone with access to the folder can edit: a
+    row of the wrong shape or type is refused here, so it is a miss, never an exception
+    or a wrong value further on.
+    """
+    if type(value) is not list:
+        return None
+    width = 8 + extra
+    for row in value:  # written out: this runs on every hot-window read
+        if type(row) is not list or len(row) != width:
+            return None
+        msg_id, conversation_id, owner_id, role, content, created, feature, metadata = row[:8]
+        if not (
+            type(msg_id) is str and type(conversation_id) is str and type(owner_id) is str
+            and type(role) is str and role in ROLES and type(content) is str
+            and type(created) is int and MIN_US <= created <= MAX_US
+            and (feature is None or type(feature) is str)
+        ):
+            return None
+        if metadata is not None and (type(metadata) is not str or not _is_json_object(metadata)):
+            return None
+    return value
+
+
 class _DiskTier:
     """One ``diskcache.Cache`` in a private directory: the plumbing every tier shares.
 
     ``directory`` None means a throwaway temp directory, removed on ``close()`` by the
     process that made it. ``subdir`` gives the tier its own folder below ``directory``, so
-    that several tiers share one cache directory. After ``fork()`` the child never uses the
-    parent's SQLite connection: its first use abandons it (``driver.abandon``) and opens one
-    of its own; a lock the parent held at the fork is replaced in the child.
+    that several tiers share one cache directory.
+
+    A tier never raises for cache trouble: a folder it cannot use (see ``private_dir``), a
+    damaged file or a lock held past ``timeout`` makes ``_current()`` None or the call a
+    miss, with a log line. A tier that could not be opened tries again after
+    ``RETRY_OPEN_AFTER`` seconds. After ``fork()`` the child never uses the parent's
+    SQLite connection: its first use abandons it (``driver.abandon``) and opens one of its
+    own; a lock the parent held at the fork is replaced in the child.
     """
 
     _label = "cache"  # names the tier in log lines
@@ -130,49 +272,98 @@ class _DiskTier:
         subdir: str | None = None,
         *,
         disk: type[diskcache.Disk] = RawBytesDisk,
+        timeout: float = CACHE_TIMEOUT,
         **settings: Any,
     ) -> None:
+        self._root = directory
+        self._subdir = subdir
         self._owned_tmp: Path | None = None
-        if directory is None:  # an in-memory database gets a throwaway cache
-            directory = self._owned_tmp = Path(tempfile.mkdtemp(prefix="localmem-cache-"))
-        root = private_dir(Path(directory))
-        self.directory = private_dir(root / subdir) if subdir else root
         self._disk = disk
-        self._settings = settings
+        self._timeout = timeout
+        self._settings = {"sqlite_secure_delete": 1, **settings}  # deleted entries leave no bytes
         self._pid = self._creator_pid = os.getpid()
         self._lock = threading.Lock()
-        try:
-            self._cache = self._open()
-        except BaseException:
-            self._remove_owned_tmp()
-            raise
+        self._cache: diskcache.Cache | None = None
+        self._retry_at = 0.0
+        self._warned_at = -WARN_EVERY
+        self._held_warnings = 0
         driver.reset_locks_after_fork(self)
+        self._current()
+
+    @property
+    def directory(self) -> Path:
+        root = self._root if self._root is not None else self._owned_tmp
+        if root is None:
+            raise RuntimeError("the throwaway cache directory could not be made")
+        return root / self._subdir if self._subdir else root
 
     def reset_locks_after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def _open(self) -> diskcache.Cache:
-        return diskcache.Cache(str(self.directory), disk=self._disk, **self._settings)
+        if self._root is None and self._owned_tmp is None:  # an in-memory database's cache
+            self._owned_tmp = Path(tempfile.mkdtemp(prefix="localmem-cache-"))
+        directory = self.directory
+        private_dir(directory.parent if self._subdir else directory)
+        if self._subdir:
+            private_dir(directory)
+        return _BoundedCache(str(directory), disk=self._disk, timeout=self._timeout, **self._settings)
 
-    def _current(self) -> diskcache.Cache:
-        """This process's cache object (reopened on first use after a fork)."""
-        if self._pid != os.getpid():  # never reuse the parent's SQLite connection
+    def _current(self) -> diskcache.Cache | None:
+        """This process's cache object (reopened on first use after a fork), or None while
+        the tier cannot be opened."""
+        if self._pid != os.getpid() or (self._cache is None and time.monotonic() >= self._retry_at):
             with self._lock:
-                if self._pid != os.getpid():
-                    driver.abandon(self._cache)
-                    self._cache = self._open()
-                    self._pid = os.getpid()
+                if self._pid != os.getpid():  # never reuse the parent's SQLite connection
+                    if self._cache is not None:
+                        driver.abandon(self._cache)
+                    self._cache, self._retry_at, self._pid = None, 0.0, os.getpid()
+                if self._cache is None and time.monotonic() >= self._retry_at:
+                    try:
+                        self._cache = self._open()
+                    except _CACHE_ERRORS as exc:
+                        self._retry_at = time.monotonic() + RETRY_OPEN_AFTER
+                        self._warn(f"unusable, working without it for {RETRY_OPEN_AFTER:.0f} s", exc)
         return self._cache
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        """Log cache trouble: the first time, then at most once per ``WARN_EVERY`` seconds,
+        counting the repeats held back meanwhile."""
+        now = time.monotonic()
+        if now - self._warned_at < WARN_EVERY:
+            self._held_warnings += 1
+            return
+        held, self._held_warnings, self._warned_at = self._held_warnings, 0, now
+        more = f" ({held} more cache problems since the last report)" if held else ""
+        log.warning("localmem %s %s: %s: %s%s", self._label, what, type(exc).__name__, exc, more)
 
     def _get_json(self, key: str, fallback: str) -> Any:
         """The JSON value stored under ``key``, or None when absent or unreadable (logged,
         saying what happens instead: ``fallback``)."""
         try:
-            raw = self._current().get(key)
+            cache = self._current()
+            raw = None if cache is None else cache.get(key)
             return None if raw is None else json.loads(raw)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem %s unreadable, %s: %s", self._label, fallback, exc)
+            self._warn(f"unreadable, {fallback}", exc)
             return None
+
+    def _set(self, key: str, value: bytes, expire: float | None, what: str, **kwargs: Any) -> None:
+        try:
+            cache = self._current()
+            if cache is not None:
+                cache.set(key, value, expire=expire, **kwargs)
+        except _CACHE_ERRORS as exc:
+            self._warn(f"not updated ({what})", exc)
+
+    def _purge(self, cache: diskcache.Cache) -> None:
+        """After entries were deleted for privacy: copy the WAL back into the file and
+        truncate it, so that their old pages leave no bytes behind (freed pages are zeroed:
+        secure_delete). Best effort: a reader of another process can hold the WAL."""
+        try:
+            cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except _CACHE_ERRORS as exc:
+            self._warn("not checkpointed after a delete", exc)
 
     def _remove_owned_tmp(self) -> None:
         # Only the creator removes it: a forked child closing its copy must not pull the
@@ -182,15 +373,36 @@ class _DiskTier:
 
     def close(self) -> None:
         """Close this process's connection (idempotent) and remove a throwaway directory."""
-        if self._pid != os.getpid():
-            driver.abandon(self._cache)  # the parent's connection: never closed here
-        else:
-            self._cache.close()
+        cache, self._cache = self._cache, None
+        self._retry_at = float("inf")  # closed: never reopened
+        if cache is not None:
+            if self._pid != os.getpid():
+                driver.abandon(cache)  # the parent's connection: never closed here
+            else:
+                cache.close()
         self._remove_owned_tmp()
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A hot-window entry: the newest ``len(rows)`` messages of a conversation (store rows,
+    oldest first) at one version; ``complete`` when they are all its messages."""
+
+    rows: list[list[Any]]
+    complete: bool
+
+    def answers(self, limit: int) -> bool:
+        """Does it hold the newest ``limit`` messages?"""
+        return self.complete or limit <= len(self.rows)
+
+
 class HotWindow(_DiskTier):
-    """Last ``size`` messages per conversation, as rows in the store's column order."""
+    """Last ``size`` messages per conversation, as rows in the store's column order.
+
+    An entry says what it holds (the version it was read at, its rows, whether they are
+    the whole conversation), so a Memory opened with a larger ``hot_window`` than the one
+    that wrote it never takes it for more than it is.
+    """
 
     _label = "hot window"
 
@@ -201,24 +413,26 @@ class HotWindow(_DiskTier):
         namespace: str,
         size: int = DEFAULT_HOT_WINDOW,
         ttl: float = DEFAULT_HOT_TTL,
+        timeout: float = CACHE_TIMEOUT,
     ) -> None:
         self.size = size
         self.ttl = ttl
         self._namespace = namespace
-        super().__init__(directory)
+        super().__init__(directory, timeout=timeout)
 
     def _key(self, owner_id: str, conversation_id: str) -> str:
         return json.dumps([self._namespace, owner_id, conversation_id], ensure_ascii=False)
 
-    def get(
-        self, owner_id: str, conversation_id: str, state: ConversationState
-    ) -> list[list[Any]] | None:
-        """The cached window if it was built from ``state``'s version, else None."""
+    def get(self, owner_id: str, conversation_id: str, state: ConversationState) -> Window | None:
+        """The cached window if it was built at ``state``'s version, else None."""
         entry = self._get_json(self._key(owner_id, conversation_id), "using the database")
-        if type(entry) is not dict or entry.get("v") != state.version:
+        if type(entry) is not dict or entry.get("f") != _FORMAT or entry.get("v") != state.version:
             return None
-        rows = entry.get("rows")
-        return rows if type(rows) is list else None
+        rows = message_rows(entry.get("rows"))
+        complete = entry.get("complete")
+        if rows is None or type(complete) is not bool:
+            return None
+        return Window(rows, complete)
 
     def put(
         self,
@@ -226,17 +440,26 @@ class HotWindow(_DiskTier):
         conversation_id: str,
         state: ConversationState,
         rows: Sequence[Sequence[Any]],
-    ) -> None:
-        """Remember the newest rows (oldest first) of a conversation at ``state``."""
+    ) -> Window:
+        """Remember the newest rows (oldest first) of a conversation at ``state``; returns
+        the window as stored."""
+        window = Window([list(r) for r in rows[-self.size :]], len(rows) >= state.message_count)
         value = json.dumps(
-            {"v": state.version, "rows": list(rows[-self.size :])},
+            {"f": _FORMAT, "v": state.version, "complete": window.complete, "rows": window.rows},
             ensure_ascii=False,
             separators=(",", ":"),
-        ).encode("utf-8")
+        ).encode("utf-8", "surrogatepass")
+        self._set(self._key(owner_id, conversation_id), value, self.ttl, "hot window")
+        return window
+
+    def forget(self, owner_id: str, conversation_id: str) -> None:
+        """Drop the conversation's entry (its messages must not outlive a delete here)."""
         try:
-            self._current().set(self._key(owner_id, conversation_id), value, expire=self.ttl)
+            cache = self._current()
+            if cache is not None and cache.delete(self._key(owner_id, conversation_id)):
+                self._purge(cache)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem hot window not updated: %s", exc)
+            self._warn("entry not removed", exc)
 
 
 class EmbeddingCache(_DiskTier):
@@ -273,6 +496,7 @@ class EmbeddingCache(_DiskTier):
         dim: int,
         memory_items: int = 4096,
         ttl: float = DEFAULT_EMBEDDING_TTL,
+        timeout: float = CACHE_TIMEOUT,
     ) -> None:
         if type(model_key) is not str:
             raise InvalidInputError(f"model_key must be a str; got {model_key!r}")
@@ -288,12 +512,11 @@ class EmbeddingCache(_DiskTier):
         self.ttl = float(ttl)
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lru_lock = threading.Lock()
-        super().__init__(directory, "embeddings")
-        try:
-            self._counters = _DiskTier(self.directory.parent / "embedding-stats", disk=_CounterDisk)
-        except BaseException:
-            super().close()
-            raise
+        super().__init__(directory, "embeddings", timeout=timeout)
+        self._counters = _DiskTier(directory, "embedding-stats", disk=_CounterDisk, timeout=timeout)
+        self._counters._label = "embedding cache counters"
+
+    _label = "embedding cache"
 
     def reset_locks_after_fork(self) -> None:
         super().reset_locks_after_fork()
@@ -336,6 +559,8 @@ class EmbeddingCache(_DiskTier):
         bad: list[str] = []
         try:
             cache = self._current()
+            if cache is None:
+                return found
             for key in dict.fromkeys(keys):
                 try:
                     raw = cache.get(key)
@@ -359,7 +584,7 @@ class EmbeddingCache(_DiskTier):
                         for key in found:
                             cache.touch(key, expire=self.ttl)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem embedding cache unreadable, embedding again: %s", exc)
+            self._warn("unreadable, embedding again", exc)
         return found
 
     def _count(self, **deltas: int) -> None:
@@ -368,12 +593,14 @@ class EmbeddingCache(_DiskTier):
             return
         try:
             counters = self._counters._current()
+            if counters is None:
+                return
             with counters.transact():
                 for name, delta in deltas.items():
                     if delta:
                         counters.incr(name, delta)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem embedding cache counters not updated: %s", exc)
+            self._counters._warn("not updated", exc)
 
     def get_many(
         self, texts: Sequence[str], *, kind: str = "document"
@@ -428,11 +655,29 @@ class EmbeddingCache(_DiskTier):
             return
         try:
             cache = self._current()
+            if cache is None:
+                return
             with cache.transact():
                 for key, row in zip(keys, rows):
                     cache.set(key, row.tobytes(), expire=self.ttl)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem embedding cache not updated: %s", exc)
+            self._warn("not updated", exc)
+
+    def forget(self, texts: Sequence[str], *, kind: str = "document") -> None:
+        """Drop the vectors of ``texts`` from both tiers (a deleted message's text must not
+        stay findable here)."""
+        keys = self._keys(texts, kind)
+        with self._lru_lock:
+            for key in keys:
+                self._lru.pop(key, None)
+        try:
+            cache = self._current()
+            if cache is not None:
+                with cache.transact():
+                    for key in keys:
+                        cache.delete(key)
+        except _CACHE_ERRORS as exc:
+            self._warn("entries not removed", exc)
 
     def stats(self) -> dict[str, Any]:
         """Entries (disk: all models, expired ones not yet removed included; memory) and the
@@ -440,12 +685,12 @@ class EmbeddingCache(_DiskTier):
         entries = 0
         counts = dict.fromkeys(_COUNTERS, 0)
         try:
-            entries = len(self._current())
-            counters = self._counters._current()
+            cache, counters = self._current(), self._counters._current()
+            entries = 0 if cache is None else len(cache)
             for name in _COUNTERS:
-                counts[name] = counters.get(name, 0)
+                counts[name] = 0 if counters is None else counters.get(name, 0)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem embedding cache stats unreadable: %s", exc)
+            self._warn("stats unreadable", exc)
         with self._lru_lock:
             memory_entries = len(self._lru)
         hits = counts["memory_hits"] + counts["disk_hits"]
@@ -463,23 +708,35 @@ class EmbeddingCache(_DiskTier):
     def cleanup_expired(self) -> int:
         """Remove expired disk entries; how many were removed."""
         try:
-            return int(self._current().expire())
+            cache = self._current()
+            return 0 if cache is None else int(cache.expire())
         except diskcache.Timeout as exc:  # carries the count removed before it
-            log.warning("localmem embedding cache cleanup interrupted: %s", exc)
+            self._warn("cleanup interrupted", exc)
             return int(exc.args[0]) if exc.args and type(exc.args[0]) is int else 0
         except _CACHE_ERRORS as exc:
-            log.warning("localmem embedding cache cleanup failed: %s", exc)
+            self._warn("cleanup failed", exc)
             return 0
 
     def clear(self) -> None:
         """Forget every vector (both tiers, all models) and reset the counters."""
         with self._lru_lock:
             self._lru.clear()
-        try:
-            self._current().clear()
-            self._counters._current().clear()
-        except _CACHE_ERRORS as exc:
-            log.warning("localmem embedding cache not cleared: %s", exc)
+        for tier in (self, self._counters):
+            try:
+                cache = tier._current()
+                if cache is not None:
+                    cache.clear()
+            except _CACHE_ERRORS as exc:
+                tier._warn("not cleared", exc)
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connections (diskcache opens one per thread; close()
+        closes only its caller's)."""
+        for tier in (self, self._counters):
+            cache = tier._cache
+            if cache is not None and tier._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    cache.close()
 
     def close(self) -> None:
         with self._lru_lock:
@@ -497,7 +754,8 @@ class QueryCache(_DiskTier):
     stored with; any new message that moves the scope voids the entry at once. The disk key
     is ``namespace:sha256(key JSON)``. Values are JSON bytes in ``<directory>/queries``,
     never pickle; the tier holds at most about ``max_bytes`` (least recently stored evicted
-    first). A stored ``None`` reads as a miss.
+    first). A stored ``None`` reads as a miss. Each entry belongs to a ``group`` (the
+    owner), so that ``forget_group`` can drop every answer that may quote a deleted message.
     """
 
     _label = "query cache"
@@ -509,32 +767,46 @@ class QueryCache(_DiskTier):
         namespace: str,
         ttl: float = DEFAULT_QUERY_TTL,
         max_bytes: int = 64 * 2**20,
+        timeout: float = CACHE_TIMEOUT,
     ) -> None:
         self.ttl = ttl
         self._namespace = namespace
-        super().__init__(directory, "queries", size_limit=max_bytes)
+        super().__init__(directory, "queries", timeout=timeout, size_limit=max_bytes, tag_index=1)
 
     def _disk_key(self, key_json: str) -> str:
         return f"{self._namespace}:{hashlib.sha256(_utf8(key_json)).hexdigest()}"
+
+    def _tag(self, group: str) -> str:
+        return json.dumps([self._namespace, group], ensure_ascii=False)
 
     def get(self, key: Sequence[Any], scope: Any) -> Any | None:
         """The value stored for ``key`` at exactly ``scope``, else None."""
         try:
             key_json, scope_json = _json(list(key)), _json(scope)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem query cache key unusable, running the query: %s", exc)
+            self._warn("key unusable, running the query", exc)
             return None
         entry = self._get_json(self._disk_key(key_json), "running the query")
         if type(entry) is not dict or entry.get("k") != key_json or entry.get("s") != scope_json:
             return None
         return entry.get("v")
 
-    def put(self, key: Sequence[Any], scope: Any, value: Any) -> None:
+    def put(self, key: Sequence[Any], scope: Any, value: Any, *, group: str) -> None:
         """Remember ``value`` (JSON-able) as the answer for ``key`` at ``scope``."""
         try:
             key_json = _json(list(key))
             entry = {"k": key_json, "s": _json(scope), "v": value}
             raw = _utf8(_json(entry, canonical=False))  # the value's own key order is kept
-            self._current().set(self._disk_key(key_json), raw, expire=self.ttl)
         except _CACHE_ERRORS as exc:
-            log.warning("localmem query cache not updated: %s", exc)
+            self._warn("key or value unusable, not cached", exc)
+            return
+        self._set(self._disk_key(key_json), raw, self.ttl, "query", tag=self._tag(group))
+
+    def forget_group(self, group: str) -> None:
+        """Drop every answer stored for ``group``."""
+        try:
+            cache = self._current()
+            if cache is not None and cache.evict(self._tag(group)):
+                self._purge(cache)
+        except _CACHE_ERRORS as exc:
+            self._warn("entries not removed", exc)

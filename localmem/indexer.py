@@ -87,7 +87,8 @@ class Indexer:
     exists on one connection only).
     ``embed(texts) -> float32 (n, dim)`` embeds documents (through the embedding cache);
     ``identity()`` gives the model's identity to record. All are called lazily, so opening
-    a ``Memory`` never loads a model.
+    a ``Memory`` never loads a model. ``thread_exit()`` runs in the worker thread as it
+    ends (what it opened for itself, such as per-thread cache connections, closes there).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class Indexer:
         identity: Callable[[], dict[str, Any]],
         *,
         batch_size: int = DEFAULT_BATCH,
+        thread_exit: Callable[[], None] | None = None,
     ):
         self._shared_store = store
         self._open_store = open_store
@@ -105,6 +107,7 @@ class Indexer:
         self._own_store: Store | None = None
         self._embed = embed
         self._identity = identity
+        self._thread_exit = thread_exit
         self.batch_size = batch_size
         self._init_thread_state()
         self._gate = threading.RLock()  # reentrant: an embedder may fork inside a batch
@@ -206,6 +209,13 @@ class Indexer:
     # -- work -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            if self._thread_exit is not None:  # e.g. close this thread's cache connections
+                self._thread_exit()
+
+    def _work(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._wanted or self._stopping)

@@ -16,6 +16,7 @@ import platformdirs
 
 from . import driver, strategies
 from .cache import (
+    CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
     DEFAULT_HOT_WINDOW,
     EmbeddingCache,
@@ -30,7 +31,7 @@ from .errors import (
     StrategyUnavailableError,
 )
 from .indexer import Indexer, check_vectors
-from .records import MemoryResult, Message, RetrievedMessage, Strategy
+from .records import MemoryResult, Message, Strategy
 from .store import EXACT_SEARCH_MAX, Store, describe_model, model_mismatch, same_model
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
@@ -39,9 +40,7 @@ from .validate import (
     check_lookback_days,
     check_query,
     check_strategy,
-    from_utc_us,
     new_message,
-    to_utc_us,
 )
 
 EMBED_MODES = ("background", "sync", "off")
@@ -74,36 +73,6 @@ def _model_name(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return getattr(value, "name", None)
-
-
-def _recall_to_json(recall: strategies.Recall) -> dict[str, Any]:
-    rows = [
-        [m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, to_utc_us(m.created_at),
-         m.feature, m.metadata, m.score, m.source]
-        for m in recall.messages
-    ]
-    return {"rows": rows, "summary": recall.context_summary}
-
-
-def _recall_from_json(value: Any, lookback_days: float | None) -> strategies.Recall | None:
-    """A cached answer, or None if it no longer holds: a message chosen inside the lookback
-    window has since left it (the window moves with the clock, not with the data)."""
-    try:
-        rows = value["rows"]
-        since = strategies.since_us(lookback_days)
-        windowed = ("recent", "cross_conversation")
-        if since is not None and any(r[9] in windowed and r[5] < since for r in rows):
-            return None
-        messages = tuple(
-            RetrievedMessage(
-                msg_id=r[0], conversation_id=r[1], owner_id=r[2], role=r[3], content=r[4],
-                created_at=from_utc_us(r[5]), feature=r[6], metadata=r[7], score=r[8], source=r[9],
-            )
-            for r in rows
-        )
-        return strategies.Recall(messages, True, str(value["summary"]))
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None  # not an entry this version wrote: recompute
 
 
 def default_path() -> Path:
@@ -205,20 +174,28 @@ class Memory:
             self._identity: dict[str, Any] | None = None
             self._embedding_ttl = float(embedding_cache_ttl)
             self._embeddings: EmbeddingCache | None = None
-            self._reader: Store | None = None
             in_memory = self._store.in_memory
             if cache_dir is None and not in_memory:
                 cache_dir = self.path + "-cache"
             self._cache_dir = None if cache_dir is None else Path(cache_dir)
             namespace = self._store.instance_id or ""
             self._hot = self._queries = None
+            # A lock on a cache file is waited out no longer than a cache is worth.
+            self._cache_timeout = min(CACHE_TIMEOUT, float(lock_timeout))
             if hot_window:
-                self._hot = HotWindow(self._cache_dir, namespace=namespace, size=hot_window, ttl=hot_window_ttl)
+                self._hot = HotWindow(
+                    self._cache_dir, namespace=namespace, size=hot_window, ttl=hot_window_ttl,
+                    timeout=self._cache_timeout,
+                )
             if query_cache_ttl:
-                self._queries = QueryCache(self._cache_dir, namespace=namespace, ttl=float(query_cache_ttl))
+                self._queries = QueryCache(
+                    self._cache_dir, namespace=namespace, ttl=float(query_cache_ttl),
+                    timeout=self._cache_timeout,
+                )
             self._indexer = Indexer(
                 self._store, None if in_memory else self._open_store,
                 self._embed_documents, self._embedder_identity,
+                thread_exit=self._release_thread_caches,
             )
             if embed != "off" and self._store.pending_count():
                 self._indexer.notify()  # left over from a crash, a reembed, or embed="off"
@@ -244,7 +221,7 @@ class Memory:
         """Stop the worker, then close caches and store (whatever was opened)."""
         with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
             stack.callback(self._store.close)
-            for name in ("_reader", "_embeddings", "_queries", "_hot", "_indexer"):
+            for name in ("_embeddings", "_queries", "_hot", "_indexer"):
                 part = getattr(self, name, None)
                 if part is not None:
                     stack.callback(part.close)
@@ -288,16 +265,9 @@ class Memory:
                 setattr(self, attr, arg)
             return getattr(self, attr)
 
-    def _keyword_reader(self) -> Store:
-        """A second connection for BM25 searches that run beside a KNN scan."""
-        with self._models_lock:
-            if self._reader is None:
-                self._reader = self._open_store()
-            return self._reader
-
     def _open_store(self) -> Store:
         """Another connection to the file, with this Memory's settings (the embedding
-        worker's, the keyword reader's)."""
+        worker's)."""
         return Store(self.path, **self._store_options)
 
     def _embedder_identity(self) -> dict[str, Any]:
@@ -320,13 +290,18 @@ class Memory:
             self._identity = identity
         return self._identity
 
+    def _release_thread_caches(self) -> None:
+        if self._embeddings is not None:
+            self._embeddings.release_thread()
+
     def _embedding_cache(self) -> EmbeddingCache:
         identity = self._embedder_identity()
         with self._models_lock:
             if self._embeddings is None:
                 key = json.dumps(identity, sort_keys=True)
                 self._embeddings = EmbeddingCache(
-                    self._cache_dir, model_key=key, dim=identity["dim"], ttl=self._embedding_ttl
+                    self._cache_dir, model_key=key, dim=identity["dim"], ttl=self._embedding_ttl,
+                    timeout=self._cache_timeout,
                 )
             return self._embeddings
 
@@ -578,13 +553,12 @@ class Memory:
         if self._queries is not None and not scope.pending:
             cached = self._queries.get(key, scope.token)
             if cached is not None:
-                recall = _recall_from_json(cached, lookback)
+                recall = strategies.recall_from_json(cached, lookback)
                 if recall is not None:
                     return recall
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
         searcher = strategies.Searcher(
-            self._store, self._query_vector, keyword=keyword, dense=dense,
-            keyword_store=self._keyword_reader() if parallel else None,
+            self._store, self._query_vector, keyword=keyword, dense=dense, parallel=parallel,
             exact_max=self.exact_search_max,
         )
         if strategy is Strategy.SEMANTIC_SEARCH:
@@ -603,7 +577,7 @@ class Memory:
         # An answer computed while vectors are pending would be outdated by the vectors
         # alone, which change no version: never cache it.
         if self._queries is not None and not scope.pending:
-            self._queries.put(key, scope.token, _recall_to_json(recall))
+            self._queries.put(key, scope.token, strategies.recall_to_json(recall), group=owner_id)
         return recall
 
     @staticmethod
@@ -637,9 +611,42 @@ class Memory:
         return queued
 
     def delete(self, msg_id: str) -> bool:
-        """Delete one message with its keyword and vector index rows; False if absent."""
+        """Delete one message with its keyword and vector index rows; False if absent.
+
+        Cache entries that could hold its text go too: its conversation's hot window, the
+        cached answers of its owner, and the cached vector of its text.
+        """
         self._check_open()
-        return self._store.delete(check_id(msg_id, "msg_id")) is not None
+        deleted = self._store.delete(check_id(msg_id, "msg_id"))
+        if deleted is None:
+            return False
+        if self._hot is not None:
+            self._hot.forget(deleted.owner_id, deleted.conversation_id)
+        if self._queries is not None:
+            self._queries.forget_group(deleted.owner_id)
+        self._forget_embedding(deleted.content)
+        return True
+
+    def _forget_embedding(self, text: str) -> None:
+        """Drop the cached vector of ``text``, also when this Memory has not opened the
+        embedding cache (another process may have filled it): then through a cache opened
+        for the model recorded in the file, just for this."""
+        if self._embeddings is not None:
+            self._embeddings.forget([text])
+            return
+        recorded = self._store.embedder_identity()
+        if recorded is None or type(recorded.get("dim")) is not int:
+            return
+        if self._cache_dir is None or not (self._cache_dir / "embeddings").is_dir():
+            return  # no embedding cache on disk to hold it
+        cache = EmbeddingCache(
+            self._cache_dir, model_key=json.dumps(recorded, sort_keys=True), dim=recorded["dim"],
+            memory_items=0, timeout=self._cache_timeout,
+        )
+        try:
+            cache.forget([text])
+        finally:
+            cache.close()
 
     def embedding_cache_stats(self) -> dict[str, Any]:
         """Entries, hits, misses and hit rate of the embedding cache (loads the embedder's

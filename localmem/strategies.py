@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import HotWindow
+from .cache import HotWindow, message_rows
 from .records import RetrievedMessage
 from .store import EXACT_SEARCH_MAX, Store
-from .validate import from_utc_us, now_us
+from .validate import from_utc_us, now_us, to_utc_us
 
 _US_PER_DAY = 86_400 * 1_000_000
 
@@ -26,6 +26,37 @@ class Recall:
     messages: tuple[RetrievedMessage, ...]
     cache_hit: bool
     context_summary: str
+
+
+_RECALL_FORMAT = 2  # the layout of a cached Recall; an entry in another one is a miss
+
+
+def recall_to_json(recall: Recall) -> dict[str, Any]:
+    """A Recall as JSON for the query cache: store rows, each with its score and source."""
+    rows = [
+        [m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, to_utc_us(m.created_at),
+         m.feature, None if m.metadata is None else json.dumps(m.metadata, ensure_ascii=False),
+         m.score, m.source]
+        for m in recall.messages
+    ]
+    return {"f": _RECALL_FORMAT, "rows": rows, "summary": recall.context_summary}
+
+
+def recall_from_json(value: Any, lookback_days: float | None) -> Recall | None:
+    """A cached answer, or None if it is not one this version wrote (checked field by
+    field: the file is editable), or no longer holds: a message chosen inside the lookback
+    window has since left it (the window moves with the clock, not with the data)."""
+    if type(value) is not dict or value.get("f") != _RECALL_FORMAT or type(value.get("summary")) is not str:
+        return None
+    rows = message_rows(value.get("rows"), extra=2)
+    if rows is None or not all(
+        (r[8] is None or type(r[8]) in (int, float)) and type(r[9]) is str for r in rows
+    ):
+        return None
+    since = since_us(lookback_days)
+    if since is not None and any(r[9] in ("recent", "cross_conversation") and r[5] < since for r in rows):
+        return None
+    return Recall(tuple(_retrieved(r, r[9], r[8]) for r in rows), True, value["summary"])
 
 
 def _retrieved(row: Sequence[Any], source: str, score: float | None = None) -> RetrievedMessage:
@@ -91,19 +122,18 @@ def _recent_rows(
     state = store.conversation_state(owner_id, conversation_id)
     if state is None:
         return [], False
-    # The window holds the newest `size` messages; it answers any limit up to that, or any
-    # limit at all when it holds the whole conversation.
-    servable = limit <= hot.size or state.message_count <= hot.size
-    if servable:
-        rows = hot.get(owner_id, conversation_id, state)
-        if rows is not None:
-            return _newest(rows, limit, since), True
+    # A window holds the newest messages of the conversation: it answers any limit up to
+    # how many it holds, or any limit at all when it holds the whole conversation.
+    window = hot.get(owner_id, conversation_id, state)
+    if window is not None and window.answers(limit):
+        return _newest(window.rows, limit, since), True
+    if limit <= hot.size or state.message_count <= hot.size:
         # Rebuild the window (newest rows, no lookback filter) and answer from it.
         state, rows = store.recent_rows(owner_id, conversation_id, hot.size, None)
         if state is not None:
-            hot.put(owner_id, conversation_id, state, rows)
-            if limit <= hot.size or state.message_count <= hot.size:
-                return _newest(rows, limit, since), False
+            window = hot.put(owner_id, conversation_id, state, rows)
+            if window.answers(limit):
+                return _newest(window.rows, limit, since), False
     return store.recent_rows(owner_id, conversation_id, limit, since)[1], False
 
 
@@ -157,15 +187,15 @@ class Searcher:
     """What the semantic strategies search with: the store, a function giving the query's
     vector (float32 bytes), and whether BM25 is fused with the dense ranking.
 
-    ``keyword_store``: a second connection to the same file. Given, the BM25 search runs
-    on it in a thread while the KNN scan runs on ``store`` (SQLite releases the GIL while
-    it works), so a large scope costs the longer of the two instead of their sum.
+    ``parallel``: the BM25 search runs in a thread while the KNN scan runs in the caller's
+    (each on its own read connection of the store; SQLite releases the GIL while it works),
+    so a large scope costs the longer of the two instead of their sum.
     """
 
     store: Store
     query_vector: Callable[[str], bytes]
     keyword: bool = True
-    keyword_store: Store | None = None
+    parallel: bool = False
     exact_max: int = EXACT_SEARCH_MAX
     dense: bool = True
 
@@ -205,10 +235,10 @@ def search(
         return dense()
     if match is None:
         ranked, sparse = dense(), []
-    elif searcher.keyword_store is None:
+    elif not searcher.parallel:
         ranked, sparse = dense(), searcher.store.keyword(match, depth, **scope)
     else:
-        ranked, sparse = _beside(dense, lambda: searcher.keyword_store.keyword(match, depth, **scope))
+        ranked, sparse = _beside(dense, lambda: searcher.store.keyword(match, depth, **scope))
     return rrf([[i for i, _ in ranked], [i for i, _ in sparse]])[:limit]
 
 

@@ -339,7 +339,7 @@ def test_directory_none_is_a_temp_dir_removed_on_close():
     e = EmbeddingCache(None, model_key="m", dim=DIM)
     q = QueryCache(None, namespace="n")
     e.put_many(["a"], rows(1))
-    q.put(["k"], 1, "v")
+    q.put(["k"], 1, "v", group="u1")
     assert e.get_many(["a"])[0] is not None and q.get(["k"], 1) == "v"
     roots = [e.directory.parent, q.directory.parent]
     assert roots[0] != roots[1] and all(r.is_dir() for r in roots)
@@ -354,7 +354,7 @@ def test_fork_child_and_parent_both_keep_working(tmp_path):
     cache = disk_only(tmp_path)
     queries = QueryCache(tmp_path, namespace="n")
     cache.put_many(["parent"], vec(1, 2, 3, 4))
-    queries.put(["q"], 1, ["from parent"])
+    queries.put(["q"], 1, ["from parent"], group="u1")
     parent_conn = cache._cache
 
     def child() -> int:
@@ -365,7 +365,7 @@ def test_fork_child_and_parent_both_keep_working(tmp_path):
         cache.put_many(["child"], vec(5, 6, 7, 8))
         if queries.get(["q"], 1) != ["from parent"]:
             return 3
-        queries.put(["q2"], 1, "from child")
+        queries.put(["q2"], 1, "from child", group="u1")
         cache.close()
         queries.close()
         return 0
@@ -415,27 +415,27 @@ VALUE = {"messages": [["m-1", "user", "I love pizza", 0.93]], "summary": "Found 
 
 def test_query_round_trip(queries):
     assert queries.get(KEY, 7) is None
-    queries.put(KEY, 7, VALUE)
+    queries.put(KEY, 7, VALUE, group="u1")
     assert queries.get(KEY, 7) == VALUE
     assert queries.get(tuple(KEY), 7) == VALUE  # any sequence with the same items
-    queries.put(KEY, 8, {"z": 1, "a": [None, True, 1.5, "\u00e9"]})
+    queries.put(KEY, 8, {"z": 1, "a": [None, True, 1.5, "\u00e9"]}, group="u1")
     assert list(queries.get(KEY, 8)) == ["z", "a"]  # the value's key order is kept
     assert queries.get(KEY, 8)["a"] == [None, True, 1.5, "\u00e9"]
 
 
 @pytest.mark.parametrize("other_scope", [8, 6, "7", 7.5, None, [7], {"v": 7}, True])
 def test_query_scope_must_match_exactly(queries, other_scope):
-    queries.put(KEY, 7, VALUE)
+    queries.put(KEY, 7, VALUE, group="u1")
     assert queries.get(KEY, other_scope) is None
     assert queries.get(KEY, 7) == VALUE
 
 
 def test_query_scope_can_be_structured(queries):
     scope = {"c1": 3, "c2": 5}
-    queries.put(KEY, scope, VALUE)
+    queries.put(KEY, scope, VALUE, group="u1")
     assert queries.get(KEY, {"c2": 5, "c1": 3}) == VALUE  # same dict, other order
     assert queries.get(KEY, {"c1": 3, "c2": 6}) is None
-    queries.put(KEY, 1, "newer")  # one entry per key: the last put wins
+    queries.put(KEY, 1, "newer", group="u1")  # one entry per key: the last put wins
     assert queries.get(KEY, scope) is None and queries.get(KEY, 1) == "newer"
 
 
@@ -444,16 +444,16 @@ def test_query_scope_can_be_structured(queries):
     [KEY[:-1] + [11], ["semantic_search", *KEY[1:]], KEY[:-1], [*KEY, None], ["hybrid", "u1"]],
 )
 def test_query_key_must_match(queries, other_key):
-    queries.put(KEY, 1, VALUE)
+    queries.put(KEY, 1, VALUE, group="u1")
     assert queries.get(other_key, 1) is None
 
 
 def test_query_namespace_separates_databases(tmp_path):
     a = QueryCache(tmp_path, namespace="db-1")
     b = QueryCache(tmp_path, namespace="db-2")
-    a.put(KEY, 1, "a's answer")
+    a.put(KEY, 1, "a's answer", group="u1")
     assert b.get(KEY, 1) is None
-    b.put(KEY, 1, "b's answer")
+    b.put(KEY, 1, "b's answer", group="u1")
     assert a.get(KEY, 1) == "a's answer"
     a.close()
     b.close()
@@ -461,7 +461,7 @@ def test_query_namespace_separates_databases(tmp_path):
 
 def test_a_hash_collision_is_not_served(queries):
     # Plant an entry under KEY's disk key that was stored for another key.
-    queries.put(["other"], 1, "wrong")
+    queries.put(["other"], 1, "wrong", group="u1")
     disk = queries._current()
     other = disk.get(queries._disk_key('["other"]'))
     disk.set(queries._disk_key(key_json(KEY)), other)
@@ -471,7 +471,7 @@ def test_a_hash_collision_is_not_served(queries):
 
 def test_query_entries_expire(tmp_path):
     cache = QueryCache(tmp_path, namespace="n", ttl=0.05)
-    cache.put(KEY, 1, VALUE)
+    cache.put(KEY, 1, VALUE, group="u1")
     assert cache.get(KEY, 1) == VALUE
     time.sleep(0.1)
     assert cache.get(KEY, 1) is None
@@ -480,12 +480,12 @@ def test_query_entries_expire(tmp_path):
 
 def test_query_unicode_and_lone_surrogates(queries):
     key = ["semantic_search", "u\u00e9", "c", "pizza \U0001f355 \ud800", 5]
-    queries.put(key, "v1", {"text": "voc\u00ea \udfff"})
+    queries.put(key, "v1", {"text": "voc\u00ea \udfff"}, group="u1")
     assert queries.get(key, "v1") == {"text": "voc\u00ea \udfff"}
 
 
 def test_query_values_are_json_never_pickle(queries, tmp_path):
-    queries.put(KEY, 1, VALUE)
+    queries.put(KEY, 1, VALUE, group="u1")
     with diskcache.Cache(str(tmp_path / "queries"), disk=RawBytesDisk) as raw:
         stored = raw.get(queries._disk_key(key_json(KEY)))
     assert type(stored) is bytes and b'"I love pizza"' in stored
@@ -503,7 +503,7 @@ def test_query_values_are_json_never_pickle(queries, tmp_path):
 
 
 def test_query_cache_never_raises_on_bad_values(queries, caplog):
-    queries.put(KEY, 1, {"when": object()})  # not JSON: not stored, only logged
+    queries.put(KEY, 1, {"when": object()}, group="u1")  # not JSON: not stored, only logged
     assert queries.get(KEY, 1) is None
     assert queries.get([object()], 1) is None
     assert "localmem query cache" in caplog.text
@@ -513,7 +513,7 @@ def test_query_cache_respects_its_size_limit(tmp_path):
     cache = QueryCache(tmp_path, namespace="n", max_bytes=256 * 1024)
     big = "x" * 40_000
     for i in range(40):
-        cache.put(["q", i], 1, big)
+        cache.put(["q", i], 1, big, group="u1")
     assert cache._current().volume() < 1024 * 1024
     assert cache.get(["q", 39], 1) == big  # the newest survive
     assert cache.get(["q", 0], 1) is None  # the oldest were culled

@@ -177,8 +177,23 @@ def test_a_recreated_database_never_sees_the_old_cache(db_path):
         assert [x.content for x in recent(m).messages] == ["new life"]
 
 
-# -- versions never repeat (issue 9, item 3) ---------------------------------------------
+# -- entries say what they hold; versions never repeat (issue 9, items 2, 3, 16) ----------
 
+
+def test_a_window_written_by_a_smaller_setting_is_not_taken_for_more(db_path):
+    with Memory(db_path, hot_window=10) as small:
+        for i in range(40):
+            small.add("user", f"m{i}", **OK)
+        assert len(recent(small, limit=10).messages) == 10  # the window: 10 newest
+    with Memory(db_path, hot_window=30) as large:
+        got = recent(large, limit=30)
+        assert [m.content for m in got.messages] == [f"m{i}" for i in range(10, 40)]
+        assert not got.cache_hit  # before: 10 messages, cache_hit=True
+        again = recent(large, limit=30)
+        assert again.cache_hit and len(again.messages) == 30
+    with Memory(db_path, hot_window=10) as small:  # and back: 30 rows answer 10 as well
+        got = recent(small, limit=10)
+        assert got.cache_hit and [m.content for m in got.messages] == [f"m{i}" for i in range(30, 40)]
 
 
 def _copy_database(source, target) -> None:
@@ -239,3 +254,21 @@ def test_a_version_changes_with_every_write_and_never_comes_back(mem):
             mem.delete(message.msg_id)
             seen.add(mem._store.conversation_state("u1", "c1").version)
     assert len(seen) == 60
+
+
+def test_a_deleted_message_leaves_no_trace_in_the_cache_folder(db_path):
+    marker = "zanzibar-marker-7f3a9"
+    with Memory(db_path, embedder=HashEmbedder(), embed="sync") as m:
+        m.add("user", "an ordinary message", **OK)
+        gone = m.add("user", f"my secret is {marker}", **OK)
+        m.add("user", "another ordinary one", **OK)
+        recent(m)
+        m.get_memory("semantic_search", query=marker, **OK)
+        m.get_memory("cross_conversation", query=marker, **OK)
+        cache = db_path.parent / (db_path.name + "-cache")
+        assert any(marker.encode() in p.read_bytes() for p in cache.rglob("*") if p.is_file())
+        assert m.delete(gone.msg_id)
+        leaks = [p for p in cache.rglob("*") if p.is_file() and marker.encode() in p.read_bytes()]
+        assert leaks == []
+        assert marker not in [x.content for x in recent(m).messages]
+        assert m.get_memory("semantic_search", query=marker, **OK).messages[0].content != gone.content
