@@ -5,9 +5,12 @@
 vectors, one transaction per batch. The queue lives in the database, so a crash loses no
 work: whatever was not written is still queued and is embedded after the next open.
 
-A failure (the model cannot be loaded, it returns the wrong shape, the file belongs to
-another model) stops the worker and is kept: ``flush()`` and the semantic strategies raise
-it, and the messages stay queued. Nothing is skipped silently.
+A failure (the model cannot be loaded, it returns the wrong shape, the disk is full, the
+file belongs to another model) stops the worker and is kept: the semantic strategies raise
+it, and the messages stay queued. Nothing is skipped silently, and nothing stays broken
+for good: ``flush()`` retries at once (and raises if that attempt fails too), the next
+``add()`` retries once a back-off has passed (1 s after the first failure, doubling up to
+60 s), and a successful attempt clears the failure.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from . import driver
-from .errors import ClosedError, LocalMemError, LockTimeoutError, ModelError
+from .errors import ClosedError, LockTimeoutError, ModelError, as_localmem_error
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -62,20 +65,31 @@ if hasattr(os, "register_at_fork"):
 
 
 def check_vectors(vectors: Any, count: int, dim: int | None, who: str) -> np.ndarray:
-    """``vectors`` as a C-contiguous little-endian float32 (count, dim) array of finite
-    values, or a ModelError saying what the embedder returned instead."""
+    """``vectors`` as a C-contiguous little-endian float32 (count, dim) array of unit
+    vectors, or a ModelError saying what the embedder returned instead.
+
+    Each row is scaled to length 1 (in float64), which leaves its cosine with anything
+    unchanged and keeps float32 cosine arithmetic from overflowing or underflowing to NaN.
+    A zero row stays exactly zero: it has no direction, and the store indexes it as such.
+    """
     import numpy as np  # not at import time: ``import localmem`` stays light
 
-    array = np.asarray(vectors)
+    try:
+        array = np.asarray(vectors, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{who} returned something that is not an array of numbers: {exc}") from exc
     if array.ndim != 2 or array.shape[0] != count or (dim is not None and array.shape[1] != dim):
         want = f"({count}, {dim if dim is not None else 'dim'})"
         raise ModelError(f"{who} returned an array of shape {array.shape}; expected {want}")
     if array.shape[1] == 0:
         raise ModelError(f"{who} returned zero-dimensional vectors")
-    array = np.ascontiguousarray(array, dtype="<f4")
     if not np.isfinite(array).all():
         raise ModelError(f"{who} returned NaN or infinite values")
-    return array
+    scale = np.abs(array).max(axis=1, keepdims=True)  # first: no square overflows
+    scaled = np.divide(array, scale, out=np.zeros_like(array), where=scale > 0)
+    norms = np.linalg.norm(scaled, axis=1, keepdims=True)
+    unit = np.divide(scaled, norms, out=np.zeros_like(scaled), where=norms > 0)
+    return np.ascontiguousarray(unit, dtype="<f4")
 
 
 class Indexer:
@@ -117,11 +131,16 @@ class Indexer:
     def _init_thread_state(self) -> None:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._alive = False  # a worker thread is in its loop (it may outlive it briefly)
         self._wanted = False  # more work may have arrived since the last empty batch
         self._running = False  # the worker is inside a batch
         self._stopping = False
         self._forked = False
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the last attempt's failure, if it failed
+        self._failures = 0  # failed attempts in a row
+        self._retry_at = 0.0  # add() retries no sooner than this after a failure
+        self._lock_waits = 0  # times a batch waited lock_timeout for the write lock in vain
+        self._lock_error: LockTimeoutError | None = None
 
     def reset_locks_after_fork(self) -> None:
         # The parent's thread does not exist in the child. The child starts no worker of
@@ -147,13 +166,20 @@ class Indexer:
 
     # -- control ----------------------------------------------------------------------
 
-    def notify(self) -> None:
-        """New messages are queued: make sure a worker will look."""
+    def notify(self, *, retry: bool = False) -> None:
+        """New messages are queued: make sure a worker will look. After a failure the
+        worker starts again (a retry) only once the back-off has passed, or at once when
+        ``retry``."""
         with self._cond:
-            if self._stopping or self.error is not None or self._forked:
+            if self._stopping or self._forked:
                 return
+            if self.error is not None and not self._running:
+                if not retry and time.monotonic() < self._retry_at:
+                    return  # the failure stays reported until the next retry
+                self.error = None
             self._wanted = True
-            if self._thread is None or not self._thread.is_alive():
+            if not self._alive:
+                self._alive = True
                 self._thread = threading.Thread(
                     target=self._run, name="localmem-embedder", daemon=True
                 )
@@ -163,35 +189,47 @@ class Indexer:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until the queue is empty (every message of the file has its vector).
 
-        Raises the worker's error if it failed, and TimeoutError after ``timeout`` seconds.
+        A failure of an earlier attempt is retried first. Raises the worker's error if
+        this attempt fails (the messages stay queued), ``LockTimeoutError`` when the worker
+        waited ``lock_timeout`` for another writer's lock in vain (it keeps waiting in the
+        background), and ``TimeoutError`` after ``timeout`` seconds.
         """
-        self.raise_error()
         if self._forked:
             while self.run_batch():
                 pass
             return
         deadline = None if timeout is None else time.monotonic() + timeout
+        retry = True
         while True:
-            self.notify()
+            with self._cond:
+                waits = self._lock_waits
+            self.notify(retry=retry)
+            retry = False
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             with self._cond:
                 done = self._cond.wait_for(
-                    lambda: self.error is not None or self._stopping or not (self._wanted or self._running),
+                    lambda: self.error is not None or self._stopping or self._lock_waits != waits
+                    or not (self._wanted or self._running),
                     timeout=left,
                 )
+                lock_error = self._lock_error if self._lock_waits != waits else None
             self.raise_error()
             if self._stopping:
                 raise ClosedError("the Memory was closed while flush() waited; the rest stays queued")
+            if lock_error is not None:
+                raise LockTimeoutError(
+                    f"{lock_error} (flush() gave up; the embedding worker keeps waiting for the lock)"
+                ) from lock_error
             if not done:
                 raise TimeoutError(f"embeddings still pending after {timeout} s")
             if not self._store.pending_count():  # else queued by another process meanwhile
                 return
 
     def raise_error(self) -> None:
-        if self.error is not None:
-            if isinstance(self.error, LocalMemError):
-                raise type(self.error)(str(self.error)) from self.error
-            raise ModelError(f"background embedding failed: {self.error}") from self.error
+        """Raise the last attempt's failure, if it failed, as a localmem error."""
+        error = self.error
+        if error is not None:
+            raise as_localmem_error(error, "background embedding failed") from error
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop after the current batch. Unfinished work stays queued in the file."""
@@ -212,6 +250,11 @@ class Indexer:
         try:
             self._work()
         finally:
+            with self._cond:  # however the loop ended, a later notify() can start a worker
+                if self._thread is threading.current_thread():
+                    self._alive = False
+                    self._running = False
+                self._cond.notify_all()
             if self._thread_exit is not None:  # e.g. close this thread's cache connections
                 self._thread_exit()
 
@@ -221,38 +264,50 @@ class Indexer:
                 self._cond.wait_for(lambda: self._wanted or self._stopping)
                 if self._stopping:
                     self._wanted = False
+                    self._alive = False
                     self._cond.notify_all()
                     return
                 self._wanted = False
                 self._running = True
+            error: BaseException | None = None
             try:
                 while not self._stopping and self._run_batch_patiently():
                     pass
-            except Exception as exc:  # noqa: BLE001 - any failure is kept for flush(); the messages stay queued
-                if isinstance(exc, ClosedError) and self._stopping:
-                    exc = None  # close() began: not a failure
-                else:
-                    log.error("localmem: background embedding stopped: %s", exc)
+            except BaseException as exc:  # noqa: BLE001 - any failure, even SystemExit from an embedder, is kept for flush(); the messages stay queued
+                if not (isinstance(exc, ClosedError) and self._stopping):  # else close() began
+                    error = exc
+                    log.error("localmem: background embedding stopped: %s: %s", type(exc).__name__, exc)
+            finally:
                 with self._cond:
-                    self.error = exc or self.error
                     self._running = False
+                    if error is not None:
+                        self.error = error
+                        self._failures += 1
+                        self._retry_at = time.monotonic() + min(60.0, 2.0 ** (self._failures - 1))
+                        self._alive = False  # the next notify() starts a new worker
                     self._cond.notify_all()
+            if error is not None:
                 return
-            with self._cond:
-                self._running = False
-                self._cond.notify_all()
 
     def _run_batch_patiently(self) -> int:
         """``run_batch()``, waiting out a writer that holds the lock past ``lock_timeout``
-        (another process's long import, say): that is a reason to wait, not to stop."""
+        (another process's long import, say): that is a reason to wait, not to stop. Each
+        vain wait is counted, so that flush() can say so instead of waiting without end."""
         while True:
             try:
-                return self.run_batch()
+                taken = self.run_batch()
             except LockTimeoutError as exc:
                 log.warning("localmem: embedding waits for the write lock: %s", exc)
                 with self._cond:
+                    self._lock_waits += 1
+                    self._lock_error = exc
+                    self._cond.notify_all()
                     if self._cond.wait_for(lambda: self._stopping, timeout=0.5):
                         return 0
+                continue
+            with self._cond:
+                self._failures = 0
+            return taken
 
     def run_batch(self) -> int:
         """Embed and store one batch of queued messages; returns how many were taken from

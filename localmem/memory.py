@@ -28,7 +28,9 @@ from .errors import (
     InvalidInputError,
     LocalMemError,
     ModelError,
+    NotEmbeddedError,
     StrategyUnavailableError,
+    as_localmem_error,
 )
 from .indexer import Indexer, check_vectors
 from .records import MemoryResult, Message, Strategy
@@ -73,6 +75,16 @@ def _model_name(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return getattr(value, "name", None)
+
+
+def _run_embedder(method: Any, texts: Sequence[str], name: str) -> Any:
+    """``method(texts)``; an exception of the embedder's own is a ModelError naming it."""
+    try:
+        return method(texts)
+    except LocalMemError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the embedder {name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def default_path() -> Path:
@@ -285,7 +297,8 @@ class Memory:
                 name = getattr(model, "name", None) or type(model).__qualname__
                 dim = getattr(model, "dim", None)
                 if type(dim) is not int:
-                    dim = check_vectors(model.embed(["dimension probe"]), 1, None, name).shape[1]
+                    probe = _run_embedder(model.embed, ["dimension probe"], name)
+                    dim = check_vectors(probe, 1, None, name).shape[1]
                 identity = {"name": str(name), "dim": dim, "sha256": None}
             self._identity = identity
         return self._identity
@@ -319,7 +332,8 @@ class Memory:
             model = self._load_embedder()
             todo = list(dict.fromkeys(texts[i] for i in missing))
             method = getattr(model, "embed_query", None) if kind == "query" else None
-            fresh = check_vectors((method or model.embed)(todo), len(todo), identity["dim"], identity["name"])
+            raw = _run_embedder(method or model.embed, todo, identity["name"])
+            fresh = check_vectors(raw, len(todo), identity["dim"], identity["name"])
             cache.put_many(todo, fresh, kind=kind)
             by_text = dict(zip(todo, fresh, strict=True))
             for i in missing:
@@ -381,26 +395,32 @@ class Memory:
             max_content_bytes=self.max_content_bytes,
         )
         stored = self._store.insert(m)
-        self._after_write()
+        self._after_write(message=stored, added=1)
         return stored
 
-    def _after_write(self) -> None:
+    def _after_write(self, *, message: Message | None = None, added: int = 0) -> None:
         """Embed what was just queued: now (``embed="sync"``) or in the background."""
         if self.embed_mode == "sync":
-            self._indexer.raise_error()
             try:
-                while self._indexer.run_batch():
-                    pass
-            except Exception as exc:
-                # The message is committed and stays queued: say so, so that a caller does
-                # not store it again by retrying add() without a msg_id.
-                kind = type(exc) if isinstance(exc, LocalMemError) else ModelError
-                raise kind(
-                    f"stored, but embedding failed (embed='sync'): {exc}. The message stays "
-                    "queued for its vector; flush() or the next open retries it"
+                self._embed_now()
+            except LocalMemError as exc:
+                # The messages are committed and stay queued: a distinct error, so that a
+                # caller does not store them again by retrying add() without a msg_id.
+                raise NotEmbeddedError(
+                    f"stored, but not embedded (embed='sync'): {exc}. The message stays "
+                    "queued for its vector; flush() or the next open embeds it. Do not add it again",
+                    message=message, added=added,
                 ) from exc
         elif self.embed_mode == "background":
             self._indexer.notify()
+
+    def _embed_now(self) -> None:
+        """Embed everything queued before returning (``embed="sync"``)."""
+        try:
+            while self._indexer.run_batch():
+                pass
+        except Exception as exc:
+            raise as_localmem_error(exc, "embedding failed") from exc
 
     def add_many(
         self,
@@ -431,7 +451,7 @@ class Memory:
                 checked.append(self._check_item(item, index, defaults))
                 index += 1
             added += self._store.insert_many(checked)
-            self._after_write()
+            self._after_write(added=added)
         return added
 
     def _check_item(self, item: Any, index: int, defaults: dict[str, Any]) -> Any:
@@ -607,7 +627,10 @@ class Memory:
             raise StrategyUnavailableError("this Memory was opened with embed='off': cannot re-embed")
         self._embedder_identity()  # resolve the model first: the reset forgets the recorded one
         queued = self._store.reset_vectors()
-        self._after_write()
+        if self.embed_mode == "sync":
+            self._embed_now()
+        else:
+            self._indexer.notify()
         return queued
 
     def delete(self, msg_id: str) -> bool:

@@ -300,3 +300,21 @@ def test_reads_never_queue_behind_threads_waiting_to_write(db_path):
                 t.join(30)
         assert m.stats()["messages"] == 3
 
+
+def test_flush_does_not_wait_without_end_for_another_writer(db_path):
+    from hash_embedder import HashEmbedder
+
+    with Memory(db_path, embed="off") as m:
+        m.add("user", "queued", conversation_id="c", owner_id=OWNER)
+    holder = _Holder(db_path)
+    try:
+        with Memory(db_path, embedder=HashEmbedder(), lock_timeout=TIMEOUT) as m:
+            started = time.monotonic()
+            with pytest.raises(LockTimeoutError, match="flush"):
+                m.flush()  # no timeout of its own: bounded by lock_timeout
+            assert time.monotonic() - started < 10 * TIMEOUT
+            holder.release()
+            m.flush(timeout=30)  # the worker kept waiting, and now gets through
+            assert m.stats()["vectors"] == 1
+    finally:
+        holder.release()

@@ -24,6 +24,7 @@ from localmem import (
     Memory,
     ModelError,
     ModelMismatchError,
+    NotEmbeddedError,
     Strategy,
     StrategyUnavailableError,
 )
@@ -332,8 +333,12 @@ def test_a_failing_embedder_surfaces_at_flush_and_search(db_path):
         with pytest.raises(ModelError):
             mem.get_memory(Strategy.SEMANTIC_SEARCH, query="x", conversation_id="c", owner_id="u")
         assert mem.stats()["pending_vectors"] == 1  # nothing lost
-    with pytest.raises(ModelError), Memory(db_path, embedder=_Broken(dim=64), embed="sync") as mem:
-        mem.add("user", "pizza 2", conversation_id="c", owner_id="u")
+    with Memory(db_path, embedder=_Broken(dim=64), embed="sync") as mem:
+        with pytest.raises(NotEmbeddedError) as info:
+            mem.add("user", "pizza 2", conversation_id="c", owner_id="u")
+        assert isinstance(info.value.__cause__, ModelError) and "shape" in str(info.value)
+        assert info.value.message.content == "pizza 2" and info.value.added == 1
+        assert mem.get(info.value.message.msg_id) == info.value.message  # stored
 
 
 CHILD = textwrap.dedent(
@@ -541,7 +546,7 @@ class _FlakyOnce(HashEmbedder):
 
 def test_a_sync_failure_says_the_message_is_stored(db_path):
     with Memory(db_path, embedder=_FlakyOnce(), embed="sync") as mem:
-        with pytest.raises(ModelError, match="stored, but embedding failed"):
+        with pytest.raises(NotEmbeddedError, match="stored, but not embedded"):
             mem.add("user", "pizza", conversation_id="c", owner_id="u", msg_id="m1")
         assert mem.get("m1") is not None and mem.stats()["pending_vectors"] == 1
         mem.flush(timeout=30)  # the retry embeds it
