@@ -50,6 +50,15 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture
+def tmpfs(tmp_path):
+    """A 4 MiB tmpfs (small_disk.SmallDisk): a disk that fills up or turns read-only."""
+    from small_disk import small_disk
+
+    with small_disk(tmp_path / "tmpfs") as disk:
+        yield disk
+
+
+@pytest.fixture
 def run(capsys):
     """main(argv) in-process: (exit code, stdout, stderr)."""
 

@@ -155,47 +155,16 @@ def test_another_users_folder_is_neither_used_nor_changed(db_path, caplog, tmp_p
     assert sorted(p.name for p in theirs.iterdir()) == ["their-file"]
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A 4 MiB tmpfs of our own (mount permission: root, as in CI); yields its path and a
-    function that remounts it read-only."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"needs permission to mount a tmpfs (root, as in CI): {done.stderr.strip()}")
-
-    def read_only() -> None:
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-
-    try:
-        yield mount, read_only
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_an_unwritable_cache_folder(db_path, caplog, tmpfs):
-    mount, read_only = tmpfs
     _seed(db_path)  # cache tiers built on the normal disk, then moved to a read-only one
-    subprocess.run(["cp", "-a", str(_cache_dir(db_path)) + "/.", str(mount)], check=True)
-    read_only()
-    _answers_without_a_cache(db_path, caplog, cache_dir=mount / ".")
+    subprocess.run(["cp", "-a", str(_cache_dir(db_path)) + "/.", str(tmpfs.path)], check=True)
+    tmpfs.read_only()
+    _answers_without_a_cache(db_path, caplog, cache_dir=tmpfs.path / ".")
 
 
 def test_a_full_cache_disk(db_path, caplog, tmpfs):
-    mount, _ = tmpfs
-    fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 16, 1 << 10, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    _answers_without_a_cache(db_path, caplog, cache_dir=mount / "cache")
+    tmpfs.fill()
+    _answers_without_a_cache(db_path, caplog, cache_dir=tmpfs.path / "cache")
 
 
 def test_a_tier_that_could_not_open_comes_back_later(db_path, caplog, monkeypatch):

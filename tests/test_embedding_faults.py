@@ -4,10 +4,8 @@ hang, no raw exception, nothing lost, and recovery once the cause is gone."""
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -280,44 +278,13 @@ def test_a_null_distance_in_the_index_is_skipped(db_path):
 # -- a full disk (item 7) -----------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs: a disk that really fills up."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"needs permission to mount a tmpfs (root, as in CI): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory) -> str:
-    """Fill the file system of ``directory`` to the last byte; returns the filler's path."""
-    path = os.path.join(directory, f"filler-{uuid.uuid4().hex}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 16, 1 << 10, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return path
-
-
-def test_a_full_disk_is_storage_full_and_embedding_resumes_once_there_is_room(small_disk, caplog):
-    path = small_disk / "memory.db"
+def test_a_full_disk_is_storage_full_and_embedding_resumes_once_there_is_room(tmpfs):
+    path = tmpfs.path / "memory.db"
     with Memory(path, embed="off") as mem:
         for i in range(40):
             mem.add("user", f"message number {i} about pizza and rain", **OK)
     with Memory(path, embedder=HashEmbedder(dim=384)) as mem:
-        filler = _fill(small_disk)
+        filler = tmpfs.fill()
         with pytest.raises(StorageFullError):
             mem.flush(timeout=60)
         assert mem.stats()["pending_vectors"] == 40  # nothing lost, nothing half-written
