@@ -284,6 +284,7 @@ class _DiskTier:
         self._pid = self._creator_pid = os.getpid()
         self._lock = threading.Lock()
         self._cache: diskcache.Cache | None = None
+        self._closed = False
         self._retry_at = 0.0
         self._warned_at = -WARN_EVERY
         self._held_warnings = 0
@@ -312,6 +313,8 @@ class _DiskTier:
     def _current(self) -> diskcache.Cache | None:
         """This process's cache object (reopened on first use after a fork), or None while
         the tier cannot be opened."""
+        if self._closed:
+            return None
         if self._pid != os.getpid() or (self._cache is None and time.monotonic() >= self._retry_at):
             with self._lock:
                 if self._pid != os.getpid():  # never reuse the parent's SQLite connection
@@ -373,8 +376,8 @@ class _DiskTier:
 
     def close(self) -> None:
         """Close this process's connection (idempotent) and remove a throwaway directory."""
+        self._closed = True  # never reopened, not even in a forked child
         cache, self._cache = self._cache, None
-        self._retry_at = float("inf")  # closed: never reopened
         if cache is not None:
             if self._pid != os.getpid():
                 driver.abandon(cache)  # the parent's connection: never closed here
