@@ -562,6 +562,15 @@ class Store:
             with self._write_lock(), self._mapped_errors():
                 yield self._connection()
             return
+        conn = self._take(kind)
+        try:
+            with self._mapped_errors():
+                yield conn
+        finally:
+            self._give(conn, kind)
+
+    def _take(self, kind: str) -> Any:
+        """An idle read connection for ``kind``, or a new one (file databases only)."""
         if self._closed:
             raise ClosedError("this Memory is closed")
         if self._pid != os.getpid():
@@ -569,27 +578,26 @@ class Store:
                 if self._pid != os.getpid():
                     self._after_fork()
         with self._pool_lock:
-            idle = self._idle.setdefault(kind, [])
-            conn = idle.pop() if idle else None
-        if conn is None:
-            with self._mapped_errors():
-                conn = self._open(reader=True)
-            with self._pool_lock:
-                self._readers.append(conn)
-        pid = os.getpid()
-        try:
-            with self._mapped_errors():
-                yield conn
-        finally:
-            with self._pool_lock:
-                keep = not self._closed and pid == self._pid
-                if keep:
-                    self._idle.setdefault(kind, []).append(conn)
-                elif pid == os.getpid():
-                    self._readers.remove(conn)
-            if not keep and pid == os.getpid():
-                with contextlib.suppress(Exception):
-                    conn.close()
+            idle = self._idle.get(kind)
+            if idle:
+                return idle.pop()
+        with self._mapped_errors():
+            conn = self._open(reader=True)
+        with self._pool_lock:
+            self._readers.append(conn)
+        return conn
+
+    def _give(self, conn: Any, kind: str) -> None:
+        """Back to the pool; closed instead if the store was closed meanwhile."""
+        with self._pool_lock:
+            keep = not self._closed
+            if keep:
+                self._idle.setdefault(kind, []).append(conn)
+            else:
+                self._readers.remove(conn)
+        if not keep:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     @contextlib.contextmanager
     def _fresh_reader(self) -> Iterator[Any]:
@@ -607,8 +615,16 @@ class Store:
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """The rows of one read statement (a statement is its own snapshot)."""
-        with self._reader() as conn:
+        if self._in_memory:
+            with self._reader() as conn:
+                return conn.execute(sql, args).fetchall()
+        conn = self._take("read")  # (written out: the hot window's read path)
+        try:
             return conn.execute(sql, args).fetchall()
+        except driver.dbapi().Error as exc:
+            raise map_error(exc, self.path) from exc
+        finally:
+            self._give(conn, "read")
 
     @contextlib.contextmanager
     def read(self, kind: str = "read") -> Iterator[Any]:
