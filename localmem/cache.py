@@ -5,8 +5,8 @@ Each tier is an accelerator, never a source of truth:
 * The hot window (the Redis list of the original design) holds the last N messages of each
   conversation. An entry remembers the conversation ``version`` (see ``store.py``) it was
   built from, and is served only while the database still reports that version. A message
-  committed by any process bumps the version in the same transaction, so a stale window is
-  never served.
+  committed by any process changes the version in the same transaction, to a value it
+  never had before (not even in a restored backup), so a stale window is never served.
 * The embedding cache (the original design's ``embedding_cache`` table plus a local LRU)
   maps (model, kind, text) to a vector: an in-process LRU in front of a diskcache tier that
   every process sharing the cache directory reads.
@@ -17,8 +17,12 @@ Each tier is an accelerator, never a source of truth:
   bytes only: nothing is ever pickled or unpickled, even if someone plants a pickled row in a
   cache file.
 * Directories are created with mode 0o700: cached messages are as private as the database.
-* Cache trouble (a damaged or vanished cache file, a lock timeout) is logged and treated as a
-  miss; the answer then comes from SQLite or the model, which are always correct.
+  A directory that is not this user's is never used, nor chmod-ed.
+* Cache trouble (a folder that cannot be used, a damaged or vanished cache file, a lock held
+  past ``CACHE_TIMEOUT``, an entry of the wrong shape) is logged and treated as a miss; the
+  answer then comes from SQLite or the model, which are always correct. Nothing read from a
+  cache file is trusted: entries are checked field by field, and a row's file name never
+  leads outside the folder.
 """
 
 from __future__ import annotations
