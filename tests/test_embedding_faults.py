@@ -78,14 +78,19 @@ def test_flush_retries_after_a_transient_failure(db_path):
 
 def test_a_later_add_retries_after_the_back_off(db_path):
     with Memory(db_path, embedder=_FailingFor(RuntimeError("device busy"))) as mem:
+        indexer = mem._indexer
+        started = time.monotonic()
         mem.add("user", "first", **OK)
-        assert _wait_until(lambda: mem._indexer.error is not None)
+        assert _wait_until(lambda: indexer.error is not None)
+        assert indexer._failures == 1 and indexer._retry_at <= time.monotonic() + 1.0
+        assert indexer._retry_at >= started + 1.0  # the first back-off is 1 s
+        indexer._retry_at = time.monotonic() + 3600  # (held, so that the next add is inside it)
         mem.add("user", "second", **OK)  # within the back-off: no retry yet
-        assert mem._indexer.error is not None and mem.stats()["pending_vectors"] == 2
-        time.sleep(1.1)  # the first back-off is 1 s
+        assert indexer.error is not None and mem.stats()["pending_vectors"] == 2
+        indexer._retry_at = 0.0  # the back-off has passed
         mem.add("user", "third", **OK)  # no flush(): the worker retries on its own
         assert _wait_until(lambda: mem.stats()["pending_vectors"] == 0)
-        assert mem._indexer.error is None and mem.stats()["vectors"] == 3
+        assert indexer.error is None and indexer._failures == 0 and mem.stats()["vectors"] == 3
 
 
 def test_a_permanent_failure_is_raised_by_every_flush(db_path):
