@@ -390,6 +390,10 @@ class _DiskTier:
         self._remove_owned_tmp()
 
 
+class _Counters(_DiskTier):
+    _label = "embedding cache counters"
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """A hot-window entry: the newest ``len(rows)`` messages of a conversation (store rows,
@@ -520,8 +524,7 @@ class EmbeddingCache(_DiskTier):
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lru_lock = threading.Lock()
         super().__init__(directory, "embeddings", timeout=timeout)
-        self._counters = _DiskTier(directory, "embedding-stats", disk=_CounterDisk, timeout=timeout)
-        self._counters._label = "embedding cache counters"
+        self._counters = _Counters(directory, "embedding-stats", disk=_CounterDisk, timeout=timeout)
 
     _label = "embedding cache"
 
