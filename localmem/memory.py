@@ -630,7 +630,7 @@ class Memory:
         if self.embed_mode == "sync":
             self._embed_now()
         else:
-            self._indexer.notify()
+            self._indexer.notify(retry=True)  # asked for now: not held back by an earlier failure
         return queued
 
     def delete(self, msg_id: str) -> bool:
