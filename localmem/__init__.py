@@ -13,10 +13,9 @@ from .errors import (
     StoreError,
     StrategyUnavailableError,
 )
+from ._version import __version__ as __version__
 from .memory import Memory
 from .records import MemoryResult, Message, RetrievedMessage, Strategy
-
-__version__ = "0.1.0"
 
 _LAZY = {"load_embedder": "embed", "load_reranker": "rerank"}
 

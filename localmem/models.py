@@ -503,7 +503,7 @@ def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool)
     else:
         from huggingface_hub import snapshot_download
 
-        from . import __version__
+        from ._version import __version__
 
         target = cache_dir() / "hub"
         try:
