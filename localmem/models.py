@@ -60,7 +60,8 @@ SOURCES = ("path", "models_dir", "hf_cache", "download")
 MODELS_DIR_ENV = "LOCALMEM_MODELS_DIR"
 FLAT_ONNX = "model.onnx"  # where a flat folder (e.g. the shared models dir) keeps it
 INT8_SUFFIX = ".int8.onnx"
-QUANTIZE_HINT = "pip install 'localmem[quantize]'"
+# The extra holds only onnx; naming the package itself works from a checkout and an index alike.
+QUANTIZE_HINT = "pip install 'onnx>=1.15' (the extra localmem-engine[quantize])"
 
 
 @dataclass(frozen=True, slots=True)

@@ -576,7 +576,7 @@ def test_int8_requested_but_missing_says_how_to_make_it(tmp_path):
 def test_quantize_without_onnx_says_what_to_install(tmp_path, monkeypatch, tiny_models):
     monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # import fails
     folder = shutil.copytree(tiny_models.embedder, tmp_path / "tiny")
-    with pytest.raises(ModelError, match=r"pip install 'localmem\[quantize\]'"):
+    with pytest.raises(ModelError, match=r"pip install 'onnx>=1.15' \(the extra localmem-engine\[quantize\]\)"):
         quantize(resolve(path=folder))
 
 
