@@ -381,7 +381,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_models_download(args: argparse.Namespace) -> int:
     """Fetch a model into the cache (if it is not already here) and print its folder."""
-    files = resolve(args.name, kind=_model_kind(args), download=True, int8=False)
+    files = resolve(args.name, kind=_model_kind(args), download=True, int8=False,
+                    timeout=args.timeout, attempts=args.attempts)
     print(files.directory)
     return 0
 
@@ -518,8 +519,13 @@ def _parser() -> argparse.ArgumentParser:
     listing = model_command("list", cmd_models_list, "the known models and where each is found here",
                             path=False)
     listing.add_argument("--json", action="store_true", help="print JSON")
-    model_command("download", cmd_models_download,
-                  "fetch a model from the Hugging Face Hub and print its folder", path=False)
+    fetch = model_command("download", cmd_models_download,
+                          "fetch a model from the Hugging Face Hub and print its folder", path=False)
+    fetch.add_argument("--timeout", type=float, metavar="S",
+                       help="give up on a connection silent this many seconds "
+                            "(default: $LOCALMEM_DOWNLOAD_TIMEOUT, else 30)")
+    fetch.add_argument("--attempts", type=int, metavar="N",
+                       help="tries per file (default: $LOCALMEM_DOWNLOAD_ATTEMPTS, else 3)")
     model_info = model_command("info", cmd_models_info,
                                "a model's settings, files, sha256, size and int8 copy")
     model_info.add_argument("--json", action="store_true", help="print JSON")

@@ -7,10 +7,12 @@ your own). ``resolve()`` turns it into ``ModelFiles``: concrete paths to the ONN
     1. path=...                          a folder (or a .onnx file) you name   source "path"
     2. $LOCALMEM_MODELS_DIR/<name>/      a folder per model                    "models_dir"
     3. the Hugging Face cache            HF_HUB_CACHE, then cache_dir()/hub    "hf_cache"
-    4. a download from the Hub           into cache_dir()/hub                  "download"
+    4. an earlier download               cache_dir()/models/<name>/            "localmem_cache"
+    5. a download from the Hub           into cache_dir()/models/<name>/       "download"
 
-Step 4 is skipped with ``download=False`` or when ``HF_HUB_OFFLINE`` is set. When every
-place fails, one ``ModelError`` names each place tried (with its path) and how to fix it.
+Step 5 is skipped with ``download=False`` or when ``HF_HUB_OFFLINE`` is set; it is bounded
+in time and retried a bounded number of times (see ``download.py``). When every place
+fails, one ``ModelError`` names each place tried (with its path) and how to fix it.
 In a folder the ONNX file is ``<spec.onnx_file>`` (``onnx/model.onnx`` on the Hub) or, for
 a flat folder, ``model.onnx`` at the top.
 
@@ -56,7 +58,7 @@ __all__ = [
 
 KINDS = ("embedder", "reranker")
 POOLINGS = ("mean", "cls")
-SOURCES = ("path", "models_dir", "hf_cache", "download")
+SOURCES = ("path", "models_dir", "hf_cache", "localmem_cache", "download")
 MODELS_DIR_ENV = "LOCALMEM_MODELS_DIR"
 FLAT_ONNX = "model.onnx"  # where a flat folder (e.g. the shared models dir) keeps it
 INT8_SUFFIX = ".int8.onnx"
@@ -399,6 +401,8 @@ def resolve(
     spec: ModelSpec | None = None,
     download: bool = True,
     int8: bool | None = None,
+    timeout: float | None = None,
+    attempts: int | None = None,
 ) -> ModelFiles:
     """Find the files of a model (see the module docstring for the order of places).
 
@@ -406,8 +410,10 @@ def resolve(
     ``kind``), or the name of a folder in ``$LOCALMEM_MODELS_DIR``. ``path``: a folder or
     .onnx file to use instead of looking anywhere else; without ``name`` it is named after
     its folder. ``spec``: use this spec instead of looking ``name`` up. ``download``: allow
-    step 4. ``int8``: return the int8 copy (None: ``spec.prefer_int8``); ``ModelError``
-    if that copy has not been made with ``localmem models quantize NAME``.
+    step 5. ``int8``: return the int8 copy (None: ``spec.prefer_int8``); ``ModelError``
+    if that copy has not been made with ``localmem models quantize NAME``. ``timeout``
+    (seconds without data) and ``attempts`` bound a download; None: the environment's
+    ``LOCALMEM_DOWNLOAD_TIMEOUT`` / ``LOCALMEM_DOWNLOAD_ATTEMPTS``, else 30 s and 3.
 
     Checks that the files exist and are not empty; ``check_onnx()`` loads the model.
     """
@@ -423,13 +429,25 @@ def resolve(
     if path is not None:
         files = _from_path(path, name, kind, spec)
     else:
-        files = _search(name, kind, spec, download)
+        files = _search(name, kind, spec, download, timeout, attempts)
     use_int8 = files.spec.prefer_int8 if int8 is None else bool(int8)
     return _choose_int8(files) if use_int8 else files
 
 
-def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool) -> ModelFiles:
-    """Steps 2-4 for a registered (or given) spec; steps 2 only for an unregistered name."""
+def _own_folder_hint(kind: str) -> str:
+    """How to use a folder of your own, in the API that exists for it."""
+    loader, arg = ("load_embedder", "embedder") if kind == "embedder" else ("load_reranker", "reranker")
+    return (f'in Python, load it from a folder of your own: Memory(..., {arg}=localmem.{loader}('
+            f'path="FOLDER")), FOLDER holding {FLAT_ONNX} (or onnx/model.onnx) and tokenizer.json')
+
+
+def _downloads_root() -> Path:
+    return _cache_root() / "models"
+
+
+def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool,
+            timeout: float | None, attempts: int | None) -> ModelFiles:
+    """Steps 2-5 for a registered (or given) spec; step 2 only for an unregistered name."""
     if spec is None:
         name = name or (DEFAULT_EMBEDDER if kind == "embedder" else DEFAULT_RERANKER)
         spec = REGISTRY.get(name)
@@ -446,14 +464,11 @@ def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool)
             where = f"and {MODELS_DIR_ENV} is not set"
         raise ModelError(
             f"unknown model {name!r} {where}. Known models: {_known_names()}. For a model of "
-            f"your own, pass path=FOLDER (CLI: --path FOLDER) or put it in $LOCALMEM_MODELS_DIR/{name}/"
+            f"your own, put it in $LOCALMEM_MODELS_DIR/{name}/ or, {_own_folder_hint(kind)}"
         )
 
     tried = ["path=: not given"]
-    fixes = [
-        (f'pass path="FOLDER" (CLI: --path FOLDER), FOLDER holding {FLAT_ONNX} (or '
-         f"{spec.onnx_file}) and {spec.tokenizer_file}"),
-    ]
+    fixes: list[str] = []
 
     # 2. $LOCALMEM_MODELS_DIR/<name>/
     if models_dir is not None:
@@ -465,16 +480,22 @@ def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool)
             fixes.append(f"put {FLAT_ONNX}, {spec.tokenizer_file} and the config files in {folder}/")
     else:
         tried.append(f"{MODELS_DIR_ENV}: not set")
-        fixes.append(f"set {MODELS_DIR_ENV}=DIR and put the model's files in DIR/{spec.name}/")
+        fixes.append(f"set {MODELS_DIR_ENV}=DIR and put the model's files in DIR/{spec.name}/ "
+                     "(the command line and Python both look there)")
+    fixes.append(_own_folder_hint(spec.kind))
 
-    # 3. the Hugging Face cache: the default one, then localmem's own download cache.
+    # 3. the Hugging Face cache: the default one, then the one older localmem versions
+    # downloaded into.
     if spec.repo is None:
         tried.append(f"Hugging Face cache: not looked at ({spec.name} has no Hub repo)")
     else:
         from huggingface_hub import snapshot_download
 
         hub_caches = dict.fromkeys((os.path.abspath(_hf_cache()), str(_cache_root() / "hub")))
-        for label, hub in zip(("Hugging Face cache", "localmem cache"), hub_caches):
+        for label, hub in zip(("Hugging Face cache", "localmem hub cache"), hub_caches):
+            if not Path(hub).is_dir():
+                tried.append(f"{label} {hub}: does not exist")
+                continue
             try:
                 snapshot = snapshot_download(
                     spec.repo, allow_patterns=_allow_patterns(spec), cache_dir=hub,
@@ -490,7 +511,20 @@ def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool)
             except ModelError as exc:
                 tried.append(f"{label} {hub}: {exc}")
 
-    # 4. download into localmem's cache.
+    # 4. an earlier download (complete: download.py writes its manifest last).
+    from . import download as downloads
+
+    target = _downloads_root() / spec.name
+    if downloads.downloaded(target):
+        try:
+            return _files(spec, target, "localmem_cache")
+        except ModelError as exc:
+            tried.append(f"localmem downloads {target}: {exc}")
+            fixes.append(f"delete {target} so that it is downloaded again")
+    else:
+        tried.append(f"localmem downloads {target}: {'incomplete' if target.exists() else 'not there'}")
+
+    # 5. download into localmem's cache.
     if spec.repo is None:
         tried.append("download: impossible, no Hub repo")
     elif not download:
@@ -500,25 +534,22 @@ def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool)
         tried.append("download: not tried, HF_HUB_OFFLINE is set")
         fixes.append(f"{_download_hint(spec)}, then copy the folder it prints to DIR/{spec.name}/ "
                      f"here and set {MODELS_DIR_ENV}=DIR")
-        fixes.append(f"unset HF_HUB_OFFLINE so localmem can download it into {_cache_root() / 'hub'}")
+        fixes.append(f"unset HF_HUB_OFFLINE so localmem can download it into {target}")
     else:
-        from huggingface_hub import snapshot_download
-
-        from ._version import __version__
-
-        target = cache_dir() / "hub"
+        config = downloads.settings(timeout, attempts)
         try:
-            snapshot = snapshot_download(
-                spec.repo, allow_patterns=_allow_patterns(spec), cache_dir=str(target),
-                library_name="localmem", library_version=__version__,
-            )
-        except Exception as exc:  # noqa: BLE001 - network, HTTP, disk: all go in the one error below
-            tried.append(f"download of {spec.repo} into {target}: failed, {_first_line(exc)}")
-            fixes.append("check the network (or proxy / HF_ENDPOINT) and try again, or "
-                         f"{_download_hint(spec)} and copy the folder it prints here")
+            folder = downloads.fetch(spec, target, config=config)
+        except ModelError as exc:
+            tried.append(f"download of {spec.repo} into {target}: failed, {exc}")
+            fixes.append(f"check the network (or the proxy, or HF_ENDPOINT) and try again; a slow "
+                         f"link may need a longer {downloads.TIMEOUT_ENV} (seconds without data, "
+                         f"now {config.timeout:g}) or more {downloads.ATTEMPTS_ENV} (now "
+                         f"{config.attempts})")
+            fixes.append(f"{_download_hint(spec)}, then copy the folder it prints to DIR/{spec.name}/ "
+                         f"here and set {MODELS_DIR_ENV}=DIR")
         else:
             try:
-                return _files(spec, Path(snapshot), "download")
+                return _files(spec, folder, "download")
             except ModelError as exc:
                 tried.append(f"download of {spec.repo}: {exc} (the repo may not publish it)")
     raise _not_found(spec, tried, fixes)

@@ -18,6 +18,7 @@ import pytest
 from real_model import HAVE_MINILM, MINILM, needs_minilm
 
 from localmem import ModelError, models
+from localmem import download as downloads
 from localmem.models import (
     DEFAULT_EMBEDDER,
     DEFAULT_RERANKER,
@@ -41,7 +42,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
     """Every test: its own empty HF cache and localmem cache, HF_HUB_OFFLINE=1, no
-    LOCALMEM_MODELS_DIR, and snapshot_download refusing anything but local lookups."""
+    LOCALMEM_MODELS_DIR, and snapshot_download refusing anything but local lookups, and
+    localmem's own download failing the test."""
     import huggingface_hub
     from huggingface_hub import constants
 
@@ -62,6 +64,11 @@ def offline(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", guarded)
+
+    def no_fetch(spec, *args, **kwargs):
+        pytest.fail(f"a download was tried: {spec.name} (tests/test_download.py serves one locally)")
+
+    monkeypatch.setattr(downloads, "fetch", no_fetch)
     return hf_cache
 
 
@@ -352,52 +359,6 @@ def test_download_false_never_reaches_the_network(monkeypatch):
     assert "LOCALMEM_MODELS_DIR: not set" in str(info.value)
 
 
-def fake_download(monkeypatch, calls: list, error: Exception | None = None) -> None:
-    import huggingface_hub
-
-    local = huggingface_hub.snapshot_download
-
-    def snapshot_download(repo_id, **kwargs):
-        if kwargs.get("local_files_only"):
-            return local(repo_id, **kwargs)
-        calls.append((repo_id, kwargs))
-        if error is not None:
-            raise error
-        return str(fake_hub_repo(Path(kwargs["cache_dir"]), repo_id, minilm_hub_files()))
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-
-
-def test_download_goes_to_localmem_cache_with_only_the_needed_files(monkeypatch):
-    online(monkeypatch)
-    calls: list = []
-    fake_download(monkeypatch, calls)
-    files = resolve("all-MiniLM-L6-v2")
-    assert files.source == "download"
-    [(repo, kwargs)] = calls
-    assert repo == "sentence-transformers/all-MiniLM-L6-v2"
-    assert Path(kwargs["cache_dir"]) == models.cache_dir() / "hub"
-    assert kwargs["allow_patterns"] == [
-        "onnx/model.onnx", "tokenizer.json", "config.json", "sentence_bert_config.json",
-        "special_tokens_map.json", "tokenizer_config.json"]
-    assert files.directory.is_relative_to(models.cache_dir() / "hub")
-    # Next time the cache answers, without a download.
-    assert resolve("all-MiniLM-L6-v2").source == "hf_cache" and len(calls) == 1
-
-
-def test_download_failure_is_one_model_error(monkeypatch):
-    online(monkeypatch)
-    calls: list = []
-    fake_download(monkeypatch, calls, ConnectionError("Name or service not known\nmore text"))
-    with pytest.raises(ModelError) as info:
-        resolve("bge-small-en-v1.5")
-    text = str(info.value)
-    assert "download of BAAI/bge-small-en-v1.5" in text
-    assert "failed, ConnectionError: Name or service not known" in text
-    assert "localmem models download bge-small-en-v1.5" in text
-    assert len(calls) == 1
-
-
 def test_cache_dir_is_private():
     path = models.cache_dir()
     assert path.is_dir() and (path.stat().st_mode & 0o777) == 0o700
@@ -677,15 +638,6 @@ def test_cli_models_download_offline_fails_with_the_error(run):
     assert code == 1 and out == ""
     assert err.startswith("localmem: error: cannot find model 'bge-small-en-v1.5'")
     assert "HF_HUB_OFFLINE" in err and "LOCALMEM_MODELS_DIR" in err
-
-
-def test_cli_models_download_prints_the_folder(run, monkeypatch):
-    online(monkeypatch)
-    calls: list = []
-    fake_download(monkeypatch, calls)
-    code, out, err = run("models", "download", "all-MiniLM-L6-v2")
-    assert code == 0, err
-    assert Path(out.strip()).is_relative_to(models.cache_dir() / "hub") and len(calls) == 1
 
 
 def test_cli_models_unknown_name(run):
