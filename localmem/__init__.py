@@ -1,5 +1,6 @@
 """localmem: conversation memory for AI agents, in-process, offline, in one SQLite file."""
 
+from ._version import __version__ as __version__
 from .errors import (
     ClosedError,
     CorruptDatabaseError,
@@ -8,12 +9,12 @@ from .errors import (
     LockTimeoutError,
     ModelError,
     ModelMismatchError,
+    ModelNotFoundError,
     NotEmbeddedError,
     StorageFullError,
     StoreError,
     StrategyUnavailableError,
 )
-from ._version import __version__ as __version__
 from .memory import Memory
 from .records import MemoryResult, Message, RetrievedMessage, Strategy
 
@@ -45,6 +46,7 @@ __all__ = [
     "ModelMismatchError",
     "StorageFullError",
     "ModelError",
+    "ModelNotFoundError",
     "NotEmbeddedError",
     "StrategyUnavailableError",
     "ClosedError",

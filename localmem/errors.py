@@ -10,6 +10,7 @@ Every error is a ``LocalMemError``; catch that to catch them all::
     │   ├── ModelMismatchError                  vectors in the file come from another model
     │   └── StorageFullError                    the disk (or a size limit) is full
     ├── ModelError                              a model could not be found or loaded
+    │   └── ModelNotFoundError                  no copy of the model anywhere it looked
     ├── NotEmbeddedError                        embed="sync": stored, but not embedded
     ├── StrategyUnavailableError                the strategy needs a layer this build lacks
     └── ClosedError                             the Memory was used after close()
@@ -20,6 +21,7 @@ A raw ``sqlite3`` error never escapes: the store maps it to one of the above and
 
 from __future__ import annotations
 
+import copy
 import errno
 from typing import Any
 
@@ -32,6 +34,7 @@ __all__ = [
     "ModelMismatchError",
     "StorageFullError",
     "ModelError",
+    "ModelNotFoundError",
     "NotEmbeddedError",
     "StrategyUnavailableError",
     "ClosedError",
@@ -70,6 +73,17 @@ class ModelError(LocalMemError):
     """A model could not be resolved or loaded."""
 
 
+class ModelNotFoundError(ModelError):
+    """No copy of the model was found anywhere localmem looked, and none could be
+    downloaded. The message lists every place tried and how to fix it. Writes and the
+    recency strategies work without a model; messages stay queued for their vectors.
+    ``model`` is the name looked for."""
+
+    def __init__(self, text: str, *, model: str | None = None):
+        super().__init__(text)
+        self.model = model
+
+
 class NotEmbeddedError(LocalMemError):
     """``add()``/``add_many()`` with ``embed="sync"`` stored the messages (they are durable)
     but could not embed them. Do not add them again: they stay queued, and ``flush()`` or
@@ -96,11 +110,13 @@ class ClosedError(LocalMemError):
 
 def as_localmem_error(exc: BaseException, doing: str) -> LocalMemError:
     """``exc`` as the localmem error that says what failed (for the caller to raise ``from
-    exc``): a localmem error as a fresh one of its own type, a full disk as
+    exc``): a localmem error as a fresh copy of itself, a full disk as
     StorageFullError, anything else (raised by an embedder, most likely) as ModelError,
     each saying what was being done."""
     if isinstance(exc, LocalMemError):
-        return type(exc)(str(exc))
+        fresh = copy.copy(exc)  # its type and attributes (ModelNotFoundError.model...)
+        fresh.__traceback__ = fresh.__cause__ = fresh.__context__ = None
+        return fresh
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return StorageFullError(f"{doing}: the disk is full ({exc})")
     return ModelError(f"{doing}: {type(exc).__name__}: {exc}")

@@ -27,7 +27,13 @@ if TYPE_CHECKING:
     import numpy as np
 
 from . import driver
-from .errors import ClosedError, LockTimeoutError, ModelError, as_localmem_error
+from .errors import (
+    ClosedError,
+    LockTimeoutError,
+    ModelError,
+    ModelNotFoundError,
+    as_localmem_error,
+)
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -141,6 +147,7 @@ class Indexer:
         self._retry_at = 0.0  # add() retries no sooner than this after a failure
         self._lock_waits = 0  # times a batch waited lock_timeout for the write lock in vain
         self._lock_error: LockTimeoutError | None = None
+        self._reported: tuple[str, str] | None = None  # the failure last logged
 
     def reset_locks_after_fork(self) -> None:
         # The parent's thread does not exist in the child. The child starts no worker of
@@ -276,7 +283,7 @@ class Indexer:
             except BaseException as exc:  # noqa: BLE001 - any failure, even SystemExit from an embedder, is kept for flush(); the messages stay queued
                 if not (isinstance(exc, ClosedError) and self._stopping):  # else close() began
                     error = exc
-                    log.error("localmem: background embedding stopped: %s: %s", type(exc).__name__, exc)
+                    self._report(exc)
             finally:
                 with self._cond:
                     self._running = False
@@ -307,7 +314,28 @@ class Indexer:
                 continue
             with self._cond:
                 self._failures = 0
+                self._reported = None
             return taken
+
+    def _report(self, exc: BaseException) -> None:
+        """One log line per kind of failure, not a paragraph per retry: flush() and the
+        searches by meaning raise the whole error (for a missing model, every place
+        looked in). The same failure again is logged at DEBUG only."""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        key = (type(exc).__name__, first)
+        if key == self._reported:
+            log.debug("localmem: background embedding failed again: %s: %s", *key)
+            return
+        self._reported = key
+        if isinstance(exc, ModelNotFoundError):
+            log.warning(
+                "localmem: no embedding model %r here: messages wait in the queue for their "
+                "vectors; recent history works, and flush() or a search by meaning raises the "
+                "error that says where it looked", exc.model,
+            )
+        else:
+            log.error("localmem: background embedding stopped, the messages stay queued "
+                      "(flush() raises the full error): %s: %s", *key)
 
     def run_batch(self) -> int:
         """Embed and store one batch of queued messages; returns how many were taken from

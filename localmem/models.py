@@ -37,7 +37,7 @@ from typing import Any
 
 import platformdirs
 
-from .errors import ModelError
+from .errors import ModelError, ModelNotFoundError
 
 __all__ = [
     "ModelSpec",
@@ -384,13 +384,13 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
-def _not_found(spec: ModelSpec, tried: list[str], fixes: list[str]) -> ModelError:
+def _not_found(spec: ModelSpec, tried: list[str], fixes: list[str]) -> ModelNotFoundError:
     repo = f", Hub repo {spec.repo}" if spec.repo else ""
     lines = [f"cannot find model {spec.name!r} ({spec.kind}{repo}). Looked in:"]
     lines += [f"  - {t}" for t in tried]
     lines.append("To fix, do one of:")
     lines += [f"  - {f}" for f in fixes]
-    return ModelError("\n".join(lines))
+    return ModelNotFoundError("\n".join(lines), model=spec.name)
 
 
 def resolve(

@@ -9,7 +9,7 @@ PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
-    "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
+    "ModelNotFoundError", "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
 }
 
 
@@ -30,6 +30,7 @@ def test_error_tree():
     # Stored but not embedded is not a lock timeout, whatever caused it: a caller retrying
     # writes on LockTimeoutError must not store the message twice.
     assert not issubclass(localmem.NotEmbeddedError, (localmem.StoreError, localmem.ModelError))
+    assert issubclass(localmem.ModelNotFoundError, localmem.ModelError)
 
 
 def test_strategy_values_and_string_form():
