@@ -176,10 +176,9 @@ class Memory:
             self._models_lock = threading.Lock()
             recorded = self._store.embedder_identity()
             wanted = _model_name(self._embedder_arg)
-            if recorded and wanted and wanted != recorded.get("name"):
-                if not reembed:
-                    raise model_mismatch(self.path, recorded, repr(wanted))
-                self._store.reset_vectors()
+            switch = bool(recorded and wanted and wanted != recorded.get("name"))
+            if switch and not reembed:
+                raise model_mismatch(self.path, recorded, repr(wanted))
             # reembed=True with the recorded model (or none yet) has nothing to switch: it is
             # a no-op, so start-up code that passes it stays safe to run again.
             self.embed_mode = embed
@@ -209,6 +208,9 @@ class Memory:
                 self._embed_documents, self._embedder_identity,
                 thread_exit=self._release_thread_caches,
             )
+            if switch:
+                self._prove_embedder()  # before dropping a single vector of the old model
+                self._store.reset_vectors()
             if embed != "off" and self._store.pending_count():
                 self._indexer.notify()  # left over from a crash, a reembed, or embed="off"
         except BaseException:
@@ -302,6 +304,14 @@ class Memory:
                 identity = {"name": str(name), "dim": dim, "sha256": None}
             self._identity = identity
         return self._identity
+
+    def _prove_embedder(self) -> None:
+        """Resolve and load the embedder and have it produce one good vector, or raise:
+        re-embedding drops every vector, so a model that cannot load (a typo in its name,
+        no copy offline, a damaged file) must fail before that, with nothing dropped."""
+        identity = self._embedder_identity()
+        vector = _run_embedder(self._load_embedder().embed, ["re-embedding probe"], identity["name"])
+        check_vectors(vector, 1, identity["dim"], identity["name"])
 
     def _release_thread_caches(self) -> None:
         if self._embeddings is not None:
@@ -625,7 +635,7 @@ class Memory:
         self._check_open()
         if self.embed_mode == "off":
             raise StrategyUnavailableError("this Memory was opened with embed='off': cannot re-embed")
-        self._embedder_identity()  # resolve the model first: the reset forgets the recorded one
+        self._prove_embedder()  # the reset forgets the recorded model: have the new one first
         queued = self._store.reset_vectors()
         if self.embed_mode == "sync":
             self._embed_now()

@@ -208,6 +208,20 @@ def test_add_then_search_then_reembed(run, db_path):
     assert "'all-MiniLM-L6-v2' (dim 384" in out
 
 
+def test_reembed_with_a_model_that_cannot_load_drops_nothing(run, db_path):
+    from hash_embedder import HashEmbedder
+
+    with Memory(db_path, embedder=HashEmbedder(), embed="sync") as mem:
+        for text in ("pizza", "rain"):
+            mem.add("user", text, conversation_id="c", owner_id="u")
+    code, out, err = run("--db", str(db_path), "reembed", "--embedder", "no-such-model")
+    assert code == 1 and "unknown model 'no-such-model'" in err
+    code, out, err = run("--db", str(db_path), "info", "--json")
+    info = json.loads(out)
+    assert (info["vectors"], info["pending_vectors"]) == (2, 0)
+    assert info["embedder"]["name"] == HashEmbedder.name
+
+
 def test_db_after_the_subcommand_wins_over_the_global_one(run, tmp_path):
     a, b = tmp_path / "a.db", tmp_path / "b.db"
     run("--db", str(a), "add", "--db", str(b), "--conversation", "c", "--owner", "u", "x")

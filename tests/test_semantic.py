@@ -410,6 +410,38 @@ def test_another_model_is_refused_and_reembed_rebuilds(db_path):
         store.close()
 
 
+class BrokenEmbedder(HashEmbedder):
+    """Loads, but cannot embed (a damaged model file, say)."""
+
+    def embed(self, texts):
+        raise RuntimeError("the ONNX graph is damaged")
+
+
+@pytest.mark.parametrize("other", ["no-such-model", BrokenEmbedder(name="broken-model")])
+def test_a_reembed_that_cannot_load_its_model_drops_nothing(db_path, other, monkeypatch):
+    monkeypatch.delenv("LOCALMEM_MODELS_DIR", raising=False)
+    with Memory(db_path, embedder=HashEmbedder(), embed="sync") as mem:
+        mem.add("user", "pizza", conversation_id="c", owner_id="u")
+        mem.add("user", "rain", conversation_id="c", owner_id="u")
+    with pytest.raises(ModelError):
+        Memory(db_path, embedder=other, reembed=True)
+    with Memory(db_path, embedder=HashEmbedder()) as mem:  # the old model's vectors are all there
+        assert (mem.stats()["vectors"], mem.stats()["pending_vectors"]) == (2, 0)
+        assert mem.stats()["embedder"]["name"] == HashEmbedder.name
+        got = mem.get_memory(Strategy.SEMANTIC_SEARCH, query="pizza", conversation_id="c", owner_id="u",
+                             keyword=False)
+        assert got.messages[0].content == "pizza"
+
+
+def test_reembed_method_proves_the_model_before_dropping(db_path):
+    with Memory(db_path, embedder=HashEmbedder(), embed="sync") as mem:
+        mem.add("user", "pizza", conversation_id="c", owner_id="u")
+    with Memory(db_path, embedder=BrokenEmbedder(name=HashEmbedder.name)) as mem:
+        with pytest.raises(ModelError, match="damaged"):
+            mem.reembed()
+        assert (mem.stats()["vectors"], mem.stats()["pending_vectors"]) == (1, 0)
+
+
 def test_same_name_but_another_file_is_refused_at_search(db_path):
     with Memory(db_path, embedder=HashEmbedder(), embed="sync") as mem:
         mem.add("user", "pizza", conversation_id="c", owner_id="u")
