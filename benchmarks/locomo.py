@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -30,7 +31,9 @@ from typing import Any
 
 from localmem import Memory, Strategy
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "locomo"
+# LOCALMEM_LOCOMO_DIR (which .ci/run sets), else the project workspace's shared copy.
+DEFAULT_DATA = Path(os.environ.get("LOCALMEM_LOCOMO_DIR") or
+                    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "locomo")
 KS = (1, 5, 10, 20, 50)
 CONFIGS = {  # name -> get_memory arguments
     "fused (default)": {},
