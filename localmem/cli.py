@@ -523,7 +523,7 @@ def _parser() -> argparse.ArgumentParser:
                           "fetch a model from the Hugging Face Hub and print its folder", path=False)
     fetch.add_argument("--timeout", type=float, metavar="S",
                        help="give up on a connection silent this many seconds "
-                            "(default: $LOCALMEM_DOWNLOAD_TIMEOUT, else 30)")
+                            "(default: $LOCALMEM_DOWNLOAD_TIMEOUT, else 15)")
     fetch.add_argument("--attempts", type=int, metavar="N",
                        help="tries per file (default: $LOCALMEM_DOWNLOAD_ATTEMPTS, else 3)")
     model_info = model_command("info", cmd_models_info,

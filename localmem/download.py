@@ -8,7 +8,7 @@ from the Hub's ``resolve`` URLs (``hf_hub_url``, ``HF_ENDPOINT`` and the user ag
 from huggingface_hub):
 
 - every connect and every read waits at most ``timeout`` seconds
-  (``LOCALMEM_DOWNLOAD_TIMEOUT``, default 30);
+  (``LOCALMEM_DOWNLOAD_TIMEOUT``, default 15);
 - a file is tried ``attempts`` times (``LOCALMEM_DOWNLOAD_ATTEMPTS``, default 3), resuming
   where the last attempt stopped, after 1 s, then 2 s...; only failures that may pass are
   retried (timeouts, dropped connections, 429 and 5xx), never a 404 or a refusal;
@@ -50,7 +50,7 @@ __all__ = ["DEFAULT_ATTEMPTS", "DEFAULT_TIMEOUT", "MANIFEST", "Settings", "downl
 
 TIMEOUT_ENV = "LOCALMEM_DOWNLOAD_TIMEOUT"
 ATTEMPTS_ENV = "LOCALMEM_DOWNLOAD_ATTEMPTS"
-DEFAULT_TIMEOUT = 30.0  # seconds without a byte, at connect or read
+DEFAULT_TIMEOUT = 15.0  # seconds without a byte, at connect or read (pip's default too)
 DEFAULT_ATTEMPTS = 3
 MAX_ATTEMPTS = 100
 REVISION = "main"

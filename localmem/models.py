@@ -413,7 +413,7 @@ def resolve(
     step 5. ``int8``: return the int8 copy (None: ``spec.prefer_int8``); ``ModelError``
     if that copy has not been made with ``localmem models quantize NAME``. ``timeout``
     (seconds without data) and ``attempts`` bound a download; None: the environment's
-    ``LOCALMEM_DOWNLOAD_TIMEOUT`` / ``LOCALMEM_DOWNLOAD_ATTEMPTS``, else 30 s and 3.
+    ``LOCALMEM_DOWNLOAD_TIMEOUT`` / ``LOCALMEM_DOWNLOAD_ATTEMPTS``, else 15 s and 3.
 
     Checks that the files exist and are not empty; ``check_onnx()`` loads the model.
     """
