@@ -238,3 +238,28 @@ def test_cli_models_download_against_a_stalling_server_fails_with_the_error(monk
     assert "localmem: error: cannot find model 'all-MiniLM-L6-v2'" in err
     assert "no data for 0.2 s (1 attempt, timeout 0.2 s)" in err
     assert len(hub.requests) == 1
+
+
+def test_flush_on_a_stalling_network_ends_with_the_error(monkeypatch, tmp_path):
+    """The quickstart's flush(): the worker's download gives up, and flush() says why."""
+    from localmem import Memory, ModelNotFoundError
+
+    monkeypatch.setenv(downloads.TIMEOUT_ENV, "0.2")
+    monkeypatch.setenv(downloads.ATTEMPTS_ENV, "2")
+    outcome: dict = {}
+    with serve(monkeypatch, {}, stall_everything=True) as hub, Memory(tmp_path / "m.db") as mem:
+        mem.add("user", "hello", conversation_id="c", owner_id="u")
+
+        def flush():
+            try:
+                mem.flush()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=flush, daemon=True)
+        thread.start()
+        thread.join(120)
+        assert not thread.is_alive(), "flush() hung"
+    assert isinstance(outcome.get("error"), ModelNotFoundError), outcome
+    assert "no data for 0.2 s (2 attempts" in str(outcome["error"])
+    assert len(hub.requests) >= 2
