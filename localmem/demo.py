@@ -400,7 +400,8 @@ def run_demo(db: str | None) -> int:
                     scene(tour)
                 except LocalMemError as exc:  # say so, and go on with the next scene
                     print(f"   ({scene.__name__} stopped: {_first_line(exc)})")
-        print(f"\nInspect it: localmem info --db {path}")
+        if path != ":memory:":  # gone with the process
+            print(f"\nInspect it: localmem info --db {path}")
         sys.stdout.flush()  # a closed pipe fails here, not at exit
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
