@@ -10,12 +10,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, replace
 from typing import Any
 
-from .errors import InvalidInputError, LocalMemError, ModelError
+from .demo import run_demo
+from .errors import InvalidInputError, LocalMemError
 from .memory import Memory, default_path
 from .models import (
     DEFAULT_EMBEDDER,
@@ -58,92 +58,9 @@ def _open_existing(args: argparse.Namespace, **options: Any) -> Memory:
     return Memory(path, **options)
 
 
-def _demo_conversations() -> dict[str, list[dict[str, Any]]]:
-    """Two short chats, English and Portuguese, with fixed msg_ids so a re-run is a no-op."""
-    chats = {
-        "trip-lisbon": [
-            ("user", "I'm planning three days in Lisbon in May. Where should I stay?"),
-            ("assistant", "Alfama or Chiado: both walkable, close to trams and viewpoints."),
-            ("user", "Chiado then. I'm vegetarian, by the way."),
-            ("assistant", "Noted. Try Ao 26 in Chiado for dinner; book a day ahead."),
-            ("user", "Perfect. Add a day trip to Sintra on the second day."),
-        ],
-        "pizza-noite": [
-            ("user", "Quero pedir pizza hoje à noite. O que você recomenda?"),
-            ("assistant", "Que tal uma margherita com manjericão fresco? É clássica."),
-            ("user", "Prefiro sem cebola e com borda recheada de catupiry."),
-            ("assistant", "Anotado: sem cebola, borda de catupiry. Quer bebida também?"),
-            ("user", "Sim, um guaraná gelado, por favor."),
-        ],
-    }
-    conversations = {
-        conv: [{"msg_id": f"demo-{conv}-{i}", "role": role, "content": text}
-               for i, (role, text) in enumerate(lines, 1)]
-        for conv, lines in chats.items()
-    }
-    # One message carries a feature tag and metadata; both come back as given.
-    conversations["trip-lisbon"][2].update(
-        feature="trip_planner", metadata={"diet": "vegetarian", "channel": "web"}
-    )
-    return conversations
-
-
-def _print_result(result: MemoryResult) -> None:
-    print(f"  {result.context_summary}")
-    print(f"  cache_hit={result.cache_hit}  latency_ms={result.latency_ms:.2f}")
-    for m in result.messages:
-        score = "" if m.score is None else f" ({m.source}, score {m.score:.3f})"
-        print(f"    [{m.role}] {m.content}{score}")
-        if m.feature or m.metadata:
-            print(f"      feature={m.feature} metadata={json.dumps(m.metadata, ensure_ascii=False)}")
-
-
-# What the demo asks each strategy: (conversation, query), asked in this order.
-_DEMO_ASKS: dict[Strategy, list[tuple[str, str | None]]] = {
-    Strategy.SESSION_ONLY: [("trip-lisbon", None)],
-    Strategy.RECENT_HISTORY: [("trip-lisbon", None), ("pizza-noite", None), ("trip-lisbon", None)],
-    Strategy.SEMANTIC_SEARCH: [("trip-lisbon", "vegetarian dinner"), ("trip-lisbon", "vegetarian dinner")],
-    Strategy.HYBRID: [("pizza-noite", "sabor da pizza")],
-    Strategy.CROSS_CONVERSATION: [("trip-lisbon", "pizza sem cebola")],
-}
-
-
-_SEARCHES = (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Write two short conversations, then ask every strategy about them."""
-    if args.db is None:
-        path = os.path.join(tempfile.mkdtemp(prefix="localmem-demo-"), "memory.db")
-    else:
-        path = args.db
-    owner = "demo-user"
-    print(f"localmem demo: database {path}")
-    with Memory(path) as mem:
-        conversations = _demo_conversations()
-        for conv, items in conversations.items():
-            added = mem.add_many(items, conversation_id=conv, owner_id=owner)
-            print(f"  wrote {added} new of {len(items)} messages to {conv!r} (owner {owner!r})")
-        search = {}
-        try:
-            mem.flush()  # the vectors are computed in the background; wait for them
-        except ModelError as exc:
-            # Offline with no model yet: say so, and show the keyword half of the search.
-            print(f"\n  no embedding model here ({str(exc).splitlines()[0]})")
-            print("  the strategies that search by meaning run on keywords only (dense=False);"
-                  " `localmem models download all-MiniLM-L6-v2` fetches the model")
-            search = {"dense": False}
-        for strategy, asks in _DEMO_ASKS.items():
-            for n, (conv, query) in enumerate(asks):
-                again = ", asked again" if (conv, query) in asks[:n] else ""
-                about = f", query {query!r}" if query else ""
-                print(f"\n== {strategy.value} (conversation {conv!r}{about}{again})")
-                options = search if strategy in _SEARCHES else {}
-                result = mem.get_memory(strategy, conversation_id=conv, owner_id=owner, query=query,
-                                        limit=3, **options)
-                _print_result(result)
-    print(f"\nInspect it: localmem info --db {path}")
-    return 0
+    """The tour (localmem/demo.py): a few weeks of chats, then what each strategy finds."""
+    return run_demo(args.db)
 
 
 def _read_text(text: str) -> str:
@@ -461,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--owner", required=True, metavar="ID", help="owner (user) id")
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    command("demo", cmd_demo, "write two sample conversations and ask every strategy",
+    command("demo", cmd_demo, "a tour: six weeks of sample chats, then what each strategy finds",
             db="use this file instead of a fresh temporary database")
 
     add = command("add", cmd_add, "store one message and print its msg_id")

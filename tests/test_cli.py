@@ -30,7 +30,7 @@ def script(*argv: str, stdin: bytes = b"", env: dict[str, str] | None = None):
     exe = shutil.which("localmem", path=os.path.dirname(sys.executable)) or shutil.which("localmem")
     cmd = [exe] if exe else [sys.executable, "-m", "localmem.cli"]
     return subprocess.run(
-        [*cmd, *argv], input=stdin, capture_output=True, timeout=120,
+        [*cmd, *argv], check=False, input=stdin, capture_output=True, timeout=120,
         env={**os.environ, **(env or {})},
     )
 
@@ -42,54 +42,146 @@ def add(run, db, *argv: str) -> tuple[int, str, str]:
 # -- demo --------------------------------------------------------------------------------
 
 
+def answers(out: str) -> list[tuple[str, list[str]]]:
+    """The demo's answers: each "== strategy · ..." header with the lines under it (up to
+    the next blank line)."""
+    found = []
+    for block in out.split("\n== ")[1:]:
+        header, *body = block.split("\n\n")[0].splitlines()
+        found.append(("== " + header, body))
+    return found
+
+
+def scene(out: str, number: int) -> str:
+    """The demo's output from "<number>. " to the next scene."""
+    return out.split(f"\n{number}. ")[1].split(f"\n{number + 1}. ")[0]
+
+
+def answer(out: str, *parts: str) -> list[str]:
+    """The lines of the one answer whose header holds every one of ``parts``."""
+    (body,) = [body for header, body in answers(out) if all(p in header for p in parts)]
+    return body
+
+
+def no_model_env(tmp_path) -> dict[str, str]:
+    """A fresh offline machine: no models folder, empty home and caches, no Hub."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"LOCALMEM_MODELS_DIR": "", "HF_HUB_OFFLINE": "1", "HOME": str(home),
+            "XDG_CACHE_HOME": str(home / ".cache"), "HF_HOME": str(home / ".cache" / "hf"),
+            "HF_HUB_CACHE": str(home / ".cache" / "hf" / "hub")}
+
+
 @needs_minilm  # the demo searches by meaning with the default model
-def test_demo_asks_every_strategy_on_a_temporary_database(run, temp_dir):
+def test_demo_tells_its_story_on_a_temporary_database(run, temp_dir):
     code, out, err = run("demo")
     assert code == 0, err
     for strategy in Strategy:
-        assert f"== {strategy.value}" in out
-    assert "not available" not in out
-    # semantic_search is asked twice: the second answer comes from the query cache.
-    semantic = out.split("== semantic_search")[2]
-    assert "asked again" in semantic.splitlines()[0] and "cache_hit=True" in semantic
-    cross = out.split("== cross_conversation")[1]
-    assert "catupiry" in cross or "pizza" in cross  # found in the other conversation
-    assert "manjericão" in out and "guaraná" in out  # Portuguese, accents intact
-    assert "[user] Perfect. Add a day trip to Sintra on the second day." in out  # recent_history
-    assert "cache_hit=True" in out and "cache_hit=False" in out
-    assert "metadata=" in out and "feature=trip_planner" in out
-    assert len(out.splitlines()) < 70
+        assert f"== {strategy.value} · " in out
+    assert "no embedding model" not in out
+    assert "wrote 32 new of 32 messages" in out and "vectors: 32 messages embedded by all-MiniLM-L6-v2" in out
+    assert "My sister Inês and I" in out  # accents intact
+    # Weeks of chats, backdated: the listing says how old each is.
+    assert "44 days ago  meal-prep" in out and "min ago  dinner-party" in out
+
+    # 1. The answer is in a 44-day-old chat: recency misses it, cross_conversation finds it
+    # once the lookback reaches it.
+    first = scene(out, 1)
+    recent = answer(first, "recent_history", "'dinner-party', last 4 messages")
+    assert len(recent) == 5 and not any("allergy" in line for line in recent[:4])
+    assert recent[4] == "   -> the allergy: not found in this chat's recent window"
+    week = answer(first, "cross_conversation", "last 7 days", "fused: meaning + keywords")
+    assert not any("peanut allergy" in line for line in week)
+    everything = answer(first, "cross_conversation", "all time", "fused: meaning + keywords")
+    assert everything[0].startswith("   0.182 RRF (meaning #1, keywords #1) · meal-prep, 44 days ago · [user]")
+    assert "severe peanut allergy" in everything[0]
+    assert everything[-1] == "   -> the allergy: #1; it was said 44 days ago in 'meal-prep'"
+
+    # 2. Keywords only, meaning only and fused differ as the demo says, scores labelled.
+    paraphrase = '"joint pain when jogging"'
+    assert answer(out, paraphrase, "keywords only (BM25)") == [
+        "   nothing found: no stored message shares a word with the question"]
+    dense = answer(out, paraphrase, "meaning only (dense)")
+    assert " cosine · half-marathon" in dense[0] and "My left knee gets sore" in dense[0]
+    fused = answer(out, paraphrase, "fused: meaning + keywords")
+    assert "RRF (meaning #1, keywords -)" in fused[0] and "My left knee" in fused[0]
+    assert fused[-1] == "   -> the message asked about: keywords not found, meaning #1, fused #1"
+    keywords = answer(out, '"TP1327"', "keywords only (BM25)")
+    assert " BM25 · lisbon-weekend" in keywords[0] and "Outbound: TP1327" in keywords[0]
+    assert "Return: TP1330" in answer(out, '"TP1327"', "meaning only (dense)")[0]  # the wrong flight
+    fused = answer(out, '"TP1327"', "fused: meaning + keywords")
+    assert "RRF (meaning #2, keywords #1)" in fused[0] and "Outbound: TP1327" in fused[0]
+    assert fused[-1] == "   -> the message asked about: keywords #1, meaning #2, fused #1"
+
+    # 3. The same calls again: from the caches, and saying so.
+    again = scene(out, 3)
+    assert "fused: meaning + keywords · from the query cache (cache_hit=True)" in again
+    assert "recent window · from the hot window (cache_hit=True)" in again
+    assert again.count("the same ones in the same order") == 2
+
+    # 4. hybrid: the recent window, then matches from this conversation only.
+    hybrid = answer(scene(out, 4), "== hybrid")
+    assert [line.split(" · ")[0] for line in hybrid[:2]] == ["   recent window"] * 2
+    assert "RRF (meaning #" in hybrid[2]
     # It wrote to a fresh file under the temp dir, and said where.
     (db,) = temp_dir.glob("localmem-demo-*/memory.db")
     assert str(db) in out
 
 
-def test_demo_without_a_model_says_so_and_searches_by_keywords(tmp_path):
-    """A fresh offline machine has no model: the demo still runs, and says what it lacks."""
-    empty = tmp_path / "no-models"
-    empty.mkdir()
-    done = script("--db", str(tmp_path / "demo.db"), "demo", env={
-        "LOCALMEM_MODELS_DIR": str(empty), "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-    })
-    out = done.stdout.decode()
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert "no embedding model here (cannot find model 'all-MiniLM-L6-v2'" in out
-    assert "run on keywords only (dense=False)" in out
-    semantic = out.split("== semantic_search")[1]
-    assert "vegetarian" in semantic and "score" in semantic  # found by BM25
+def test_demo_without_a_model_says_so_and_labels_keyword_answers_honestly(tmp_path):
+    """A fresh offline machine has no model: the demo still runs, says what it lacks and
+    how to get it, and runs only recency and keyword search, labelled as such."""
+    done = script("--db", str(tmp_path / "demo.db"), "demo", env=no_model_env(tmp_path))
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = out.splitlines()
+    notice = lines.index(next(line for line in lines if line.startswith("no embedding model: ")))
+    assert lines[notice].startswith("no embedding model: cannot find model 'all-MiniLM-L6-v2'")
+    assert "`localmem models download all-MiniLM-L6-v2` fetches it" in lines[notice + 1]
+    for header, _ in answers(out):
+        if header.split(" · ")[0] in ("== semantic_search", "== hybrid", "== cross_conversation"):
+            assert " · keywords only (BM25) · " in header, header
+    # Nothing is labelled as found by meaning.
+    for word in ("meaning", "fused", "cosine", "RRF", "dense"):
+        assert word not in out, word
+    assert "semantic" not in out.replace("== semantic_search", "")
+    # The old answer is still found, by its keyword, and recency still misses it.
+    first = scene(out, 1)
+    assert not any("allergy" in line for line in answer(first, "recent_history", "last 4 messages")[:4])
+    everything = answer(first, "cross_conversation", "all time")
+    assert " BM25 · meal-prep, 44 days ago" in everything[0] and "peanut allergy" in everything[0]
+    assert answer(out, '"joint pain when jogging"')[0].startswith("   nothing found")
+    assert "from the hot window (cache_hit=True)" in out
 
 
 @needs_minilm  # the demo searches by meaning with the default model
 def test_demo_with_db_uses_that_file_and_a_rerun_adds_nothing(run, db_path, temp_dir):
     code, out, _ = run("demo", "--db", str(db_path))
     assert code == 0 and str(db_path) in out
-    assert "wrote 5 new of 5" in out
+    assert "wrote 32 new of 32" in out
     assert not list(temp_dir.iterdir())
     code, out, _ = run("--db", str(db_path), "demo")
-    assert code == 0 and "wrote 0 new of 5" in out
+    assert code == 0
+    assert "wrote 0 new of 32 messages: they are already here (fixed msg_ids), so this run adds nothing" in out
+    assert "vectors: every message already has one (all-MiniLM-L6-v2)" in out
+    assert "44 days ago  meal-prep" in out  # the first run's dates are kept
     with Memory(db_path) as mem:
-        assert mem.stats()["messages"] == 10
+        assert mem.stats()["messages"] == 32
+
+
+def test_demo_stops_quietly_when_its_reader_goes_away(tmp_path):
+    """`localmem demo | head` must not end in a traceback."""
+    exe = shutil.which("localmem", path=os.path.dirname(sys.executable)) or shutil.which("localmem")
+    cmd = [exe] if exe else [sys.executable, "-m", "localmem.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "--db", str(tmp_path / "demo.db"), "demo"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**os.environ, **no_model_env(tmp_path)},
+    )
+    proc.stdout.close()  # before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err
 
 
 # -- add / recent ------------------------------------------------------------------------
@@ -306,7 +398,7 @@ def test_console_script_exit_codes(tmp_path):
     # python -m localmem.cli is the same command.
     done = subprocess.run(
         [sys.executable, "-m", "localmem.cli", "--db", str(tmp_path / "missing.db"), "info"],
-        capture_output=True, timeout=120,
+        check=False, capture_output=True, timeout=120,
     )
     assert done.returncode == 1 and done.stderr.startswith(b"localmem: error:")
 
@@ -316,5 +408,5 @@ def test_console_script_demo_prints_utf8_whatever_the_locale(tmp_path):
     done = script("demo", env={"TMPDIR": str(tmp_path), "PYTHONIOENCODING": "ascii"})
     assert done.returncode == 0, done.stderr
     out = done.stdout.decode("utf-8")
-    assert "manjericão" in out and "cache_hit=True" in out
+    assert "Inês" in out and "·" in out and "cache_hit=True" in out
     assert list(tmp_path.glob("localmem-demo-*/memory.db"))
