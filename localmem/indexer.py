@@ -39,7 +39,7 @@ DEFAULT_BATCH = 64
 # worker to finish its batch (each batch runs under its indexer's gate) and holds the
 # gates until the fork is done.
 _LIVE: weakref.WeakSet[Indexer] = weakref.WeakSet()
-_HELD: list[threading.Lock] = []
+_HELD: list[threading.RLock] = []
 
 
 def _before_fork() -> None:
