@@ -11,7 +11,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from .cache import HotWindow, message_rows
 from .records import RetrievedMessage
@@ -209,6 +209,14 @@ def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, fl
     return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
 
 
+class _SearchScope(TypedDict):
+    """The keyword arguments of ``Store.knn`` and ``Store.keyword`` that name the scope."""
+
+    owner_id: str
+    conversation_id: str | None
+    since_us: int | None
+
+
 def search(
     searcher: Searcher,
     query: str,
@@ -220,7 +228,7 @@ def search(
 ) -> list[tuple[int, float]]:
     """The ``limit`` best (id, score) in the scope: cosine similarity when dense only,
     ``-bm25`` when keyword only, the RRF score when both are fused."""
-    scope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
+    scope: _SearchScope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
     match = keyword_query(query) if searcher.keyword else None
     if not searcher.dense:  # BM25 alone; score = -bm25 (higher is better)
         found = searcher.store.keyword(match, limit, **scope) if match else []
