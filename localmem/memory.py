@@ -167,7 +167,6 @@ class Memory:
         self._close_lock = threading.Lock()
         driver.reset_locks_after_fork(self)
         self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout)
-        self._store_options = {"durability": durability, "lock_timeout": lock_timeout}
         try:
             self._embedder_arg = _model_arg(embedder, "embedder", "embed")
             self._reranker_arg = _model_arg(reranker, "reranker", "score")
@@ -280,7 +279,7 @@ class Memory:
     def _open_store(self) -> Store:
         """Another connection to the file, with this Memory's settings (the embedding
         worker's)."""
-        return Store(self.path, **self._store_options)
+        return Store(self.path, durability=self._store.durability, lock_timeout=self._store.lock_timeout)
 
     def _embedder_identity(self) -> dict[str, Any]:
         """The embedder's identity as recorded in the file: name, dim, and the ONNX file's
