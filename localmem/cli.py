@@ -76,7 +76,7 @@ def _demo_conversations() -> dict[str, list[dict[str, Any]]]:
             ("user", "Sim, um guaraná gelado, por favor."),
         ],
     }
-    conversations = {
+    conversations: dict[str, list[dict[str, Any]]] = {
         conv: [{"msg_id": f"demo-{conv}-{i}", "role": role, "content": text}
                for i, (role, text) in enumerate(lines, 1)]
         for conv, lines in chats.items()
@@ -333,14 +333,14 @@ def _compare_int8(files: Any, int8_file: Any) -> list[str]:
         def scorer(model: Any) -> Any:
             return lambda query: model.score(query, list(_COMPARE_TEXTS))
 
-        batches = list(_COMPARE_QUERIES)
-        fp32, fp32_ms = _timed(scorer(CrossEncoder(files)), batches)
-        int8, int8_ms = _timed(scorer(CrossEncoder(int8_files)), batches)
+        queries = list(_COMPARE_QUERIES)
+        fp32, fp32_ms = _timed(scorer(CrossEncoder(files)), queries)
+        int8, int8_ms = _timed(scorer(CrossEncoder(int8_files)), queries)
         same_top = sum(int(np.argmax(x) == np.argmax(y)) for x, y in zip(fp32, int8))
         ranks = [np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
                  for x, y in zip(fp32, int8)]
         delta = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(fp32, int8))
-        quality = (f"same top document for {same_top}/{len(batches)} queries, mean rank "
+        quality = (f"same top document for {same_top}/{len(queries)} queries, mean rank "
                    f"correlation {float(np.mean(ranks)):.4f}, max |score change| {delta:.4f}")
         unit = f"query with {len(_COMPARE_TEXTS)} documents"
     return [
@@ -353,25 +353,25 @@ def _compare_int8(files: Any, int8_file: Any) -> list[str]:
 def cmd_models_list(args: argparse.Namespace) -> int:
     """The registry, and where each model is found on this machine (nothing is fetched)."""
     rows = []
+    table = [("NAME", "KIND", "DIM", "MAX_LEN", "LICENSE", "LOCAL")]
     for spec in REGISTRY.values():
+        local: dict[str, str] | None
         try:
             files = resolve(spec.name, kind=spec.kind, download=False, int8=False)
             local = {"source": files.source, "directory": str(files.directory)}
         except LocalMemError:
             local = None
+        default = spec.name in (DEFAULT_EMBEDDER, DEFAULT_RERANKER)
         rows.append({
             "name": spec.name, "kind": spec.kind, "dim": spec.dim, "max_length": spec.max_length,
-            "license": spec.license, "default": spec.name in (DEFAULT_EMBEDDER, DEFAULT_RERANKER),
-            "repo": spec.repo, "local": local,
+            "license": spec.license, "default": default, "repo": spec.repo, "local": local,
         })
+        where = f"{local['source']}: {local['directory']}" if local else "no"
+        table.append((spec.name + (" *" if default else ""), spec.kind, str(spec.dim or "-"),
+                      str(spec.max_length), spec.license, where))
     if args.json:
         _print_json(rows)
         return 0
-    table = [("NAME", "KIND", "DIM", "MAX_LEN", "LICENSE", "LOCAL")]
-    for r in rows:
-        where = f"{r['local']['source']}: {r['local']['directory']}" if r["local"] else "no"
-        table.append((r["name"] + (" *" if r["default"] else ""), r["kind"], str(r["dim"] or "-"),
-                      str(r["max_length"]), r["license"], where))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
