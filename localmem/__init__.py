@@ -1,5 +1,7 @@
 """localmem: conversation memory for AI agents, in-process, offline, in one SQLite file."""
 
+from typing import TYPE_CHECKING
+
 from .errors import (
     ClosedError,
     CorruptDatabaseError,
@@ -18,10 +20,14 @@ from .records import MemoryResult, Message, RetrievedMessage, Strategy
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # what __getattr__ returns for these, so type checkers know them
+    from .embed import load_embedder
+    from .rerank import load_reranker
+
 _LAZY = {"load_embedder": "embed", "load_reranker": "rerank"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # The model loaders pull in numpy, and their models pull in onnxruntime: import them
     # on first use so that `import localmem` stays light (PEP 562).
     if name in _LAZY:
