@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
+from . import __version__
 from .errors import InvalidInputError, LocalMemError, ModelError
 from .memory import Memory, default_path
 from .models import (
@@ -446,6 +447,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     db_help = "database file (default: memory.db in the user data directory)"
     parser.add_argument("--db", metavar="PATH", help=db_help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Any, help: str, db: str = db_help) -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import tempfile
 import pytest
 from real_model import needs_minilm
 
+import localmem
 from localmem import Memory, Strategy
 from localmem.cli import main
 from localmem.store import SCHEMA_VERSION
@@ -30,7 +31,7 @@ def script(*argv: str, stdin: bytes = b"", env: dict[str, str] | None = None):
     exe = shutil.which("localmem", path=os.path.dirname(sys.executable)) or shutil.which("localmem")
     cmd = [exe] if exe else [sys.executable, "-m", "localmem.cli"]
     return subprocess.run(
-        [*cmd, *argv], input=stdin, capture_output=True, timeout=120,
+        [*cmd, *argv], input=stdin, capture_output=True, timeout=120, check=False,
         env={**os.environ, **(env or {})},
     )
 
@@ -289,12 +290,21 @@ def test_console_script_exit_codes(tmp_path):
     assert done.returncode == 1 and not (tmp_path / "missing.db").exists()
     assert script("add", "--owner", "u1", "hi").returncode == 2
     assert script("--help").returncode == 0
+    done = script("--version")
+    assert done.returncode == 0 and done.stdout == f"localmem {localmem.__version__}\n".encode()
     # python -m localmem.cli is the same command.
     done = subprocess.run(
         [sys.executable, "-m", "localmem.cli", "--db", str(tmp_path / "missing.db"), "info"],
         capture_output=True, timeout=120,
     )
     assert done.returncode == 1 and done.stderr.startswith(b"localmem: error:")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"localmem {localmem.__version__}\n"
 
 
 @needs_minilm  # the demo searches by meaning with the default model
