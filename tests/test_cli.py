@@ -292,12 +292,20 @@ def test_console_script_exit_codes(tmp_path):
     assert script("--help").returncode == 0
     done = script("--version")
     assert done.returncode == 0 and done.stdout == f"localmem {localmem.__version__}\n".encode()
-    # python -m localmem.cli is the same command.
-    done = subprocess.run(
-        [sys.executable, "-m", "localmem.cli", "--db", str(tmp_path / "missing.db"), "info"],
-        capture_output=True, timeout=120,
-    )
+
+
+@pytest.mark.parametrize("module", ["localmem", "localmem.cli"])
+def test_python_dash_m_is_the_same_command(tmp_path, module):
+    def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True,
+                              timeout=120, check=False)
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout == f"localmem {localmem.__version__}\n".encode()
+    done = run("--db", str(tmp_path / "missing.db"), "info")
     assert done.returncode == 1 and done.stderr.startswith(b"localmem: error:")
+    done = run("add", "--owner", "u1", "hi")
+    assert done.returncode == 2 and done.stderr.startswith(b"usage: localmem add")
 
 
 def test_version(capsys):
