@@ -448,7 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     db_help = "database file (default: memory.db in the user data directory)"
     parser.add_argument("--db", metavar="PATH", help=db_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Any, help: str, db: str = db_help) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -469,13 +469,14 @@ def _parser() -> argparse.ArgumentParser:
     ids(add)
     add.add_argument("--role", default="user", help=f"{' | '.join(ROLES)} (default: user)")
     add.add_argument("--feature", help="feature tag")
-    add.add_argument("--msg-id", help="your own id; re-adding it with the same fields is a no-op")
+    add.add_argument("--msg-id", metavar="ID",
+                     help="your own id; re-adding it with the same fields is a no-op")
     add.add_argument("--metadata", metavar="JSON", help='a JSON object, e.g. \'{"lang": "en"}\'')
     add.add_argument("text", metavar="TEXT", help="the message; - reads it from stdin")
 
     recent = command("recent", cmd_recent, "print the most recent messages of a conversation")
     ids(recent)
-    recent.add_argument("--limit", type=int, default=10, help="at most this many (default: 10)")
+    recent.add_argument("--limit", type=int, default=10, metavar="N", help="at most N (default: 10)")
     window = recent.add_mutually_exclusive_group()
     window.add_argument("--lookback-days", type=float, default=7, metavar="D",
                         help="only messages from the last D days (default: 7)")
@@ -484,9 +485,10 @@ def _parser() -> argparse.ArgumentParser:
     search = command("search", cmd_search, "search a conversation, or all of an owner's, by meaning")
     ids(search)
     search.add_argument("query", metavar="QUERY", help="what to look for")
-    search.add_argument("--strategy", default=Strategy.HYBRID.value,
-                        choices=[s.value for s in Strategy], help="(default: hybrid)")
-    search.add_argument("--limit", type=int, default=10, help="at most this many (default: 10)")
+    strategies = [s.value for s in Strategy]
+    search.add_argument("--strategy", default=Strategy.HYBRID.value, choices=strategies,
+                        metavar="STRATEGY", help=f"{' | '.join(strategies)} (default: hybrid)")
+    search.add_argument("--limit", type=int, default=10, metavar="N", help="at most N (default: 10)")
     search.add_argument("--dense-only", action="store_true", help="vectors only, no BM25 fusion")
     search.add_argument("--embedder", metavar="NAME", help="embedder (default: the recorded one)")
     window = search.add_mutually_exclusive_group()
@@ -503,15 +505,16 @@ def _parser() -> argparse.ArgumentParser:
 
     models_help = "list, download, inspect and quantize the ONNX models"
     models = sub.add_parser("models", help=models_help, description=models_help)
-    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    models_sub = models.add_subparsers(title="actions", dest="models_command", required=True,
+                                       metavar="ACTION")
 
     def model_command(name: str, func: Any, help: str, *, path: bool = True) -> argparse.ArgumentParser:
         p = models_sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         if name != "list":
             p.add_argument("name", metavar="NAME", help="a registered model name (see: localmem models list)")
-            p.add_argument("--kind", choices=("embedder", "reranker"), default=None,
-                           help="for a model not in the registry (default: embedder)")
+            p.add_argument("--kind", choices=("embedder", "reranker"), default=None, metavar="KIND",
+                           help="embedder | reranker, for a model not in the registry (default: embedder)")
         if path:
             p.add_argument("--path", metavar="DIR",
                            help="use the model in this folder (model.onnx + tokenizer.json)")
