@@ -207,8 +207,9 @@ class Indexer:
             retry = False
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             with self._cond:
+                # wait_for calls the predicate before this iteration ends: it sees this 'waits'.
                 done = self._cond.wait_for(
-                    lambda: self.error is not None or self._stopping or self._lock_waits != waits
+                    lambda: self.error is not None or self._stopping or self._lock_waits != waits  # noqa: B023
                     or not (self._wanted or self._running),
                     timeout=left,
                 )

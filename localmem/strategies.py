@@ -158,8 +158,9 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 # Function words left out of keyword queries (English and Portuguese): OR-ing "what" or
 # "the" into BM25 only adds noise. On LoCoMo, dropping them lifts BM25 recall@10 by 5 points.
+# (One string, split: easier to read and edit than a list of quoted words.)
 STOPWORDS = frozenset(
-    "a an and are as at be by did do does for from had has have he her his how i in is it "
+    "a an and are as at be by did do does for from had has have he her his how i in is it "  # noqa: SIM905
     "its my of on or she that the their they this to was were what when where which who "
     "why will with you your "
     "o os as um uma uns umas de do da dos das em no na nos nas para por com que e é se "
