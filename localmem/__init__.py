@@ -1,5 +1,7 @@
 """localmem: conversation memory for AI agents, in-process, offline, in one SQLite file."""
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__ as __version__
 from .errors import (
     ClosedError,
@@ -18,10 +20,14 @@ from .errors import (
 from .memory import Memory
 from .records import MemoryResult, Message, RetrievedMessage, Strategy
 
+if TYPE_CHECKING:  # what __getattr__ returns for these, so type checkers know them
+    from .embed import load_embedder
+    from .rerank import load_reranker
+
 _LAZY = {"load_embedder": "embed", "load_reranker": "rerank"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # The model loaders pull in numpy, and their models pull in onnxruntime: import them
     # on first use so that `import localmem` stays light (PEP 562).
     if name in _LAZY:
@@ -31,23 +37,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "Memory",
-    "Strategy",
-    "Message",
-    "RetrievedMessage",
-    "MemoryResult",
-    "load_embedder",
-    "load_reranker",
-    "LocalMemError",
-    "InvalidInputError",
-    "StoreError",
-    "LockTimeoutError",
+    "ClosedError",
     "CorruptDatabaseError",
-    "ModelMismatchError",
-    "StorageFullError",
+    "InvalidInputError",
+    "LocalMemError",
+    "LockTimeoutError",
+    "Memory",
+    "MemoryResult",
+    "Message",
     "ModelError",
+    "ModelMismatchError",
     "ModelNotFoundError",
     "NotEmbeddedError",
+    "RetrievedMessage",
+    "StorageFullError",
+    "StoreError",
+    "Strategy",
     "StrategyUnavailableError",
-    "ClosedError",
+    "load_embedder",
+    "load_reranker",
 ]

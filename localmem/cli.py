@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
+from ._version import __version__
 from .demo import run_demo
 from .errors import InvalidInputError, LocalMemError
 from .memory import Memory, default_path
@@ -250,14 +251,14 @@ def _compare_int8(files: Any, int8_file: Any) -> list[str]:
         def scorer(model: Any) -> Any:
             return lambda query: model.score(query, list(_COMPARE_TEXTS))
 
-        batches = list(_COMPARE_QUERIES)
-        fp32, fp32_ms = _timed(scorer(CrossEncoder(files)), batches)
-        int8, int8_ms = _timed(scorer(CrossEncoder(int8_files)), batches)
+        queries = list(_COMPARE_QUERIES)
+        fp32, fp32_ms = _timed(scorer(CrossEncoder(files)), queries)
+        int8, int8_ms = _timed(scorer(CrossEncoder(int8_files)), queries)
         same_top = sum(int(np.argmax(x) == np.argmax(y)) for x, y in zip(fp32, int8))
         ranks = [np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
                  for x, y in zip(fp32, int8)]
         delta = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(fp32, int8))
-        quality = (f"same top document for {same_top}/{len(batches)} queries, mean rank "
+        quality = (f"same top document for {same_top}/{len(queries)} queries, mean rank "
                    f"correlation {float(np.mean(ranks)):.4f}, max |score change| {delta:.4f}")
         unit = f"query with {len(_COMPARE_TEXTS)} documents"
     return [
@@ -270,25 +271,25 @@ def _compare_int8(files: Any, int8_file: Any) -> list[str]:
 def cmd_models_list(args: argparse.Namespace) -> int:
     """The registry, and where each model is found on this machine (nothing is fetched)."""
     rows = []
+    table = [("NAME", "KIND", "DIM", "MAX_LEN", "LICENSE", "LOCAL")]
     for spec in REGISTRY.values():
+        local: dict[str, str] | None
         try:
             files = resolve(spec.name, kind=spec.kind, download=False, int8=False)
             local = {"source": files.source, "directory": str(files.directory)}
         except LocalMemError:
             local = None
+        default = spec.name in (DEFAULT_EMBEDDER, DEFAULT_RERANKER)
         rows.append({
             "name": spec.name, "kind": spec.kind, "dim": spec.dim, "max_length": spec.max_length,
-            "license": spec.license, "default": spec.name in (DEFAULT_EMBEDDER, DEFAULT_RERANKER),
-            "repo": spec.repo, "local": local,
+            "license": spec.license, "default": default, "repo": spec.repo, "local": local,
         })
+        where = f"{local['source']}: {local['directory']}" if local else "no"
+        table.append((spec.name + (" *" if default else ""), spec.kind, str(spec.dim or "-"),
+                      str(spec.max_length), spec.license, where))
     if args.json:
         _print_json(rows)
         return 0
-    table = [("NAME", "KIND", "DIM", "MAX_LEN", "LICENSE", "LOCAL")]
-    for r in rows:
-        where = f"{r['local']['source']}: {r['local']['directory']}" if r["local"] else "no"
-        table.append((r["name"] + (" *" if r["default"] else ""), r["kind"], str(r["dim"] or "-"),
-                      str(r["max_length"]), r["license"], where))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -364,7 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     db_help = "database file (default: memory.db in the user data directory)"
     parser.add_argument("--db", metavar="PATH", help=db_help)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Any, help: str, db: str = db_help) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -385,13 +387,14 @@ def _parser() -> argparse.ArgumentParser:
     ids(add)
     add.add_argument("--role", default="user", help=f"{' | '.join(ROLES)} (default: user)")
     add.add_argument("--feature", help="feature tag")
-    add.add_argument("--msg-id", help="your own id; re-adding it with the same fields is a no-op")
+    add.add_argument("--msg-id", metavar="ID",
+                     help="your own id; re-adding it with the same fields is a no-op")
     add.add_argument("--metadata", metavar="JSON", help='a JSON object, e.g. \'{"lang": "en"}\'')
     add.add_argument("text", metavar="TEXT", help="the message; - reads it from stdin")
 
     recent = command("recent", cmd_recent, "print the most recent messages of a conversation")
     ids(recent)
-    recent.add_argument("--limit", type=int, default=10, help="at most this many (default: 10)")
+    recent.add_argument("--limit", type=int, default=10, metavar="N", help="at most N (default: 10)")
     window = recent.add_mutually_exclusive_group()
     window.add_argument("--lookback-days", type=float, default=7, metavar="D",
                         help="only messages from the last D days (default: 7)")
@@ -400,9 +403,10 @@ def _parser() -> argparse.ArgumentParser:
     search = command("search", cmd_search, "search a conversation, or all of an owner's, by meaning")
     ids(search)
     search.add_argument("query", metavar="QUERY", help="what to look for")
-    search.add_argument("--strategy", default=Strategy.HYBRID.value,
-                        choices=[s.value for s in Strategy], help="(default: hybrid)")
-    search.add_argument("--limit", type=int, default=10, help="at most this many (default: 10)")
+    strategies = [s.value for s in Strategy]
+    search.add_argument("--strategy", default=Strategy.HYBRID.value, choices=strategies,
+                        metavar="STRATEGY", help=f"{' | '.join(strategies)} (default: hybrid)")
+    search.add_argument("--limit", type=int, default=10, metavar="N", help="at most N (default: 10)")
     search.add_argument("--dense-only", action="store_true", help="vectors only, no BM25 fusion")
     search.add_argument("--embedder", metavar="NAME", help="embedder (default: the recorded one)")
     window = search.add_mutually_exclusive_group()
@@ -419,15 +423,16 @@ def _parser() -> argparse.ArgumentParser:
 
     models_help = "list, download, inspect and quantize the ONNX models"
     models = sub.add_parser("models", help=models_help, description=models_help)
-    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    models_sub = models.add_subparsers(title="actions", dest="models_command", required=True,
+                                       metavar="ACTION")
 
     def model_command(name: str, func: Any, help: str, *, path: bool = True) -> argparse.ArgumentParser:
         p = models_sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         if name != "list":
             p.add_argument("name", metavar="NAME", help="a registered model name (see: localmem models list)")
-            p.add_argument("--kind", choices=("embedder", "reranker"), default=None,
-                           help="for a model not in the registry (default: embedder)")
+            p.add_argument("--kind", choices=("embedder", "reranker"), default=None, metavar="KIND",
+                           help="embedder | reranker, for a model not in the registry (default: embedder)")
         if path:
             p.add_argument("--path", metavar="DIR",
                            help="use the model in this folder (model.onnx + tokenizer.json)")

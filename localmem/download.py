@@ -4,8 +4,8 @@ huggingface_hub's ``snapshot_download`` first asks the Hub for the repository's 
 with no timeout at all: measured with huggingface_hub 2.4, a network that accepts a
 connection and never answers (a stalling proxy or firewall) holds it forever, silently.
 A model is a handful of known files, so localmem fetches them itself, over plain HTTP(S)
-from the Hub's ``resolve`` URLs (``hf_hub_url``, ``HF_ENDPOINT`` and the user agent come
-from huggingface_hub):
+from the Hub's ``resolve`` URLs (``hf_hub_url`` and ``HF_ENDPOINT`` as huggingface_hub
+builds and reads them):
 
 - every connect and every read waits at most ``timeout`` seconds
   (``LOCALMEM_DOWNLOAD_TIMEOUT``, default 15);
@@ -32,6 +32,7 @@ import http.client
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import sys
@@ -297,11 +298,12 @@ def _fetch_file(endpoint: str, repo: str, name: str, dest: Path, config: Setting
     """One file, into ``dest``, tried ``config.attempts`` times (resuming); returns its
     manifest record ``{"size", "sha256", "commit"}``."""
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
 
     url = hf_hub_url(repo, name, revision=REVISION, endpoint=endpoint)
-    headers = build_hf_headers(token=False, library_name="localmem", library_version=__version__)
-    headers["Accept-Encoding"] = "identity"  # the size and the hash are those of the bytes
+    headers = {
+        "User-Agent": f"localmem/{__version__}; python/{platform.python_version()}",
+        "Accept-Encoding": "identity",  # the size and the hash are those of the bytes
+    }
     try:
         dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         file = dest.open("w+b")

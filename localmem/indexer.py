@@ -45,7 +45,7 @@ DEFAULT_BATCH = 64
 # worker to finish its batch (each batch runs under its indexer's gate) and holds the
 # gates until the fork is done.
 _LIVE: weakref.WeakSet[Indexer] = weakref.WeakSet()
-_HELD: list[threading.Lock] = []
+_HELD: list[threading.RLock] = []
 
 
 def _before_fork() -> None:
@@ -214,8 +214,9 @@ class Indexer:
             retry = False
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             with self._cond:
+                # wait_for calls the predicate before this iteration ends: it sees this 'waits'.
                 done = self._cond.wait_for(
-                    lambda: self.error is not None or self._stopping or self._lock_waits != waits
+                    lambda: self.error is not None or self._stopping or self._lock_waits != waits  # noqa: B023
                     or not (self._wanted or self._running),
                     timeout=left,
                 )

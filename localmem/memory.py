@@ -167,7 +167,6 @@ class Memory:
         self._close_lock = threading.Lock()
         driver.reset_locks_after_fork(self)
         self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout)
-        self._store_options = {"durability": durability, "lock_timeout": lock_timeout}
         try:
             self._embedder_arg = _model_arg(embedder, "embedder", "embed")
             self._reranker_arg = _model_arg(reranker, "reranker", "score")
@@ -176,9 +175,11 @@ class Memory:
             self._models_lock = threading.Lock()
             recorded = self._store.embedder_identity()
             wanted = _model_name(self._embedder_arg)
-            switch = bool(recorded and wanted and wanted != recorded.get("name"))
-            if switch and not reembed:
-                raise model_mismatch(self.path, recorded, repr(wanted))
+            switch = False  # to another model: re-embed everything (once it is proven)
+            if recorded and wanted and wanted != recorded.get("name"):
+                if not reembed:
+                    raise model_mismatch(self.path, recorded, repr(wanted))
+                switch = True
             # reembed=True with the recorded model (or none yet) has nothing to switch: it is
             # a no-op, so start-up code that passes it stays safe to run again.
             self.embed_mode = embed
@@ -282,7 +283,7 @@ class Memory:
     def _open_store(self) -> Store:
         """Another connection to the file, with this Memory's settings (the embedding
         worker's)."""
-        return Store(self.path, **self._store_options)
+        return Store(self.path, durability=self._store.durability, lock_timeout=self._store.lock_timeout)
 
     def _embedder_identity(self) -> dict[str, Any]:
         """The embedder's identity as recorded in the file: name, dim, and the ONNX file's

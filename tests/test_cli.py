@@ -1,19 +1,25 @@
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from real_model import needs_minilm
 
+import localmem
 from localmem import Memory, Strategy
-from localmem.cli import main
+from localmem.cli import _parser, main
 from localmem.store import SCHEMA_VERSION
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -395,12 +401,29 @@ def test_console_script_exit_codes(tmp_path):
     assert done.returncode == 1 and not (tmp_path / "missing.db").exists()
     assert script("add", "--owner", "u1", "hi").returncode == 2
     assert script("--help").returncode == 0
-    # python -m localmem.cli is the same command.
-    done = subprocess.run(
-        [sys.executable, "-m", "localmem.cli", "--db", str(tmp_path / "missing.db"), "info"],
-        check=False, capture_output=True, timeout=120,
-    )
+    done = script("--version")
+    assert done.returncode == 0 and done.stdout == f"localmem {localmem.__version__}\n".encode()
+
+
+@pytest.mark.parametrize("module", ["localmem", "localmem.cli"])
+def test_python_dash_m_is_the_same_command(tmp_path, module):
+    def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True,
+                              timeout=120, check=False)
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout == f"localmem {localmem.__version__}\n".encode()
+    done = run("--db", str(tmp_path / "missing.db"), "info")
     assert done.returncode == 1 and done.stderr.startswith(b"localmem: error:")
+    done = run("add", "--owner", "u1", "hi")
+    assert done.returncode == 2 and done.stderr.startswith(b"usage: localmem add")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"localmem {localmem.__version__}\n"
 
 
 @needs_minilm  # the demo searches by meaning with the default model
@@ -410,3 +433,68 @@ def test_console_script_demo_prints_utf8_whatever_the_locale(tmp_path):
     out = done.stdout.decode("utf-8")
     assert "Inês" in out and "·" in out and "cache_hit=True" in out
     assert list(tmp_path.glob("localmem-demo-*/memory.db"))
+
+
+# -- help and the README -----------------------------------------------------------------
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(name, one-line help, parser) of each command under ``parser``, in --help's order."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        return []
+    [action] = actions
+    helps = {a.dest: a.help for a in action._choices_actions}
+    return [(name, helps[name], sub) for name, sub in action.choices.items()]
+
+
+def _leaf_commands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """(one-line help, parser) of every command that runs something: ``models`` stands for
+    its actions."""
+    found = []
+    for _, help, sub in _subcommands(parser):
+        found += _leaf_commands(sub) if _subcommands(sub) else [(help, sub)]
+    return found
+
+
+def cli_summary(width: int = 90) -> str:
+    """The README's summary of the command line, made from the parser: each command's usage
+    (less ``-h`` and ``--db PATH``, which the text under the block explains), wrapped at
+    ``width`` between its options, then its help indented."""
+    lines = []
+    for help, sub in _leaf_commands(_parser()):
+        usage = " ".join(sub.format_usage().split()).removeprefix(f"usage: {sub.prog}")
+        usage = usage.replace(" [-h]", "").replace(" [--db PATH]", "")
+        # "[--lookback-days D | --all]" and "--owner ID" are each one piece.
+        lines.append(sub.prog)
+        for piece in re.findall(r"\[[^]]*\]|--\S+ [A-Z]\w*|\S+", usage):
+            if len(lines[-1]) + 1 + len(piece) > width:
+                lines.append(" " * len(sub.prog))
+            lines[-1] += f" {piece}"
+        lines.append(f"    {help}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_readme_summary_is_made_from_the_parser():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^## Command line\n\n```text\n(.*?)^```$", readme, re.DOTALL | re.MULTILINE)
+    assert found, "README.md has no ```text block right under '## Command line'"
+    assert found.group(1) == cli_summary(), (
+        "README.md's Command line block differs from the parser; the block should read:\n"
+        + cli_summary()
+    )
+
+
+@pytest.mark.parametrize("argv", [[], ["models"]])
+def test_help_lists_each_command_with_its_help(capsys, argv):
+    parser = _parser()
+    for name in argv:
+        [parser] = [sub for n, _, sub in _subcommands(parser) if n == name]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # however argparse wrapped it
+    commands = _subcommands(parser)
+    assert commands
+    for name, help, _ in commands:
+        assert f" {name} {help} " in f" {out} "
