@@ -62,23 +62,28 @@ def serve(monkeypatch, files: dict[str, bytes], **options) -> FakeHub:
     return hub
 
 
-def resolve_guarded(**kwargs):
-    """resolve() in a thread, so a hang fails the test instead of stopping the suite."""
+def guarded(call, what: str):
+    """``call()`` in a thread, so a hang fails the test instead of stopping the suite;
+    returns what it returns, raises what it raises."""
     outcome: dict = {}
 
     def run():
         try:
-            outcome["files"] = resolve("all-MiniLM-L6-v2", **kwargs)
+            outcome["value"] = call()
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             outcome["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(120)
-    assert not thread.is_alive(), "resolve() hung"
+    assert not thread.is_alive(), f"{what} hung"
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["files"]
+    return outcome["value"]
+
+
+def resolve_guarded(**kwargs):
+    return guarded(lambda: resolve("all-MiniLM-L6-v2", **kwargs), "resolve()")
 
 
 def target() -> Path:
@@ -246,20 +251,8 @@ def test_flush_on_a_stalling_network_ends_with_the_error(monkeypatch, tmp_path):
 
     monkeypatch.setenv(downloads.TIMEOUT_ENV, "0.2")
     monkeypatch.setenv(downloads.ATTEMPTS_ENV, "2")
-    outcome: dict = {}
     with serve(monkeypatch, {}, stall_everything=True) as hub, Memory(tmp_path / "m.db") as mem:
         mem.add("user", "hello", conversation_id="c", owner_id="u")
-
-        def flush():
-            try:
-                mem.flush()
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=flush, daemon=True)
-        thread.start()
-        thread.join(120)
-        assert not thread.is_alive(), "flush() hung"
-    assert isinstance(outcome.get("error"), ModelNotFoundError), outcome
-    assert "no data for 0.2 s (2 attempts" in str(outcome["error"])
+        with pytest.raises(ModelNotFoundError, match=r"no data for 0.2 s \(2 attempts"):
+            guarded(mem.flush, "flush()")
     assert len(hub.requests) >= 2
