@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,21 @@ from .cache import (
     CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
     DEFAULT_HOT_WINDOW,
-    EmbeddingCache,
     HotWindow,
     QueryCache,
 )
+from .embedding import Embeddings, load_model, model_arg, model_name
 from .errors import (
     ClosedError,
     InvalidInputError,
     LocalMemError,
-    ModelError,
     NotEmbeddedError,
     StrategyUnavailableError,
     as_localmem_error,
 )
-from .indexer import Indexer, check_vectors
+from .indexer import Indexer
 from .records import MemoryResult, Message, Strategy
-from .store import EXACT_SEARCH_MAX, Store, describe_model, model_mismatch, same_model
+from .store import EXACT_SEARCH_MAX, Store, model_mismatch
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_id,
@@ -55,36 +53,6 @@ PARALLEL_KEYWORD_FROM = 5_000
 _ADD_MANY_KEYS = frozenset(
     ("role", "content", "conversation_id", "owner_id", "feature", "msg_id", "metadata", "created_at")
 )
-
-
-def _model_arg(value: Any, what: str, method: str) -> Any:
-    """None, a registry name, or an object with the model's method."""
-    if value is None or isinstance(value, str):
-        if isinstance(value, str) and not value.strip():
-            raise InvalidInputError(f"{what} name must not be blank")
-        return value
-    if not callable(getattr(value, method, None)):
-        raise InvalidInputError(
-            f"{what} must be a model name or an object with a {method}() method; "
-            f"got {type(value).__name__}"
-        )
-    return value
-
-
-def _model_name(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return getattr(value, "name", None)
-
-
-def _run_embedder(method: Any, texts: Sequence[str], name: str) -> Any:
-    """``method(texts)``; an exception of the embedder's own is a ModelError naming it."""
-    try:
-        return method(texts)
-    except LocalMemError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"the embedder {name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def default_path() -> Path:
@@ -168,13 +136,12 @@ class Memory:
         driver.reset_locks_after_fork(self)
         self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout)
         try:
-            self._embedder_arg = _model_arg(embedder, "embedder", "embed")
-            self._reranker_arg = _model_arg(reranker, "reranker", "score")
-            self._embedder: Any = None
+            embedder = model_arg(embedder, "embedder", "embed")
+            self._reranker_arg = model_arg(reranker, "reranker", "score")
             self._reranker: Any = None
             self._models_lock = threading.Lock()
             recorded = self._store.embedder_identity()
-            wanted = _model_name(self._embedder_arg)
+            wanted = model_name(embedder)
             switch = False  # to another model: re-embed everything (once it is proven)
             if recorded and wanted and wanted != recorded.get("name"):
                 if not reembed:
@@ -183,9 +150,6 @@ class Memory:
             # reembed=True with the recorded model (or none yet) has nothing to switch: it is
             # a no-op, so start-up code that passes it stays safe to run again.
             self.embed_mode = embed
-            self._identity: dict[str, Any] | None = None
-            self._embedding_ttl = float(embedding_cache_ttl)
-            self._embeddings: EmbeddingCache | None = None
             in_memory = self._store.in_memory
             if cache_dir is None and not in_memory:
                 cache_dir = self.path + "-cache"
@@ -194,6 +158,10 @@ class Memory:
             self._hot = self._queries = None
             # A lock on a cache file is waited out no longer than a cache is worth.
             self._cache_timeout = min(CACHE_TIMEOUT, float(lock_timeout))
+            self._embedding = Embeddings(
+                embedder, path=self.path, recorded=self._store.embedder_identity,
+                cache_dir=self._cache_dir, ttl=float(embedding_cache_ttl), timeout=self._cache_timeout,
+            )
             if hot_window:
                 self._hot = HotWindow(
                     self._cache_dir, namespace=namespace, size=hot_window, ttl=hot_window_ttl,
@@ -206,11 +174,11 @@ class Memory:
                 )
             self._indexer = Indexer(
                 self._store, None if in_memory else self._open_store,
-                self._embed_documents, self._embedder_identity,
-                thread_exit=self._release_thread_caches,
+                self._embedding.documents, self._embedding.identity,
+                thread_exit=self._embedding.release_thread,
             )
             if switch:
-                self._prove_embedder()  # before dropping a single vector of the old model
+                self._embedding.prove()  # before dropping a single vector of the old model
                 self._store.reset_vectors()
             if embed != "off" and self._store.pending_count():
                 self._indexer.notify()  # left over from a crash, a reembed, or embed="off"
@@ -236,7 +204,7 @@ class Memory:
         """Stop the worker, then close caches and store (whatever was opened)."""
         with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
             stack.callback(self._store.close)
-            for name in ("_embeddings", "_queries", "_hot", "_indexer"):
+            for name in ("_embedding", "_queries", "_hot", "_indexer"):
                 part = getattr(self, name, None)
                 if part is not None:
                     stack.callback(part.close)
@@ -252,118 +220,21 @@ class Memory:
         """The embedder (resolved on first access; the ONNX session on first embed).
         Unset, it is the model recorded in the file, else the registry default."""
         self._check_open()
-        return self._load_embedder()
-
-    def _load_embedder(self) -> Any:
-        arg = self._embedder_arg
-        if arg is None and self._embedder is None:
-            recorded = self._store.embedder_identity()
-            arg = recorded["name"] if recorded else None
-        return self._model("_embedder", arg, "load_embedder")
+        return self._embedding.model()
 
     @property
     def reranker(self) -> Any:
         """The cross-encoder reranker (resolved on first access)."""
         self._check_open()
-        return self._model("_reranker", self._reranker_arg, "load_reranker")
-
-    def _model(self, attr: str, arg: Any, loader: str) -> Any:
-        """The object in ``attr``, made once from ``arg``: a name (or None, the default)
-        goes to ``localmem.<loader>``; an object of the caller's is used as it is."""
-        # No _check_open() here: the embedding worker may finish its batch during close().
         with self._models_lock:
-            if getattr(self, attr) is None:
-                if arg is None or isinstance(arg, str):
-                    import localmem
-
-                    arg = getattr(localmem, loader)(arg)
-                setattr(self, attr, arg)
-            return getattr(self, attr)
+            if self._reranker is None:
+                self._reranker = load_model(self._reranker_arg, "reranker")
+            return self._reranker
 
     def _open_store(self) -> Store:
         """Another connection to the file, with this Memory's settings (the embedding
         worker's)."""
         return Store(self.path, durability=self._store.durability, lock_timeout=self._store.lock_timeout)
-
-    def _embedder_identity(self) -> dict[str, Any]:
-        """The embedder's identity as recorded in the file: name, dim, and the ONNX file's
-        sha256 for localmem's own models (an object of the caller's gives ``name`` and
-        ``dim`` attributes, else its class name and the width of one probe vector)."""
-        if self._identity is None:
-            model = self._load_embedder()
-            files = getattr(model, "files", None)
-            if files is not None and hasattr(files, "spec"):
-                from .models import model_identity
-
-                identity = model_identity(files)
-            else:
-                name = getattr(model, "name", None) or type(model).__qualname__
-                dim = getattr(model, "dim", None)
-                if type(dim) is not int:
-                    probe = _run_embedder(model.embed, ["dimension probe"], name)
-                    dim = check_vectors(probe, 1, None, name).shape[1]
-                identity = {"name": str(name), "dim": dim, "sha256": None}
-            self._identity = identity
-        return self._identity
-
-    def _prove_embedder(self) -> None:
-        """Resolve and load the embedder and have it produce one good vector, or raise:
-        re-embedding drops every vector, so a model that cannot load (a typo in its name,
-        no copy offline, a damaged file) must fail before that, with nothing dropped."""
-        identity = self._embedder_identity()
-        vector = _run_embedder(self._load_embedder().embed, ["re-embedding probe"], identity["name"])
-        check_vectors(vector, 1, identity["dim"], identity["name"])
-
-    def _release_thread_caches(self) -> None:
-        if self._embeddings is not None:
-            self._embeddings.release_thread()
-
-    def _embedding_cache(self) -> EmbeddingCache:
-        identity = self._embedder_identity()
-        with self._models_lock:
-            if self._embeddings is None:
-                key = json.dumps(identity, sort_keys=True)
-                self._embeddings = EmbeddingCache(
-                    self._cache_dir, model_key=key, dim=identity["dim"], ttl=self._embedding_ttl,
-                    timeout=self._cache_timeout,
-                )
-            return self._embeddings
-
-    def _embed(self, texts: Sequence[str], kind: str) -> Any:
-        """Vectors for ``texts`` (documents or queries), each embedded at most once while
-        it stays in the embedding cache."""
-        import numpy as np
-
-        identity = self._embedder_identity()
-        cache = self._embedding_cache()
-        found = cache.get_many(texts, kind=kind)
-        missing = [i for i, v in enumerate(found) if v is None]
-        out = np.empty((len(texts), identity["dim"]), dtype="<f4")
-        if missing:
-            model = self._load_embedder()
-            todo = list(dict.fromkeys(texts[i] for i in missing))
-            method = getattr(model, "embed_query", None) if kind == "query" else None
-            raw = _run_embedder(method or model.embed, todo, identity["name"])
-            fresh = check_vectors(raw, len(todo), identity["dim"], identity["name"])
-            cache.put_many(todo, fresh, kind=kind)
-            by_text = dict(zip(todo, fresh, strict=True))
-            for i in missing:
-                out[i] = by_text[texts[i]]
-        for i, vector in enumerate(found):
-            if vector is not None:
-                out[i] = vector
-        return out
-
-    def _embed_documents(self, texts: Sequence[str]) -> Any:
-        return self._embed(texts, "document")
-
-    def _query_vector(self, query: str) -> bytes:
-        """The query's vector, after checking the file's vectors come from this model."""
-        identity = self._embedder_identity()
-        recorded = self._store.embedder_identity()
-        if recorded is not None and not same_model(recorded, identity):
-            raise model_mismatch(self.path, recorded, describe_model(identity))
-        return self._embed([query], "query")[0].tobytes()
 
     def __enter__(self) -> Memory:
         self._check_open()
@@ -589,7 +460,7 @@ class Memory:
                     return recall
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
         searcher = strategies.Searcher(
-            self._store, self._query_vector, keyword=keyword, dense=dense, parallel=parallel,
+            self._store, self._embedding.query_vector, keyword=keyword, dense=dense, parallel=parallel,
             exact_max=self.exact_search_max,
         )
         if strategy is Strategy.SEMANTIC_SEARCH:
@@ -636,7 +507,7 @@ class Memory:
         self._check_open()
         if self.embed_mode == "off":
             raise StrategyUnavailableError("this Memory was opened with embed='off': cannot re-embed")
-        self._prove_embedder()  # the reset forgets the recorded model: have the new one first
+        self._embedding.prove()  # the reset forgets the recorded model: have the new one first
         queued = self._store.reset_vectors()
         if self.embed_mode == "sync":
             self._embed_now()
@@ -658,40 +529,19 @@ class Memory:
             self._hot.forget(deleted.owner_id, deleted.conversation_id)
         if self._queries is not None:
             self._queries.forget_group(deleted.owner_id)
-        self._forget_embedding(deleted.content)
+        self._embedding.forget(deleted.content)
         return True
-
-    def _forget_embedding(self, text: str) -> None:
-        """Drop the cached vector of ``text``, also when this Memory has not opened the
-        embedding cache (another process may have filled it): then through a cache opened
-        for the model recorded in the file, just for this."""
-        if self._embeddings is not None:
-            self._embeddings.forget([text])
-            return
-        recorded = self._store.embedder_identity()
-        if recorded is None or type(recorded.get("dim")) is not int:
-            return
-        if self._cache_dir is None or not (self._cache_dir / "embeddings").is_dir():
-            return  # no embedding cache on disk to hold it
-        cache = EmbeddingCache(
-            self._cache_dir, model_key=json.dumps(recorded, sort_keys=True), dim=recorded["dim"],
-            memory_items=0, timeout=self._cache_timeout,
-        )
-        try:
-            cache.forget([text])
-        finally:
-            cache.close()
 
     def embedding_cache_stats(self) -> dict[str, Any]:
         """Entries, hits, misses and hit rate of the embedding cache (loads the embedder's
         identity: the cache is per model)."""
         self._check_open()
-        return self._embedding_cache().stats()
+        return self._embedding.cache().stats()
 
     def cleanup_expired(self) -> int:
         """Remove expired embedding-cache entries; returns how many."""
         self._check_open()
-        return self._embedding_cache().cleanup_expired()
+        return self._embedding.cache().cleanup_expired()
 
     def stats(self) -> dict[str, Any]:
         """Path, schema version, counts of messages, conversations and owners, the

@@ -500,7 +500,7 @@ def test_fork_waits_for_the_embedding_worker(db_path):
 
 
 def test_reembed_without_an_embedder_keeps_the_recorded_model(db_path, monkeypatch):
-    import localmem
+    import localmem.embed
 
     loaded = []
 
@@ -508,7 +508,7 @@ def test_reembed_without_an_embedder_keeps_the_recorded_model(db_path, monkeypat
         loaded.append(name)
         return HashEmbedder(name=name or "registry-default")
 
-    monkeypatch.setattr(localmem, "load_embedder", fake_load)
+    monkeypatch.setattr(localmem.embed, "load_embedder", fake_load)
     with Memory(db_path, embedder="recorded-model", embed="sync") as mem:
         mem.add("user", "pizza", conversation_id="c", owner_id="u")
     with Memory(db_path) as mem:  # embedder unset: the recorded one
