@@ -49,6 +49,7 @@ import diskcache
 
 from . import driver
 from .errors import InvalidInputError
+from .records import Row
 from .store import ConversationState
 from .validate import MAX_US, MIN_US, ROLES
 
@@ -399,7 +400,7 @@ class Window:
     """A hot-window entry: the newest ``len(rows)`` messages of a conversation (store rows,
     oldest first) at one version; ``complete`` when they are all its messages."""
 
-    rows: list[list[Any]]
+    rows: list[Row]
     complete: bool
 
     def answers(self, limit: int) -> bool:
@@ -443,18 +444,18 @@ class HotWindow(_DiskTier):
         complete = entry.get("complete")
         if rows is None or type(complete) is not bool:
             return None
-        return Window(rows, complete)
+        return Window([Row._make(r) for r in rows], complete)
 
     def put(
         self,
         owner_id: str,
         conversation_id: str,
         state: ConversationState,
-        rows: Sequence[Sequence[Any]],
+        rows: Sequence[Row],
     ) -> Window:
         """Remember the newest rows (oldest first) of a conversation at ``state``; returns
         the window as stored."""
-        window = Window([list(r) for r in rows[-self.size :]], len(rows) >= state.message_count)
+        window = Window(list(rows[-self.size :]), len(rows) >= state.message_count)
         value = json.dumps(
             {"f": _FORMAT, "v": state.version, "complete": window.complete, "rows": window.rows},
             ensure_ascii=False,

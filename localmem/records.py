@@ -6,7 +6,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Strategy(str, enum.Enum):
@@ -22,6 +22,21 @@ class Strategy(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Row(NamedTuple):
+    """A stored message as the store reads it, before it becomes a ``Message``: what
+    crosses from the store to the caches and strategies. The caches keep it as a JSON
+    list in this field order (their entries carry a format number)."""
+
+    msg_id: str
+    conversation_id: str
+    owner_id: str
+    role: str
+    content: str
+    created_us: int  # µs since the epoch, UTC
+    feature: str | None
+    metadata: str | None  # a JSON object's text
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ from .errors import (
     StorageFullError,
     StoreError,
 )
-from .records import Message
+from .records import Message, Row
 from .validate import MAX_US, MIN_US, NewMessage, from_utc_us, now_us
 
 # The message just before (cmp "<", order DESC) or just after (">", ASC) message ``m`` in
@@ -241,7 +241,7 @@ BEGIN
     DELETE FROM message_vectors WHERE rowid = old.id;
 END"""
 
-_COLUMNS = "msg_id, conversation_id, owner_id, role, content, created_at, feature, metadata"
+_COLUMNS = "msg_id, conversation_id, owner_id, role, content, created_at, feature, metadata"  # a Row
 _INSERT = (
     "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at,"
     " feature, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -276,38 +276,38 @@ MIN_CANDIDATES = 160
 _BUSY, _LOCKED, _IOERR, _CORRUPT, _FULL, _NOTADB = 5, 6, 10, 11, 13, 26
 
 
-def row_to_message(row: Sequence[Any]) -> Message:
-    """A ``messages`` row in ``_COLUMNS`` order as a Message."""
+def row_to_message(row: Row) -> Message:
+    """A stored row as a Message."""
     return Message(
-        msg_id=row[0],
-        conversation_id=row[1],
-        owner_id=row[2],
-        role=row[3],
-        content=row[4],
-        created_at=from_utc_us(row[5]),
-        feature=row[6],
-        metadata=None if row[7] is None else json.loads(row[7]),
+        msg_id=row.msg_id,
+        conversation_id=row.conversation_id,
+        owner_id=row.owner_id,
+        role=row.role,
+        content=row.content,
+        created_at=from_utc_us(row.created_us),
+        feature=row.feature,
+        metadata=None if row.metadata is None else json.loads(row.metadata),
     )
 
 
-def _params(m: NewMessage) -> tuple[Any, ...]:
-    return (
+def _params(m: NewMessage) -> Row:
+    return Row(
         m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, m.created_us,
         m.feature, m.metadata_json,
     )
 
 
-def _same(stored: Sequence[Any], new: NewMessage) -> bool:
+def _same(stored: Row, new: NewMessage) -> bool:
     """Is ``new`` a retry of the stored row? created_at counts only if the caller gave it."""
     same = (
-        stored[1] == new.conversation_id
-        and stored[2] == new.owner_id
-        and stored[3] == new.role
-        and stored[4] == new.content
-        and stored[6] == new.feature
-        and stored[7] == new.metadata_json
+        stored.conversation_id == new.conversation_id
+        and stored.owner_id == new.owner_id
+        and stored.role == new.role
+        and stored.content == new.content
+        and stored.feature == new.feature
+        and stored.metadata == new.metadata_json
     )
-    return same and (not new.explicit_created_at or stored[5] == new.created_us)
+    return same and (not new.explicit_created_at or stored.created_us == new.created_us)
 
 
 def _conflict(new: NewMessage) -> InvalidInputError:
@@ -1035,9 +1035,9 @@ class Store:
         with self.read("keyword") as conn:
             return conn.execute(sql, args).fetchall()
 
-    def rows_by_id(self, ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
-        """Message rows (``_COLUMNS`` order) by their integer id; missing ids are left out."""
-        found: dict[int, tuple[Any, ...]] = {}
+    def rows_by_id(self, ids: Sequence[int]) -> dict[int, Row]:
+        """Message rows by their integer id; missing ids are left out."""
+        found: dict[int, Row] = {}
         with self.read() as conn:
             for start in range(0, len(ids), _MAX_PARAMS):
                 part = list(ids[start : start + _MAX_PARAMS])
@@ -1045,7 +1045,7 @@ class Store:
                 for row in conn.execute(
                     f"SELECT id, {_COLUMNS} FROM messages WHERE id IN ({marks})", part
                 ):
-                    found[row[0]] = tuple(row[1:])
+                    found[row[0]] = Row._make(row[1:])
         return found
 
     def latest_user_message(self, owner_id: str, conversation_id: str) -> str | None:
@@ -1072,9 +1072,10 @@ class Store:
                 ).fetchone()
         if stored is None:
             return row_to_message(_params(m))
-        if not _same(stored, m):
+        row = Row._make(stored)
+        if not _same(row, m):
             raise _conflict(m)
-        return row_to_message(stored)
+        return row_to_message(row)
 
     def insert_many(self, chunk: Sequence[NewMessage]) -> int:
         """Store a chunk in one transaction; returns how many were new.
@@ -1098,7 +1099,7 @@ class Store:
                     f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part
                 ):
                     m = fresh.pop(stored[0])
-                    if not _same(stored, m):
+                    if not _same(Row._make(stored), m):
                         raise _conflict(m)
             last_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
             conn.executemany(_INSERT, [_params(m) for m in fresh.values()])
@@ -1137,7 +1138,7 @@ class Store:
 
     def recent_rows(
         self, owner_id: str, conversation_id: str, limit: int, since_us: int | None
-    ) -> tuple[ConversationState | None, list[tuple[Any, ...]]]:
+    ) -> tuple[ConversationState | None, list[Row]]:
         """The newest ``limit`` rows (oldest first) and the state they belong to, read in
         one snapshot so a cache never pairs rows with a newer version."""
         since = -(2**63) if since_us is None else since_us
@@ -1155,12 +1156,11 @@ class Store:
                 " ORDER BY created_at DESC, id DESC LIMIT ?",
                 (conversation_id, owner_id, since, limit),
             ).fetchall()
-        rows.reverse()
-        return ConversationState(state[0], state[1]), rows
+        return ConversationState(state[0], state[1]), [Row._make(r) for r in reversed(rows)]
 
     def get(self, msg_id: str) -> Message | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (msg_id,))
-        return row_to_message(rows[0]) if rows else None
+        return row_to_message(Row._make(rows[0])) if rows else None
 
     def counts(self) -> dict[str, int]:
         with self.read() as conn:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from .cache import HotWindow, message_rows
-from .records import RetrievedMessage
+from .records import RetrievedMessage, Row
 from .store import EXACT_SEARCH_MAX, Store
 from .validate import from_utc_us, now_us, to_utc_us
 
@@ -54,21 +54,24 @@ def recall_from_json(value: Any, lookback_days: float | None) -> Recall | None:
     ):
         return None
     since = since_us(lookback_days)
-    if since is not None and any(r[9] in ("recent", "cross_conversation") and r[5] < since for r in rows):
+    found = [(Row._make(r[:8]), r[8], r[9]) for r in rows]
+    if since is not None and any(
+        source in ("recent", "cross_conversation") and row.created_us < since for row, _, source in found
+    ):
         return None
-    return Recall(tuple(_retrieved(r, r[9], r[8]) for r in rows), True, value["summary"])
+    return Recall(tuple(_retrieved(row, source, score) for row, score, source in found), True, value["summary"])
 
 
-def _retrieved(row: Sequence[Any], source: str, score: float | None = None) -> RetrievedMessage:
+def _retrieved(row: Row, source: str, score: float | None = None) -> RetrievedMessage:
     return RetrievedMessage(
-        msg_id=row[0],
-        conversation_id=row[1],
-        owner_id=row[2],
-        role=row[3],
-        content=row[4],
-        created_at=from_utc_us(row[5]),
-        feature=row[6],
-        metadata=None if row[7] is None else json.loads(row[7]),
+        msg_id=row.msg_id,
+        conversation_id=row.conversation_id,
+        owner_id=row.owner_id,
+        role=row.role,
+        content=row.content,
+        created_at=from_utc_us(row.created_us),
+        feature=row.feature,
+        metadata=None if row.metadata is None else json.loads(row.metadata),
         score=score,
         source=source,
     )
@@ -116,7 +119,7 @@ def _recent_rows(
     conversation_id: str,
     limit: int,
     since: int | None,
-) -> tuple[Sequence[Sequence[Any]], bool]:
+) -> tuple[Sequence[Row], bool]:
     if hot is None:
         return store.recent_rows(owner_id, conversation_id, limit, since)[1], False
     state = store.conversation_state(owner_id, conversation_id)
@@ -137,9 +140,9 @@ def _recent_rows(
     return store.recent_rows(owner_id, conversation_id, limit, since)[1], False
 
 
-def _newest(rows: Sequence[Sequence[Any]], limit: int, since: int | None) -> Sequence[Sequence[Any]]:
+def _newest(rows: Sequence[Row], limit: int, since: int | None) -> Sequence[Row]:
     if since is not None:
-        rows = [r for r in rows if r[5] >= since]
+        rows = [r for r in rows if r.created_us >= since]
     return rows[-limit:]
 
 

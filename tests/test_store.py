@@ -253,7 +253,7 @@ def test_the_keyword_index_knows_each_messages_predecessor(mem, db_path):
     assert mem.check_integrity() == "ok"
     # A reply is found by the words of the message it answers (at half weight).
     got = mem._store.keyword('"third"', 10, owner_id="u1", conversation_id="c1")
-    assert [mem._store.rows_by_id([i])[i][4] for i, _ in got] == ["third", "fourth"]
+    assert [mem._store.rows_by_id([i])[i].content for i, _ in got] == ["third", "fourth"]
 
 
 def test_integrity_check_notices_a_stale_predecessor(mem, db_path):
