@@ -23,7 +23,7 @@ from .errors import LocalMemError, ModelError
 from .memory import Memory
 from .models import DEFAULT_EMBEDDER
 from .records import MemoryResult, RetrievedMessage, Strategy
-from .strategies import FUSION_DEPTH, RRF_K
+from .retrieval import FUSION_DEPTH, RRF_K
 
 OWNER = "maya"
 

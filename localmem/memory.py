@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .errors import (
 )
 from .indexer import Indexer
 from .records import MemoryResult, Message, Strategy
+from .retrieval import Searcher
 from .store import EXACT_SEARCH_MAX, Store, model_mismatch
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
@@ -410,15 +412,11 @@ class Memory:
             raise InvalidInputError(f"keyword and dense must be True or False; got {keyword!r}, {dense!r}")
         if not (keyword or dense):
             raise InvalidInputError("keyword=False and dense=False leave nothing to search with")
-        if strategy is Strategy.SESSION_ONLY:
-            recall = strategies.session_only()
-        elif strategy is Strategy.RECENT_HISTORY:
-            recall = strategies.recent_history(
-                self._store, self._hot, owner_id=owner_id, conversation_id=conversation_id,
-                limit=limit, lookback_days=lookback,
-            )
+        request = strategies.Request(owner_id, conversation_id, query, limit, lookback)
+        if strategy in strategies.SEARCHING:
+            recall = self._search(strategy, request, keyword, dense)
         else:
-            recall = self._semantic(strategy, owner_id, conversation_id, query, limit, lookback, keyword, dense)
+            recall = strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
         return MemoryResult(
             messages=recall.messages,
             strategy=strategy,
@@ -427,17 +425,9 @@ class Memory:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
-    def _semantic(
-        self,
-        strategy: Strategy,
-        owner_id: str,
-        conversation_id: str,
-        query: str | None,
-        limit: int,
-        lookback: float | None,
-        keyword: bool,
-        dense: bool,
-    ) -> strategies.Recall:
+    def _search(self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool) -> strategies.Recall:
+        """A searching strategy's answer: from the query cache when the scope is unchanged,
+        else computed (and cached, unless vectors are pending)."""
         if dense:
             if self.embed_mode == "off":
                 raise StrategyUnavailableError(
@@ -445,41 +435,33 @@ class Memory:
                     "embed='off'; open it with embed='background' or 'sync' (or search with dense=False)"
                 )
             self._indexer.raise_error()
+        query = request.query
         if query is not None and not query.strip():
             query = None
         if query is None:
-            query = self._store.latest_user_message(owner_id, conversation_id)
+            query = self._store.latest_user_message(request.owner_id, request.conversation_id)
+        request = replace(request, query=query)
         cross = strategy is Strategy.CROSS_CONVERSATION
-        scope = self._store.scope(owner_id, None if cross else conversation_id)
-        key = [strategy.value, owner_id, conversation_id, query, limit, lookback, keyword, dense]
+        scope = self._store.scope(request.owner_id, None if cross else request.conversation_id)
+        key = [strategy.value, request.owner_id, request.conversation_id, query, request.limit,
+               request.lookback_days, keyword, dense]
         if self._queries is not None and not scope.pending:
             cached = self._queries.get(key, scope.token)
             if cached is not None:
-                recall = strategies.recall_from_json(cached, lookback)
+                recall = strategies.recall_from_json(cached, request.lookback_days)
                 if recall is not None:
                     return recall
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
-        searcher = strategies.Searcher(
+        searcher = Searcher(
             self._store, self._embedding.query_vector, keyword=keyword, dense=dense, parallel=parallel,
             exact_max=self.exact_search_max,
         )
-        if strategy is Strategy.SEMANTIC_SEARCH:
-            recall = strategies.semantic_search(
-                searcher, owner_id=owner_id, conversation_id=conversation_id, query=query, limit=limit
-            )
-        elif strategy is Strategy.HYBRID:
-            recall = strategies.hybrid(
-                searcher, self._hot, owner_id=owner_id, conversation_id=conversation_id,
-                query=query, limit=limit, lookback_days=lookback,
-            )
-        else:
-            recall = strategies.cross_conversation(
-                searcher, owner_id=owner_id, query=query, limit=limit, lookback_days=lookback
-            )
+        sources = strategies.Sources(self._store, self._hot, lambda: searcher)
+        recall = strategies.REGISTRY[strategy](sources, request)
         # An answer computed while vectors are pending would be outdated by the vectors
         # alone, which change no version: never cache it.
         if self._queries is not None and not scope.pending:
-            self._queries.put(key, scope.token, strategies.recall_to_json(recall), group=owner_id)
+            self._queries.put(key, scope.token, strategies.recall_to_json(recall), group=request.owner_id)
         return recall
 
     @staticmethod

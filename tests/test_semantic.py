@@ -29,7 +29,7 @@ from localmem import (
     StrategyUnavailableError,
 )
 from localmem.store import Store
-from localmem.strategies import keyword_query
+from localmem.retrieval import keyword_query
 
 TESTS = Path(__file__).resolve().parent
 SEMANTIC = (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION)
