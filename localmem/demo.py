@@ -117,6 +117,7 @@ class Ask:
     lookback_days: float | None = None
     keyword: bool = True
     dense: bool = True
+    floor: bool = True  # False: min_relevance=None (the relevance floor off)
 
     @property
     def path(self) -> str:
@@ -127,7 +128,8 @@ class Ask:
             return "nothing stored"
         if not self.dense:
             return "keywords only (BM25)"
-        return "meaning only (dense)" if not self.keyword else "fused: meaning + keywords"
+        path = "meaning only (dense)" if not self.keyword else "fused: meaning + keywords"
+        return path if self.floor else f"{path}, no relevance floor"
 
     @property
     def short(self) -> str:
@@ -164,13 +166,14 @@ class Tour:
         result = self.mem.get_memory(
             ask.strategy, conversation_id=ask.conversation_id, owner_id=OWNER, query=ask.query,
             limit=ask.limit, lookback_days=ask.lookback_days, keyword=ask.keyword, dense=ask.dense,
+            **({} if ask.floor else {"min_relevance": None}),
         )
         self.asked.setdefault(ask, []).append(result)
         return ask, result
 
     def ranks(self, ask: Ask) -> tuple[dict[str, int], dict[str, int]]:
         """Each message's place in the two rankings a fused search combines (meaning,
-        keywords), each as deep as fusion reads it."""
+        keywords), each as deep as fusion reads it (and before the relevance floor)."""
         strategy = Strategy.CROSS_CONVERSATION if ask.strategy is Strategy.CROSS_CONVERSATION \
             else Strategy.SEMANTIC_SEARCH
         lists = []
@@ -178,6 +181,7 @@ class Tour:
             result = self.mem.get_memory(
                 strategy, conversation_id=ask.conversation_id, owner_id=OWNER, query=ask.query,
                 limit=FUSION_DEPTH, lookback_days=ask.lookback_days, keyword=keyword, dense=dense,
+                min_relevance=None,
             )
             lists.append({m.msg_id: rank for rank, m in enumerate(result.messages, 1)})
         return lists[0], lists[1]
@@ -224,9 +228,13 @@ def show(tour: Tour, ask: Ask, result: MemoryResult, title: str = "") -> None:
     if ask.strategy is Strategy.SESSION_ONLY:
         print("   nothing loaded: the agent's live session already holds the conversation")
         return
+    floor = _floor_note(result)
     if not result.messages:
-        print("   nothing found" + ("" if ask.dense or ask.query is None
-                                    else ": no stored message shares a word with the question"))
+        if floor:
+            print(f"   nothing relevant: {floor}")
+        else:
+            print("   nothing found" + ("" if ask.dense or ask.query is None
+                                        else ": no stored message shares a word with the question"))
         return
     fused = ask.strategy in SEARCHES and ask.dense and ask.keyword
     ranks = tour.ranks(ask) if fused else None
@@ -236,6 +244,14 @@ def show(tour: Tour, ask: Ask, result: MemoryResult, title: str = "") -> None:
         else:
             where = f"{m.conversation_id}, {_ago(tour, m.created_at)}"
             print(f"   {_score(ask, m, ranks)} · {where} · [{m.role}] {m.content}")
+    if floor:
+        print(f"   and nothing relevant by meaning: {floor}")
+
+
+def _floor_note(result: MemoryResult) -> str:
+    """The summary's account of the relevance floor, when it emptied the search."""
+    _, found, note = result.context_summary.partition("no relevant memory: ")
+    return note if found else ""
 
 
 def _place(result: MemoryResult, msg_id: str) -> str:
@@ -341,12 +357,25 @@ def scene_other_strategies(tour: Tour) -> None:
          f'\'team-offsite\' only, "{query}"')
 
 
+def scene_nothing_relevant(tour: Tour) -> None:
+    """A question no chat answers gets no memory, rather than the least bad matches."""
+    if not tour.dense:  # the floor is a cosine similarity: it needs the model
+        return
+    query = "What is 15% of 240?"
+    print(f'\n5. Nothing relevant: Maya asks "{query}", which none of her chats answers')
+    ask = Ask(Strategy.CROSS_CONVERSATION, query=query)
+    show(tour, *tour.ask(ask), f'"{query}"')
+    show(tour, *tour.ask(replace(ask, floor=False)), f'"{query}", min_relevance=None')
+    print("   -> without the floor, the least bad matches would have reached the prompt")
+
+
 SCENES: Sequence[Callable[[Tour], None]] = (
     scene_chats,
     scene_recency_misses_it,
     scene_keywords_or_meaning,
     scene_ask_again,
     scene_other_strategies,
+    scene_nothing_relevant,
 )
 
 

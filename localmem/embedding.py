@@ -146,6 +146,19 @@ class Embeddings:
             self._identity = identity
         return self._identity
 
+    def calibrated_floor(self) -> float | None:
+        """The relevance floor measured for this embedder (``min_relevance="auto"``): its
+        own ``min_relevance`` attribute, else its registry spec's; None if not measured."""
+        model = self.model()
+        value = getattr(model, "min_relevance", None)
+        if value is None:
+            value = getattr(getattr(model, "spec", None), "min_relevance", None)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+            raise ModelError(f"the embedder's min_relevance must be a cosine from -1 to 1; got {value!r}")
+        return float(value)
+
     def prove(self) -> None:
         """Resolve and load the embedder and have it produce one good vector, or raise:
         re-embedding drops every vector, so a model that cannot load (a typo in its name,

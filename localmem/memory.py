@@ -40,6 +40,7 @@ from .validate import (
     check_id,
     check_limit,
     check_lookback_days,
+    check_min_relevance,
     check_query,
     check_strategy,
     new_message,
@@ -48,6 +49,7 @@ from .validate import (
 EMBED_MODES = ("background", "sync", "off")
 DEFAULT_EMBEDDING_TTL = 90 * 86_400.0
 DEFAULT_QUERY_CACHE_TTL = 300.0
+_MEMORY_SETTING: Any = object()  # get_memory(min_relevance=...) not given: the Memory's
 # Scopes from this many messages run their BM25 search on a second connection, in
 # parallel with the KNN scan; below it a thread costs more than it saves.
 PARALLEL_KEYWORD_FROM = 5_000
@@ -114,6 +116,7 @@ class Memory:
         embedding_cache_ttl: float = DEFAULT_EMBEDDING_TTL,
         query_cache_ttl: float = DEFAULT_QUERY_CACHE_TTL,
         exact_search_max: int = EXACT_SEARCH_MAX,
+        min_relevance: float | str | None = "auto",
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
@@ -122,6 +125,7 @@ class Memory:
         if type(exact_search_max) is not int or exact_search_max < 0:
             raise InvalidInputError(f"exact_search_max must be an int >= 0; got {exact_search_max!r}")
         self.exact_search_max = exact_search_max
+        self.min_relevance = check_min_relevance(min_relevance)
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         if type(reembed) is not bool:
@@ -374,6 +378,7 @@ class Memory:
         lookback_days: float | None = 7,
         keyword: bool = True,
         dense: bool = True,
+        min_relevance: Any = _MEMORY_SETTING,
     ) -> MemoryResult:
         """The messages worth putting in the prompt, chosen by ``strategy``.
 
@@ -397,6 +402,15 @@ class Memory:
         Messages whose vectors are still being computed are found by keywords only: call
         ``flush()`` first (or open with ``embed="sync"``) to include them by meaning.
 
+        ``min_relevance`` (default: the Memory's, itself ``"auto"`` by default) is the
+        relevance floor of the searching strategies, a cosine similarity: when the query's
+        best dense match is below it, nothing in the scope answers the query and the
+        answer is empty (its summary says "no relevant memory"); otherwise messages below
+        it are dropped unless BM25 matched them. ``"auto"`` is the floor measured for the
+        embedder (0.35 for all-MiniLM-L6-v2; none for a model not measured), ``None`` turns
+        it off. ``dense=False`` searches have no similarity to judge by, hence no floor;
+        in ``hybrid`` it applies to the semantic part only.
+
         A repeated call with the same arguments on an unchanged scope is answered from the
         query cache (``cache_hit=True``); any message added to the scope voids it.
         """
@@ -412,9 +426,10 @@ class Memory:
             raise InvalidInputError(f"keyword and dense must be True or False; got {keyword!r}, {dense!r}")
         if not (keyword or dense):
             raise InvalidInputError("keyword=False and dense=False leave nothing to search with")
+        floor = self.min_relevance if min_relevance is _MEMORY_SETTING else check_min_relevance(min_relevance)
         request = strategies.Request(owner_id, conversation_id, query, limit, lookback)
         if strategy in strategies.SEARCHING:
-            recall = self._search(strategy, request, keyword, dense)
+            recall = self._search(strategy, request, keyword, dense, floor)
         else:
             recall = strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
         return MemoryResult(
@@ -425,9 +440,14 @@ class Memory:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
 
-    def _search(self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool) -> strategies.Recall:
+    def _search(
+        self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool,
+        floor: float | str | None,
+    ) -> strategies.Recall:
         """A searching strategy's answer: from the query cache when the scope is unchanged,
-        else computed (and cached, unless vectors are pending)."""
+        else computed (and cached, unless vectors are pending). ``floor`` as given
+        (``"auto"``: the embedder's calibrated one); it needs the dense similarity, so
+        ``dense=False`` searches have none."""
         if dense:
             if self.embed_mode == "off":
                 raise StrategyUnavailableError(
@@ -440,11 +460,16 @@ class Memory:
             query = None
         if query is None:
             query = self._store.latest_user_message(request.owner_id, request.conversation_id)
-        request = replace(request, query=query)
+        if not dense:
+            floor = None
+        elif floor == "auto":
+            floor = self._embedding.calibrated_floor()
+        assert floor is None or isinstance(floor, float)
+        request = replace(request, query=query, min_relevance=floor)
         cross = strategy is Strategy.CROSS_CONVERSATION
         scope = self._store.scope(request.owner_id, None if cross else request.conversation_id)
         key = [strategy.value, request.owner_id, request.conversation_id, query, request.limit,
-               request.lookback_days, keyword, dense]
+               request.lookback_days, keyword, dense, floor]
         if self._queries is not None and not scope.pending:
             cached = self._queries.get(key, scope.token)
             if cached is not None:

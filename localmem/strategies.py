@@ -16,7 +16,7 @@ from typing import Any
 
 from .cache import HotWindow, message_rows
 from .records import RetrievedMessage, Row, Strategy
-from .retrieval import Candidate, Searcher, retrieve
+from .retrieval import Candidate, Retrieval, Searcher, retrieve
 from .store import Store
 from .validate import from_utc_us, now_us, to_utc_us
 
@@ -42,6 +42,7 @@ class Request:
     query: str | None
     limit: int
     lookback_days: float | None
+    min_relevance: float | None = None  # the relevance floor (retrieval.floor); None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,16 +180,26 @@ def _no_query(summary: str) -> Recall:
     return Recall((), False, f"{summary}: no query given and no user message to search with")
 
 
+def _floor_note(result: Retrieval, request: Request) -> str:
+    """What the summary adds when the floor dropped every candidate: the answer is empty
+    on purpose ("no relevant memory"), not for want of messages."""
+    if result.found or not result.below_floor:
+        return ""
+    return (f"; no relevant memory: none of {result.considered} candidates reached the relevance "
+            f"floor (min_relevance {request.min_relevance:g})")
+
+
 def semantic_search(sources: Sources, request: Request) -> Recall:
     """The conversation's messages most related to the query, best first (all time)."""
     if request.query is None:
         return _no_query("Found 0 semantically relevant messages")
-    found = retrieve(
-        sources.searcher(), request.query, request.limit,
-        owner_id=request.owner_id, conversation_id=request.conversation_id, since_us=None,
+    result = retrieve(
+        sources.searcher(), request.query, request.limit, owner_id=request.owner_id,
+        conversation_id=request.conversation_id, since_us=None, min_relevance=request.min_relevance,
     )
-    messages = _rows(sources.store, found, "semantic")
-    return Recall(messages, False, f"Found {len(messages)} semantically relevant messages")
+    messages = _rows(sources.store, result.found, "semantic")
+    note = _floor_note(result, request)
+    return Recall(messages, False, f"Found {len(messages)} semantically relevant messages{note}")
 
 
 def hybrid(sources: Sources, request: Request) -> Recall:
@@ -198,14 +209,17 @@ def hybrid(sources: Sources, request: Request) -> Recall:
     recent = recent_history(sources, replace(request, limit=max(1, request.limit // 2))).messages
     semantic: tuple[RetrievedMessage, ...] = ()
     wanted = request.limit - len(recent)
+    note = ""
     if request.query is not None and wanted > 0:
         seen = {m.msg_id for m in recent}
-        found = retrieve(
-            sources.searcher(), request.query, wanted + len(recent),
-            owner_id=request.owner_id, conversation_id=request.conversation_id, since_us=None,
+        result = retrieve(
+            sources.searcher(), request.query, wanted + len(recent), owner_id=request.owner_id,
+            conversation_id=request.conversation_id, since_us=None, min_relevance=request.min_relevance,
         )
-        semantic = tuple(m for m in _rows(sources.store, found, "semantic") if m.msg_id not in seen)[:wanted]
-    summary = f"Loaded {len(recent)} recent + {len(semantic)} semantic messages"
+        found = _rows(sources.store, result.found, "semantic")
+        semantic = tuple(m for m in found if m.msg_id not in seen)[:wanted]
+        note = _floor_note(result, request)
+    summary = f"Loaded {len(recent)} recent + {len(semantic)} semantic messages{note}"
     return Recall(recent + semantic, False, summary)
 
 
@@ -214,12 +228,13 @@ def cross_conversation(sources: Sources, request: Request) -> Recall:
     to the query, best first."""
     if request.query is None:
         return _no_query("Found 0 relevant messages across all conversations")
-    found = retrieve(
+    result = retrieve(
         sources.searcher(), request.query, request.limit, owner_id=request.owner_id,
-        conversation_id=None, since_us=since_us(request.lookback_days),
+        conversation_id=None, since_us=since_us(request.lookback_days), min_relevance=request.min_relevance,
     )
-    messages = _rows(sources.store, found, "cross_conversation")
-    return Recall(messages, False, f"Found {len(messages)} relevant messages across all conversations")
+    messages = _rows(sources.store, result.found, "cross_conversation")
+    note = _floor_note(result, request)
+    return Recall(messages, False, f"Found {len(messages)} relevant messages across all conversations{note}")
 
 
 StrategyFunction = Callable[[Sources, Request], Recall]

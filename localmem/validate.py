@@ -266,6 +266,20 @@ def check_lookback_days(value: Any) -> float | None:
     return None if value >= MAX_LOOKBACK_DAYS else float(value)
 
 
+def check_min_relevance(value: Any) -> float | str | None:
+    """The relevance floor: None (off), "auto" (the embedder's calibrated floor), or a
+    cosine similarity from -1 to 1."""
+    if value is None or value == "auto" and isinstance(value, str):
+        return value
+    if type(value) is int and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not float or not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise InvalidInputError(
+            f"min_relevance must be None, 'auto' or a cosine similarity from -1 to 1; got {value!r}"
+        )
+    return value
+
+
 def check_query(value: Any) -> str | None:
     """A search query: None or a str that is valid Unicode (no lone surrogate), so that
     any tokenizer can take it."""

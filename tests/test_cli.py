@@ -125,10 +125,19 @@ def test_demo_tells_its_story_on_a_temporary_database(run, temp_dir):
     assert "recent window · from the hot window (cache_hit=True)" in again
     assert again.count("the same ones in the same order") == 2
 
-    # 4. hybrid: the recent window, then matches from this conversation only.
+    # 4. hybrid: the recent window, then matches from this conversation only: none here
+    # reaches the relevance floor (the allergy was another chat), and it says so.
     hybrid = answer(scene(out, 4), "== hybrid")
     assert [line.split(" · ")[0] for line in hybrid[:2]] == ["   recent window"] * 2
-    assert "RRF (meaning #" in hybrid[2]
+    assert hybrid[2].startswith("   and nothing relevant by meaning: none of ")
+    assert "reached the relevance floor (min_relevance 0.35)" in hybrid[2]
+
+    # 5. A question no chat answers: no memory with the floor, the least bad without it.
+    floor = scene(out, 5)
+    assert answer(floor, '"What is 15% of 240?"', "meaning + keywords · computed")[0].startswith(
+        "   nothing relevant: none of ")
+    unfloored = answer(floor, "min_relevance=None", "no relevance floor")
+    assert len(unfloored) == 4 and all(" RRF " in line for line in unfloored[:3])
     # It wrote to a fresh file under the temp dir, and said where.
     (db,) = temp_dir.glob("localmem-demo-*/memory.db")
     assert str(db) in out
