@@ -9,10 +9,18 @@ share of the question's evidence turns among them, averaged over questions.
 
 Runs through the public API only (``Memory.add_many``, ``flush``, ``get_memory(
 Strategy.CROSS_CONVERSATION, lookback_days=None)``), so it works on any data in this
-format. Configurations: the default (dense KNN fused with BM25 by reciprocal rank fusion),
-``keyword=False`` (dense only), ``dense=False`` (BM25 only). Prints recall@1/5/10/20/50
-overall and per question category. Needs the real all-MiniLM-L6-v2 (LOCALMEM_MODELS_DIR
-or the model cache).
+format. Configurations: the default (dense KNN fused with BM25 by reciprocal rank fusion,
+then the relevance floor), the same with ``min_relevance=None`` (no floor), ``keyword=False``
+(dense only), ``dense=False`` (BM25 only). Prints recall@1/5/10/20/50 overall and per
+question category.
+
+The relevance floor's other side in the same run: ``data/no_answer_queries.json`` (72
+queries nothing in LoCoMo answers: small talk, arithmetic, general knowledge; English and
+Portuguese), each asked of every owner with the default limit; the false-positive share
+is the share of those calls that return any message (goal: at most 0.10, for a recall@10
+cost of at most 0.01). How the floor was chosen: benchmarks/relevance_floor.py.
+
+Needs the real all-MiniLM-L6-v2 (LOCALMEM_MODELS_DIR or the model cache).
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ from typing import Any
 from localmem import Memory, Strategy
 
 # LOCALMEM_LOCOMO_DIR (which .ci/run sets), else the project workspace's shared copy.
+NO_ANSWER = Path(__file__).resolve().parent / "data" / "no_answer_queries.json"
 DEFAULT_DATA = Path(os.environ.get("LOCALMEM_LOCOMO_DIR") or
                     Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "locomo")
 KS = (1, 5, 10, 20, 50)
 CONFIGS = {  # name -> get_memory arguments
     "fused (default)": {},
+    "fused, no floor": {"min_relevance": None},
     "dense only (keyword=False)": {"keyword": False},
     "keyword only (dense=False)": {"dense": False},
 }
@@ -114,6 +124,8 @@ def main() -> int:
                     recall[name]["all"][k].append(value)
                     if category in CATEGORIES:
                         recall[name][category][k].append(value)
+        owners = sorted({owner for owner, *_ in questions})
+        no_answer = false_positives(mem, owners)
     table = {
         name: {
             ("all" if c == "all" else CATEGORIES[c]): {
@@ -131,9 +143,38 @@ def main() -> int:
     print(f"{'(questions)':30}" + "".join(f"{table[next(iter(CONFIGS))][c]['questions']:>13}" for c in CATEGORIES.values()))
     for name, rows in table.items():
         print(f"{name:30}" + "".join(f"{rows[c]['R@10']:13.3f}" for c in CATEGORIES.values()))
+    print(f"\n{'no-answer queries (calls)':30}{'any message returned (share of calls)':>40}")
+    for name, by_group in no_answer.items():
+        groups = "  ".join(f"{g} {share:.3f}" for g, share in by_group.items() if g != "all")
+        print(f"{name:30}{by_group['all']:8.3f}   ({groups})")
+    cost = table["fused, no floor"]["all"]["R@10"] - table["fused (default)"]["all"]["R@10"]
+    fp = no_answer["fused (default)"]["all"]
+    print(f"\nrelevance floor (default settings): false positives {fp:.3f} (goal <= 0.10), "
+          f"fused R@10 cost {cost:.3f} (goal <= 0.01): "
+          f"{'met' if fp <= 0.10 and cost <= 0.01 else 'MISSED'}")
     if args.json:
-        args.json.write_text(json.dumps(table, indent=2))
+        args.json.write_text(json.dumps({**table, "no_answer": no_answer}, indent=2))
     return 0
+
+
+def false_positives(mem: Memory, owners: list[str]) -> dict[str, dict[str, float]]:
+    """For the default fused search and for the same without the floor: the share of
+    no-answer calls (each query asked of each owner, default limit) that return any
+    message, overall and per language and kind."""
+    queries = json.loads(NO_ANSWER.read_text(encoding="utf-8"))
+    out = {}
+    for name in ("fused (default)", "fused, no floor"):
+        hits: dict[str, list[bool]] = {"all": []}
+        for q in queries:
+            for owner in owners:
+                got = mem.get_memory(
+                    Strategy.CROSS_CONVERSATION, query=q["text"], owner_id=owner,
+                    conversation_id="session_1", lookback_days=None, **CONFIGS[name],
+                )
+                for group in ("all", q["lang"], q["kind"]):
+                    hits.setdefault(group, []).append(bool(got.messages))
+        out[name] = {group: statistics.mean(values) for group, values in hits.items()}
+    return out
 
 
 if __name__ == "__main__":

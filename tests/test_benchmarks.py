@@ -68,6 +68,13 @@ def test_locomo_fusion_beats_each_ranking_alone(tmp_path):
     assert fused["R@10"] > max(dense["R@10"], keyword["R@10"]) > 0.3
     assert all(fused[f"R@{a}"] <= fused[f"R@{b}"] for a, b in ((1, 5), (5, 10), (10, 20), (20, 50)))
     assert set(table["fused (default)"]) == {"all", "multi-hop", "temporal", "open-domain", "single-hop"}
+    # The relevance floor's two goals (issue 10): at most 10 % of the calls nothing answers
+    # return a message, for at most 0.01 of fused recall@10.
+    unfloored = table["fused, no floor"]["all"]
+    assert unfloored["R@10"] - fused["R@10"] <= 0.01
+    no_answer = table["no_answer"]
+    assert no_answer["fused (default)"]["all"] <= 0.10 and no_answer["fused, no floor"]["all"] == 1.0
+    assert set(no_answer["fused (default)"]) == {"all", "en", "pt", "small_talk", "arithmetic", "general_knowledge"}
 
 
 def test_speed_quick_run(tmp_path):
