@@ -3,7 +3,9 @@
 Each pair is tokenised as ``[CLS] query [SEP] document [SEP]`` with segment ids 0 for the
 query part and 1 for the document part, truncated longest-first to the model's max
 length; pairs are sorted by length and batched so padding stays small (length buckets).
-Results come back in input order and do not depend on batch size or order (tested).
+Results come back in input order; with the fp32 model they do not depend on batch size or
+order (tested). An int8 copy's do, a little: dynamic quantization scales activations over
+the whole padded batch (measured in benchmarks/rerank_speed.py: up to 0.41 of a logit).
 
 Scores: ``logits()`` returns the model's raw relevance logits (unbounded; higher is more
 relevant; comparable only within one model). ``score()`` returns ``sigmoid(logit)`` in
