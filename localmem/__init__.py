@@ -18,7 +18,7 @@ from .errors import (
     StrategyUnavailableError,
 )
 from .memory import Memory
-from .records import MemoryResult, Message, RetrievedMessage, Strategy
+from .records import MemoryResult, Message, RetrievedMessage, SearchStages, Strategy
 
 if TYPE_CHECKING:  # what __getattr__ returns for these, so type checkers know them
     from .embed import load_embedder
@@ -50,6 +50,7 @@ __all__ = [
     "ModelNotFoundError",
     "NotEmbeddedError",
     "RetrievedMessage",
+    "SearchStages",
     "StorageFullError",
     "StoreError",
     "Strategy",

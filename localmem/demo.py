@@ -166,7 +166,7 @@ class Tour:
         result = self.mem.get_memory(
             ask.strategy, conversation_id=ask.conversation_id, owner_id=OWNER, query=ask.query,
             limit=ask.limit, lookback_days=ask.lookback_days, keyword=ask.keyword, dense=ask.dense,
-            **({} if ask.floor else {"min_relevance": None}),
+            min_relevance="auto" if ask.floor else None,
         )
         self.asked.setdefault(ask, []).append(result)
         return ask, result

@@ -33,22 +33,27 @@ from .errors import (
 )
 from .indexer import Indexer
 from .records import MemoryResult, Message, Strategy
-from .retrieval import Searcher
+from .retrieval import Rerank, Searcher
 from .store import EXACT_SEARCH_MAX, Store, model_mismatch
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
+    check_count,
     check_id,
     check_limit,
     check_lookback_days,
     check_min_relevance,
     check_query,
     check_strategy,
+    check_threshold,
     new_message,
 )
 
 EMBED_MODES = ("background", "sync", "off")
 DEFAULT_EMBEDDING_TTL = 90 * 86_400.0
 DEFAULT_QUERY_CACHE_TTL = 300.0
+DEFAULT_RERANK_CANDIDATES = 30  # what the reranker sees (never fewer than the limit)
+DEFAULT_RERANK_THRESHOLD = 0.5  # the original design's minimum rerank score
+DEFAULT_RERANK_MIN_KEEP = 3  # kept when fewer pass the threshold (the original design's)
 _MEMORY_SETTING: Any = object()  # get_memory(min_relevance=...) not given: the Memory's
 # Scopes from this many messages run their BM25 search on a second connection, in
 # parallel with the KNN scan; below it a thread costs more than it saves.
@@ -117,6 +122,9 @@ class Memory:
         query_cache_ttl: float = DEFAULT_QUERY_CACHE_TTL,
         exact_search_max: int = EXACT_SEARCH_MAX,
         min_relevance: float | str | None = "auto",
+        rerank_candidates: int = DEFAULT_RERANK_CANDIDATES,
+        rerank_threshold: float | None = DEFAULT_RERANK_THRESHOLD,
+        rerank_min_keep: int = DEFAULT_RERANK_MIN_KEEP,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
@@ -126,6 +134,9 @@ class Memory:
             raise InvalidInputError(f"exact_search_max must be an int >= 0; got {exact_search_max!r}")
         self.exact_search_max = exact_search_max
         self.min_relevance = check_min_relevance(min_relevance)
+        self.rerank_candidates = check_count(rerank_candidates, "rerank_candidates", low=1, high=4096)
+        self.rerank_threshold = check_threshold(rerank_threshold)
+        self.rerank_min_keep = check_count(rerank_min_keep, "rerank_min_keep", low=0, high=4096)
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         if type(reembed) is not bool:
@@ -379,6 +390,9 @@ class Memory:
         keyword: bool = True,
         dense: bool = True,
         min_relevance: Any = _MEMORY_SETTING,
+        rerank: bool = True,
+        rerank_threshold: Any = _MEMORY_SETTING,
+        rerank_min_keep: Any = _MEMORY_SETTING,
     ) -> MemoryResult:
         """The messages worth putting in the prompt, chosen by ``strategy``.
 
@@ -411,6 +425,14 @@ class Memory:
         it off. ``dense=False`` searches have no similarity to judge by, hence no floor;
         in ``hybrid`` it applies to the semantic part only.
 
+        With a ``reranker``, the searching strategies reorder their answer with it (the
+        semantic part of ``hybrid``): it scores the first ``rerank_candidates`` messages
+        that passed the floor, those under ``rerank_threshold`` are dropped unless fewer
+        than ``rerank_min_keep`` pass (then the best ``rerank_min_keep`` stay).
+        ``rerank=False`` skips it for this call; ``rerank_threshold`` and
+        ``rerank_min_keep`` default to the Memory's. ``stages`` on the result says what
+        each stage did (None on a cache hit).
+
         A repeated call with the same arguments on an unchanged scope is answered from the
         query cache (``cache_hit=True``); any message added to the scope voids it.
         """
@@ -427,9 +449,15 @@ class Memory:
         if not (keyword or dense):
             raise InvalidInputError("keyword=False and dense=False leave nothing to search with")
         floor = self.min_relevance if min_relevance is _MEMORY_SETTING else check_min_relevance(min_relevance)
+        if type(rerank) is not bool:
+            raise InvalidInputError(f"rerank must be True or False; got {rerank!r}")
+        threshold = self.rerank_threshold if rerank_threshold is _MEMORY_SETTING else check_threshold(rerank_threshold)
+        min_keep = (self.rerank_min_keep if rerank_min_keep is _MEMORY_SETTING
+                    else check_count(rerank_min_keep, "rerank_min_keep", low=0, high=4096))
         request = strategies.Request(owner_id, conversation_id, query, limit, lookback)
         if strategy in strategies.SEARCHING:
-            recall = self._search(strategy, request, keyword, dense, floor)
+            plan = self._rerank_plan(threshold, min_keep) if rerank else None
+            recall = self._search(strategy, request, keyword, dense, floor, plan)
         else:
             recall = strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
         return MemoryResult(
@@ -438,11 +466,21 @@ class Memory:
             cache_hit=recall.cache_hit,
             context_summary=recall.context_summary,
             latency_ms=(time.perf_counter() - started) * 1000,
+            stages=recall.stages,
         )
+
+    def _rerank_plan(self, threshold: float | None, min_keep: int) -> Rerank | None:
+        """The reranking settings of a call, or None without a reranker (the model is
+        loaded here, so a reranker that cannot load fails the call, never skipped)."""
+        if self._reranker_arg is None:
+            return None
+        model = self.reranker
+        name = model_name(self._reranker_arg) or getattr(model, "name", None) or type(model).__qualname__
+        return Rerank(model, str(name), self.rerank_candidates, threshold, min_keep)
 
     def _search(
         self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool,
-        floor: float | str | None,
+        floor: float | str | None, rerank: Rerank | None,
     ) -> strategies.Recall:
         """A searching strategy's answer: from the query cache when the scope is unchanged,
         else computed (and cached, unless vectors are pending). ``floor`` as given
@@ -465,11 +503,12 @@ class Memory:
         elif floor == "auto":
             floor = self._embedding.calibrated_floor()
         assert floor is None or isinstance(floor, float)
-        request = replace(request, query=query, min_relevance=floor)
+        request = replace(request, query=query, min_relevance=floor, rerank=rerank)
         cross = strategy is Strategy.CROSS_CONVERSATION
         scope = self._store.scope(request.owner_id, None if cross else request.conversation_id)
+        reranking = None if rerank is None else [rerank.name, rerank.candidates, rerank.threshold, rerank.min_keep]
         key = [strategy.value, request.owner_id, request.conversation_id, query, request.limit,
-               request.lookback_days, keyword, dense, floor]
+               request.lookback_days, keyword, dense, floor, reranking]
         if self._queries is not None and not scope.pending:
             cached = self._queries.get(key, scope.token)
             if cached is not None:

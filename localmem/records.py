@@ -58,11 +58,37 @@ class RetrievedMessage(Message):
     """A message chosen by a strategy.
 
     ``source`` names the path that found it (``"recent"`` for the recency strategies);
-    ``score`` is ``None`` for recency, where order is by time, not relevance.
+    ``score`` is ``None`` for recency, where order is by time, not relevance. A message
+    found by searching keeps its place in the first stage (``first_rank``, from 1, and
+    ``first_score``: the fused, cosine or BM25 score); when a reranker ordered the answer,
+    ``rerank_score`` is its relevance in [0, 1] and ``score`` equals it.
     """
 
     score: float | None = None
     source: str = "recent"
+    first_rank: int | None = None
+    first_score: float | None = None
+    rerank_score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchStages:
+    """What the search pipeline did for one ``get_memory`` call (None on a cache hit and
+    for the strategies that do not search). Times in ms; counts of messages.
+
+    ``candidates``: out of fusion; ``below_floor``: dropped by the relevance floor;
+    ``reranked``: scored by the reranker (0 when it did not run); ``below_threshold``:
+    dropped for a rerank score under the threshold (after ``min_keep``);
+    ``rerank_skipped``: why the reranker did not run, or None.
+    """
+
+    retrieval_ms: float
+    rerank_ms: float
+    candidates: int
+    below_floor: int
+    reranked: int
+    below_threshold: int
+    rerank_skipped: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +100,7 @@ class MemoryResult:
     cache_hit: bool
     context_summary: str
     latency_ms: float
+    stages: SearchStages | None = None
 
     def __len__(self) -> int:
         return len(self.messages)

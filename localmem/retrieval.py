@@ -7,7 +7,9 @@ Every search runs the same stages, each a function with a typed output:
 2. ``fuse``: one ranking, by reciprocal rank fusion when both lists exist, each
    ``Candidate`` keeping its rank and score in each list;
 3. ``floor``: the relevance floor, dropping what has nothing in common with the query;
-4. order and limit: the best ``limit``.
+4. ``rerank_stage``: a cross-encoder (or any scorer) orders the first candidates, and a
+   threshold drops weak ones, keeping at least ``min_keep`` (optional);
+5. order and limit: the best ``limit``.
 
 The strategies (``strategies.py``) decide what to search and turn candidates into
 messages; ``Memory`` validates and caches.
@@ -15,16 +17,20 @@ messages; ``Memory`` validates and caches.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
+from .errors import LocalMemError, ModelError
+from .records import Row, SearchStages
 from .store import EXACT_SEARCH_MAX, Store
 
-__all__ = ["FUSION_DEPTH", "RRF_K", "STOPWORDS", "Candidate", "Lists", "Retrieval", "Searcher", "floor",
-           "fuse", "gather", "keyword_query", "retrieve", "rrf"]
+__all__ = ["FUSION_DEPTH", "RRF_K", "STOPWORDS", "Candidate", "Lists", "Rerank", "Retrieval", "Searcher",
+           "floor", "fuse", "gather", "keyword_query", "rerank_stage", "retrieve", "rrf", "score_with"]
 
 # Reciprocal rank fusion (Cormack et al., 2009): score = sum over lists of 1 / (RRF_K + rank).
 # Each list contributes its top FUSION_DEPTH (or the limit, if larger). On LoCoMo (5
@@ -116,6 +122,9 @@ class Candidate:
     dense_rank: int | None = None
     bm25: float | None = None
     keyword_rank: int | None = None
+    first_rank: int | None = None  # place after fusion and the floor, from 1
+    rerank_score: float | None = None
+    row: Row | None = None  # the message, once a stage needed its text
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +198,68 @@ def floor(found: list[Candidate], lists: Lists, min_relevance: float | None) -> 
 
 
 @dataclass(frozen=True, slots=True)
+class Rerank:
+    """Stage 4's settings: ``model.score(query, texts)`` gives relevance in [0, 1]; it
+    sees the first ``candidates`` messages (never fewer than the limit); those scoring
+    under ``threshold`` (None: no threshold) are dropped, but the best ``min_keep`` stay."""
+
+    model: Any
+    name: str
+    candidates: int = 30
+    threshold: float | None = 0.5
+    min_keep: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Retrieval:
-    """What the pipeline found: ``found``, best first, at most the limit; ``considered``
-    candidates came out of fusion, ``below_floor`` of them were dropped by the floor."""
+    """What the pipeline found: ``found``, best first, at most the limit, and what each
+    stage did (``localmem.SearchStages``)."""
 
     found: list[Candidate]
-    considered: int
-    below_floor: int
+    stages: SearchStages
+
+
+def score_with(rerank: Rerank, query: str, texts: list[str]) -> list[float]:
+    """The reranker's scores for ``texts``, checked: one finite number in [0, 1] each. Its
+    own failure is a ``ModelError`` naming it (never a silent fallback to the first stage)."""
+    try:
+        raw = rerank.model.score(query, texts)
+        scores = [float(x) for x in raw]
+    except LocalMemError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the reranker {rerank.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    if len(scores) != len(texts) or not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in scores):
+        raise ModelError(
+            f"the reranker {rerank.name!r} must give one score in [0, 1] per text; got "
+            f"{len(scores)} for {len(texts)} texts ({scores[:3]}...)"
+        )
+    return scores
+
+
+def rerank_stage(
+    store: Store, rerank: Rerank, query: str, kept: list[Candidate], limit: int
+) -> tuple[list[Candidate], int, int]:
+    """Stage 4: the reranker orders the first ``max(candidates, limit)`` messages (ties
+    keep the first stage's order), the threshold drops weak ones unless fewer than
+    ``min_keep`` pass. Returns (the ordered survivors, how many were scored, how many the
+    threshold dropped). ``min_keep`` picks only among what passed the relevance floor."""
+    pool = kept[: max(rerank.candidates, limit)]
+    rows = store.rows_by_id([c.row_id for c in pool])
+    pool = [replace(c, row=rows[c.row_id]) for c in pool if c.row_id in rows]
+    if not pool:
+        return [], 0, 0
+    scores = score_with(rerank, query, [c.row.content for c in pool if c.row is not None])
+    ordered = sorted(
+        (replace(c, rerank_score=s) for c, s in zip(pool, scores, strict=True)),
+        key=lambda c: -(c.rerank_score or 0.0),
+    )
+    passed = ordered if rerank.threshold is None else [
+        c for c in ordered if (c.rerank_score or 0.0) >= rerank.threshold
+    ]
+    if len(passed) < rerank.min_keep:
+        passed = ordered[: rerank.min_keep]
+    return passed, len(pool), len(ordered) - len(passed)
 
 
 def retrieve(
@@ -207,16 +271,36 @@ def retrieve(
     conversation_id: str | None,
     since_us: int | None,
     min_relevance: float | None = None,
+    rerank: Rerank | None = None,
 ) -> Retrieval:
-    """The pipeline: candidates, fusion, the relevance floor, then the ``limit`` best. Each
-    list is searched to ``FUSION_DEPTH`` (or ``limit``, if larger) when both are fused, to
-    ``limit`` alone."""
+    """The pipeline: candidates, fusion, the relevance floor, the reranker (when given),
+    then the ``limit`` best. Each list is searched to ``FUSION_DEPTH`` (or the number the
+    reranker or the limit needs, if larger) when both are fused, to that number alone."""
+    started = time.perf_counter()
     scope: _SearchScope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
-    depth = max(limit, FUSION_DEPTH) if searcher.keyword and searcher.dense else limit
+    wanted = max(limit, rerank.candidates if rerank is not None else 0)
+    depth = max(wanted, FUSION_DEPTH) if searcher.keyword and searcher.dense else wanted
     lists = gather(searcher, query, depth, scope)
     fused = fuse(lists)
-    kept = floor(fused, lists, min_relevance)
-    return Retrieval(kept[:limit], len(fused), len(fused) - len(kept))
+    kept = [replace(c, first_rank=rank) for rank, c in enumerate(floor(fused, lists, min_relevance), start=1)]
+    retrieved = time.perf_counter()
+    reranked = below_threshold = 0
+    skipped: str | None = None
+    if rerank is None:
+        found = kept[:limit]
+        skipped = "no reranker"
+    elif not kept:
+        found, skipped = [], "no candidates"
+    else:
+        found, reranked, below_threshold = rerank_stage(searcher.store, rerank, query, kept, limit)
+        found = found[:limit]
+    done = time.perf_counter()
+    stages = SearchStages(
+        retrieval_ms=(retrieved - started) * 1000, rerank_ms=(done - retrieved) * 1000,
+        candidates=len(fused), below_floor=len(fused) - len(kept), reranked=reranked,
+        below_threshold=below_threshold, rerank_skipped=skipped,
+    )
+    return Retrieval(found, stages)
 
 
 def _beside(main: Callable[[], Any], side: Callable[[], Any]) -> tuple[Any, Any]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .cache import HotWindow, message_rows
-from .records import RetrievedMessage, Row, Strategy
-from .retrieval import Candidate, Retrieval, Searcher, retrieve
+from .records import RetrievedMessage, Row, SearchStages, Strategy
+from .retrieval import Candidate, Rerank, Retrieval, Searcher, retrieve
 from .store import Store
 from .validate import from_utc_us, now_us, to_utc_us
 
@@ -30,6 +30,7 @@ class Recall:
     messages: tuple[RetrievedMessage, ...]
     cache_hit: bool
     context_summary: str
+    stages: SearchStages | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Request:
     limit: int
     lookback_days: float | None
     min_relevance: float | None = None  # the relevance floor (retrieval.floor); None: off
+    rerank: Rerank | None = None  # the reranker's settings; None: no reranking
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +62,17 @@ class Sources:
         return self.make_searcher()
 
 
-_RECALL_FORMAT = 2  # the layout of a cached Recall; an entry in another one is a miss
+_RECALL_FORMAT = 3  # the layout of a cached Recall; an entry in another one is a miss
+_EXTRA = 5  # after a row's eight fields: score, source, first_rank, first_score, rerank_score
 
 
 def recall_to_json(recall: Recall) -> dict[str, Any]:
-    """A Recall as JSON for the query cache: store rows, each with its score and source."""
+    """A Recall as JSON for the query cache: store rows, each with its score, source and
+    the first stage's rank and score and the rerank score."""
     rows = [
         [m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, to_utc_us(m.created_at),
          m.feature, None if m.metadata is None else json.dumps(m.metadata, ensure_ascii=False),
-         m.score, m.source]
+         m.score, m.source, m.first_rank, m.first_score, m.rerank_score]
         for m in recall.messages
     ]
     return {"f": _RECALL_FORMAT, "rows": rows, "summary": recall.context_summary}
@@ -80,21 +84,32 @@ def recall_from_json(value: Any, lookback_days: float | None) -> Recall | None:
     window has since left it (the window moves with the clock, not with the data)."""
     if type(value) is not dict or value.get("f") != _RECALL_FORMAT or type(value.get("summary")) is not str:
         return None
-    rows = message_rows(value.get("rows"), extra=2)
+    rows = message_rows(value.get("rows"), extra=_EXTRA)
     if rows is None or not all(
-        (r[8] is None or type(r[8]) in (int, float)) and type(r[9]) is str for r in rows
+        _number_or_none(r[8]) and type(r[9]) is str and (r[10] is None or type(r[10]) is int)
+        and _number_or_none(r[11]) and _number_or_none(r[12])
+        for r in rows
     ):
         return None
     since = since_us(lookback_days)
-    found = [(Row._make(r[:8]), r[8], r[9]) for r in rows]
+    found = [(Row._make(r[:8]), r[8:]) for r in rows]
     if since is not None and any(
-        source in ("recent", "cross_conversation") and row.created_us < since for row, _, source in found
+        extra[1] in ("recent", "cross_conversation") and row.created_us < since for row, extra in found
     ):
         return None
-    return Recall(tuple(_retrieved(row, source, score) for row, score, source in found), True, value["summary"])
+    messages = tuple(_retrieved(row, source, score, first_rank, first_score, rerank_score)
+                     for row, (score, source, first_rank, first_score, rerank_score) in found)
+    return Recall(messages, True, value["summary"])
 
 
-def _retrieved(row: Row, source: str, score: float | None = None) -> RetrievedMessage:
+def _number_or_none(value: Any) -> bool:
+    return value is None or type(value) in (int, float)
+
+
+def _retrieved(
+    row: Row, source: str, score: float | None = None, first_rank: int | None = None,
+    first_score: float | None = None, rerank_score: float | None = None,
+) -> RetrievedMessage:
     return RetrievedMessage(
         msg_id=row.msg_id,
         conversation_id=row.conversation_id,
@@ -106,6 +121,9 @@ def _retrieved(row: Row, source: str, score: float | None = None) -> RetrievedMe
         metadata=None if row.metadata is None else json.loads(row.metadata),
         score=score,
         source=source,
+        first_rank=first_rank,
+        first_score=first_score,
+        rerank_score=rerank_score,
     )
 
 
@@ -172,8 +190,16 @@ def _newest(rows: Sequence[Row], limit: int, since: int | None) -> Sequence[Row]
 
 
 def _rows(store: Store, found: Sequence[Candidate], source: str) -> tuple[RetrievedMessage, ...]:
-    rows = store.rows_by_id([c.row_id for c in found])
-    return tuple(_retrieved(rows[c.row_id], source, c.score) for c in found if c.row_id in rows)
+    """The candidates as messages (their rows read now, unless a stage already did)."""
+    missing = [c.row_id for c in found if c.row is None]
+    rows = store.rows_by_id(missing) if missing else {}
+    out = []
+    for c in found:
+        row = c.row if c.row is not None else rows.get(c.row_id)
+        if row is not None:
+            score = c.score if c.rerank_score is None else c.rerank_score
+            out.append(_retrieved(row, source, score, c.first_rank, c.score, c.rerank_score))
+    return tuple(out)
 
 
 def _no_query(summary: str) -> Recall:
@@ -183,10 +209,10 @@ def _no_query(summary: str) -> Recall:
 def _floor_note(result: Retrieval, request: Request) -> str:
     """What the summary adds when the floor dropped every candidate: the answer is empty
     on purpose ("no relevant memory"), not for want of messages."""
-    if result.found or not result.below_floor:
+    if result.found or not result.stages.below_floor:
         return ""
-    return (f"; no relevant memory: none of {result.considered} candidates reached the relevance "
-            f"floor (min_relevance {request.min_relevance:g})")
+    return (f"; no relevant memory: none of {result.stages.candidates} candidates reached the "
+            f"relevance floor (min_relevance {request.min_relevance:g})")
 
 
 def semantic_search(sources: Sources, request: Request) -> Recall:
@@ -196,10 +222,11 @@ def semantic_search(sources: Sources, request: Request) -> Recall:
     result = retrieve(
         sources.searcher(), request.query, request.limit, owner_id=request.owner_id,
         conversation_id=request.conversation_id, since_us=None, min_relevance=request.min_relevance,
+        rerank=request.rerank,
     )
     messages = _rows(sources.store, result.found, "semantic")
     note = _floor_note(result, request)
-    return Recall(messages, False, f"Found {len(messages)} semantically relevant messages{note}")
+    return Recall(messages, False, f"Found {len(messages)} semantically relevant messages{note}", result.stages)
 
 
 def hybrid(sources: Sources, request: Request) -> Recall:
@@ -210,17 +237,20 @@ def hybrid(sources: Sources, request: Request) -> Recall:
     semantic: tuple[RetrievedMessage, ...] = ()
     wanted = request.limit - len(recent)
     note = ""
+    stages = None
     if request.query is not None and wanted > 0:
         seen = {m.msg_id for m in recent}
         result = retrieve(
             sources.searcher(), request.query, wanted + len(recent), owner_id=request.owner_id,
             conversation_id=request.conversation_id, since_us=None, min_relevance=request.min_relevance,
+            rerank=request.rerank,
         )
         found = _rows(sources.store, result.found, "semantic")
         semantic = tuple(m for m in found if m.msg_id not in seen)[:wanted]
         note = _floor_note(result, request)
+        stages = result.stages
     summary = f"Loaded {len(recent)} recent + {len(semantic)} semantic messages{note}"
-    return Recall(recent + semantic, False, summary)
+    return Recall(recent + semantic, False, summary, stages)
 
 
 def cross_conversation(sources: Sources, request: Request) -> Recall:
@@ -231,10 +261,12 @@ def cross_conversation(sources: Sources, request: Request) -> Recall:
     result = retrieve(
         sources.searcher(), request.query, request.limit, owner_id=request.owner_id,
         conversation_id=None, since_us=since_us(request.lookback_days), min_relevance=request.min_relevance,
+        rerank=request.rerank,
     )
     messages = _rows(sources.store, result.found, "cross_conversation")
     note = _floor_note(result, request)
-    return Recall(messages, False, f"Found {len(messages)} relevant messages across all conversations{note}")
+    summary = f"Found {len(messages)} relevant messages across all conversations{note}"
+    return Recall(messages, False, summary, result.stages)
 
 
 StrategyFunction = Callable[[Sources, Request], Recall]

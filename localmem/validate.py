@@ -280,6 +280,24 @@ def check_min_relevance(value: Any) -> float | str | None:
     return value
 
 
+def check_count(value: Any, name: str, *, low: int, high: int) -> int:
+    """An int from ``low`` to ``high``."""
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidInputError(f"{name} must be an int from {low} to {high}; got {value!r}")
+    return value
+
+
+def check_threshold(value: Any) -> float | None:
+    """A rerank threshold: None (none) or a score from 0 to 1."""
+    if value is None:
+        return None
+    if type(value) is int:
+        value = float(value)
+    if type(value) is not float or not 0.0 <= value <= 1.0:
+        raise InvalidInputError(f"rerank_threshold must be None or a score from 0 to 1; got {value!r}")
+    return value
+
+
 def check_query(value: Any) -> str | None:
     """A search query: None or a str that is valid Unicode (no lone surrogate), so that
     any tokenizer can take it."""

@@ -6,7 +6,7 @@ import localmem
 from localmem import MemoryResult, Message, RetrievedMessage, Strategy
 
 PUBLIC = {
-    "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult",
+    "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
     "ModelNotFoundError", "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
@@ -24,7 +24,7 @@ def test_error_tree():
     assert issubclass(localmem.InvalidInputError, ValueError)
     for leaf in ("LockTimeoutError", "CorruptDatabaseError", "ModelMismatchError", "StorageFullError"):
         assert issubclass(getattr(localmem, leaf), localmem.StoreError)
-    for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult",
+    for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages",
                           "load_embedder", "load_reranker"}:
         assert issubclass(getattr(localmem, name), localmem.LocalMemError)
     # Stored but not embedded is not a lock timeout, whatever caused it: a caller retrying
