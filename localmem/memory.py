@@ -125,6 +125,7 @@ class Memory:
         rerank_candidates: int = DEFAULT_RERANK_CANDIDATES,
         rerank_threshold: float | None = DEFAULT_RERANK_THRESHOLD,
         rerank_min_keep: int = DEFAULT_RERANK_MIN_KEEP,
+        rerank_adaptive: bool = False,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
@@ -137,6 +138,9 @@ class Memory:
         self.rerank_candidates = check_count(rerank_candidates, "rerank_candidates", low=1, high=4096)
         self.rerank_threshold = check_threshold(rerank_threshold)
         self.rerank_min_keep = check_count(rerank_min_keep, "rerank_min_keep", low=0, high=4096)
+        if type(rerank_adaptive) is not bool:
+            raise InvalidInputError(f"rerank_adaptive must be True or False; got {rerank_adaptive!r}")
+        self.rerank_adaptive = rerank_adaptive
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         if type(reembed) is not bool:
@@ -476,7 +480,7 @@ class Memory:
             return None
         model = self.reranker
         name = model_name(self._reranker_arg) or getattr(model, "name", None) or type(model).__qualname__
-        return Rerank(model, str(name), self.rerank_candidates, threshold, min_keep)
+        return Rerank(model, str(name), self.rerank_candidates, threshold, min_keep, self.rerank_adaptive)
 
     def _search(
         self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool,
@@ -506,7 +510,8 @@ class Memory:
         request = replace(request, query=query, min_relevance=floor, rerank=rerank)
         cross = strategy is Strategy.CROSS_CONVERSATION
         scope = self._store.scope(request.owner_id, None if cross else request.conversation_id)
-        reranking = None if rerank is None else [rerank.name, rerank.candidates, rerank.threshold, rerank.min_keep]
+        reranking = None if rerank is None else [
+            rerank.name, rerank.candidates, rerank.threshold, rerank.min_keep, rerank.adaptive]
         key = [strategy.value, request.owner_id, request.conversation_id, query, request.limit,
                request.lookback_days, keyword, dense, floor, reranking]
         if self._queries is not None and not scope.pending:

@@ -191,3 +191,20 @@ def test_a_cross_encoder_of_the_real_architecture_orders_the_answer(db_path, tin
     expected = reranker.score(query, [m.content for m in got.messages])
     assert [m.rerank_score for m in got.messages] == pytest.approx(sorted(expected, reverse=True))
     assert all(0 < m.rerank_score < 1 for m in got.messages)
+
+
+def test_adaptive_skips_where_the_first_stage_is_confident_and_says_why(db_path, scorer):
+    from localmem.retrieval import CONFIDENT
+
+    with open_memory(db_path, scorer, rerank_adaptive=True) as mem:
+        confident = ask(mem, query="dolphins near the shore")
+        assert confident.stages.rerank_skipped == CONFIDENT and scorer.calls == []
+        assert confident.messages[0].content == "we saw dolphins near the shore"
+        assert all(m.rerank_score is None for m in confident.messages)
+        # Dense only, no message can be first in both rankings: the reranker runs.
+        dense = ask(mem, query="dolphins near the shore", keyword=False)
+        assert dense.stages.rerank_skipped is None and len(scorer.calls) == 1
+    with open_memory(db_path.with_name("off.db"), WordScorer()) as mem:  # off by default
+        assert ask(mem, query="dolphins near the shore").stages.rerank_skipped is None
+    with pytest.raises(InvalidInputError, match="rerank_adaptive"):
+        Memory(db_path, rerank_adaptive="yes")
