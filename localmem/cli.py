@@ -125,15 +125,41 @@ def _result_json(result: MemoryResult) -> dict[str, Any]:
     }
 
 
+def _setting(value: str, name: str, *, auto: bool) -> float | str | None:
+    """A --min-relevance / --rerank-threshold value: a number, "none", or "auto"."""
+    if value == "none":
+        return None
+    if value == "auto" and auto:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        words = '"none", "auto"' if auto else '"none"'
+        raise InvalidInputError(f"{name} must be a number or {words}; got {value!r}") from None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     lookback = None if args.all else args.lookback_days
-    options = {} if args.embedder is None else {"embedder": args.embedder}
+    options: dict[str, Any] = {} if args.embedder is None else {"embedder": args.embedder}
+    if args.reranker is not None:
+        from .rerank import load_reranker
+
+        folder = os.path.isdir(args.reranker)
+        options["reranker"] = load_reranker(path=args.reranker) if folder else args.reranker
+    ask: dict[str, Any] = {
+        "conversation_id": args.conversation, "owner_id": args.owner, "query": args.query,
+        "limit": args.limit, "lookback_days": lookback, "keyword": not args.dense_only,
+    }
+    if args.min_relevance is not None:
+        ask["min_relevance"] = _setting(args.min_relevance, "--min-relevance", auto=True)
+    if args.rerank_threshold is not None:
+        ask["rerank_threshold"] = _setting(args.rerank_threshold, "--rerank-threshold", auto=False)
     with _open_existing(args, **options) as mem:
         mem.flush()  # messages added by `localmem add` get their vectors first
-        result = mem.get_memory(
-            args.strategy, conversation_id=args.conversation, owner_id=args.owner, query=args.query,
-            limit=args.limit, lookback_days=lookback, keyword=not args.dense_only,
-        )
+        if args.explain:
+            print(mem.explain(args.strategy, **ask).render(), end="")
+            return 0
+        result = mem.get_memory(args.strategy, **ask)
     if args.json:
         _print_json(_result_json(result))
         return 0
@@ -409,6 +435,14 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=10, metavar="N", help="at most N (default: 10)")
     search.add_argument("--dense-only", action="store_true", help="vectors only, no BM25 fusion")
     search.add_argument("--embedder", metavar="NAME", help="embedder (default: the recorded one)")
+    search.add_argument("--reranker", metavar="NAME",
+                        help="rerank with this cross-encoder (a registered name or a folder)")
+    search.add_argument("--min-relevance", metavar="X",
+                        help="the relevance floor: a cosine, none, or auto (default: auto)")
+    search.add_argument("--rerank-threshold", metavar="X",
+                        help="drop reranked messages scoring under X, or none (default: 0.5)")
+    search.add_argument("--explain", action="store_true",
+                        help="show how the answer was chosen: before, after, filtered")
     window = search.add_mutually_exclusive_group()
     window.add_argument("--lookback-days", type=float, default=7, metavar="D",
                         help="recent part and cross_conversation: the last D days (default: 7)")

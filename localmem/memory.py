@@ -31,6 +31,7 @@ from .errors import (
     StrategyUnavailableError,
     as_localmem_error,
 )
+from .explain import Explanation, explain
 from .indexer import Indexer
 from .records import MemoryResult, Message, Strategy
 from .retrieval import Rerank, Searcher
@@ -441,6 +442,56 @@ class Memory:
         query cache (``cache_hit=True``); any message added to the scope voids it.
         """
         started = time.perf_counter()
+        strategy, _, recall = self._recall(
+            strategy, conversation_id, owner_id, query, limit, lookback_days, keyword, dense,
+            min_relevance, rerank, rerank_threshold, rerank_min_keep, use_cache=True,
+        )
+        return MemoryResult(
+            messages=recall.messages,
+            strategy=strategy,
+            cache_hit=recall.cache_hit,
+            context_summary=recall.context_summary,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            stages=recall.stages,
+        )
+
+    def explain(
+        self,
+        strategy: Strategy | str,
+        *,
+        conversation_id: str,
+        owner_id: str,
+        query: str | None = None,
+        limit: int = 10,
+        lookback_days: float | None = 7,
+        keyword: bool = True,
+        dense: bool = True,
+        min_relevance: Any = _MEMORY_SETTING,
+        rerank: bool = True,
+        rerank_threshold: Any = _MEMORY_SETTING,
+        rerank_min_keep: Any = _MEMORY_SETTING,
+    ) -> Explanation:
+        """How ``get_memory`` with these arguments chooses its answer, stage by stage: the
+        first stage's ranking, what the relevance floor and the rerank threshold dropped,
+        the order after reranking and how each message moved (``Explanation.render()``
+        prints it). A searching strategy only (for ``hybrid``, its semantic part); the
+        query cache is neither read nor written."""
+        strategy = check_strategy(strategy)
+        if strategy not in strategies.SEARCHING:
+            raise InvalidInputError(f"explain needs a strategy that searches; {strategy.value} does not")
+        strategy, request, recall = self._recall(
+            strategy, conversation_id, owner_id, query, limit, lookback_days, keyword, dense,
+            min_relevance, rerank, rerank_threshold, rerank_min_keep, use_cache=False,
+        )
+        searched = [m.msg_id for m in recall.messages if m.source != "recent"]
+        return explain(self._store, strategy, request.query, request.limit, recall.stages, recall.trace, searched)
+
+    def _recall(
+        self, strategy: Strategy | str, conversation_id: str, owner_id: str, query: str | None,
+        limit: int, lookback_days: float | None, keyword: bool, dense: bool, min_relevance: Any,
+        rerank: bool, rerank_threshold: Any, rerank_min_keep: Any, *, use_cache: bool,
+    ) -> tuple[Strategy, strategies.Request, strategies.Recall]:
+        """Validate a call and answer it: (the strategy, the request as searched, the recall)."""
         self._check_open()
         strategy = check_strategy(strategy)
         conversation_id = check_id(conversation_id, "conversation_id")
@@ -459,19 +510,10 @@ class Memory:
         min_keep = (self.rerank_min_keep if rerank_min_keep is _MEMORY_SETTING
                     else check_count(rerank_min_keep, "rerank_min_keep", low=0, high=4096))
         request = strategies.Request(owner_id, conversation_id, query, limit, lookback)
-        if strategy in strategies.SEARCHING:
-            plan = self._rerank_plan(threshold, min_keep) if rerank else None
-            recall = self._search(strategy, request, keyword, dense, floor, plan)
-        else:
-            recall = strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
-        return MemoryResult(
-            messages=recall.messages,
-            strategy=strategy,
-            cache_hit=recall.cache_hit,
-            context_summary=recall.context_summary,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            stages=recall.stages,
-        )
+        if strategy not in strategies.SEARCHING:
+            return strategy, request, strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
+        plan = self._rerank_plan(threshold, min_keep) if rerank else None
+        return strategy, *self._search(strategy, request, keyword, dense, floor, plan, use_cache=use_cache)
 
     def _rerank_plan(self, threshold: float | None, min_keep: int) -> Rerank | None:
         """The reranking settings of a call, or None without a reranker (the model is
@@ -484,8 +526,8 @@ class Memory:
 
     def _search(
         self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool,
-        floor: float | str | None, rerank: Rerank | None,
-    ) -> strategies.Recall:
+        floor: float | str | None, rerank: Rerank | None, *, use_cache: bool = True,
+    ) -> tuple[strategies.Request, strategies.Recall]:
         """A searching strategy's answer: from the query cache when the scope is unchanged,
         else computed (and cached, unless vectors are pending). ``floor`` as given
         (``"auto"``: the embedder's calibrated one); it needs the dense similarity, so
@@ -514,12 +556,13 @@ class Memory:
             rerank.name, rerank.candidates, rerank.threshold, rerank.min_keep, rerank.adaptive]
         key = [strategy.value, request.owner_id, request.conversation_id, query, request.limit,
                request.lookback_days, keyword, dense, floor, reranking]
-        if self._queries is not None and not scope.pending:
+        caching = use_cache and self._queries is not None and not scope.pending
+        if caching and self._queries is not None:
             cached = self._queries.get(key, scope.token)
             if cached is not None:
                 recall = strategies.recall_from_json(cached, request.lookback_days)
                 if recall is not None:
-                    return recall
+                    return request, recall
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
         searcher = Searcher(
             self._store, self._embedding.query_vector, keyword=keyword, dense=dense, parallel=parallel,
@@ -529,9 +572,9 @@ class Memory:
         recall = strategies.REGISTRY[strategy](sources, request)
         # An answer computed while vectors are pending would be outdated by the vectors
         # alone, which change no version: never cache it.
-        if self._queries is not None and not scope.pending:
+        if caching and self._queries is not None:
             self._queries.put(key, scope.token, strategies.recall_to_json(recall), group=request.owner_id)
-        return recall
+        return request, recall
 
     @staticmethod
     def strategies() -> tuple[Strategy, ...]:

@@ -30,7 +30,7 @@ from .records import Row, SearchStages
 from .store import EXACT_SEARCH_MAX, Store
 
 __all__ = ["CONFIDENT", "FUSION_DEPTH", "RRF_K", "STOPWORDS", "Candidate", "Lists", "Rerank", "Retrieval",
-           "Searcher", "floor", "fuse", "gather", "keyword_query", "rerank_stage", "retrieve", "rrf",
+           "Searcher", "Trace", "floor", "fuse", "gather", "keyword_query", "rerank_stage", "retrieve", "rrf",
            "score_with", "skip_reason"]
 
 # Reciprocal rank fusion (Cormack et al., 2009): score = sum over lists of 1 / (RRF_K + rank).
@@ -232,12 +232,27 @@ def skip_reason(rerank: Rerank, kept: list[Candidate]) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Trace:
+    """Every stage's list, for the explain view: ``fused`` the first stage's ranking
+    before the floor, ``kept`` after it (``first_rank`` set), ``reranked`` every candidate
+    the reranker scored in its order (empty when it did not run), and the floor and
+    threshold in effect."""
+
+    fused: list[Candidate]
+    kept: list[Candidate]
+    reranked: list[Candidate]
+    min_relevance: float | None
+    threshold: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Retrieval:
-    """What the pipeline found: ``found``, best first, at most the limit, and what each
-    stage did (``localmem.SearchStages``)."""
+    """What the pipeline found: ``found``, best first, at most the limit, what each stage
+    did (``localmem.SearchStages``) and its lists (``trace``)."""
 
     found: list[Candidate]
     stages: SearchStages
+    trace: Trace
 
 
 def score_with(rerank: Rerank, query: str, texts: list[str]) -> list[float]:
@@ -260,16 +275,16 @@ def score_with(rerank: Rerank, query: str, texts: list[str]) -> list[float]:
 
 def rerank_stage(
     store: Store, rerank: Rerank, query: str, kept: list[Candidate], limit: int
-) -> tuple[list[Candidate], int, int]:
+) -> tuple[list[Candidate], list[Candidate]]:
     """Stage 4: the reranker orders the first ``max(candidates, limit)`` messages (ties
     keep the first stage's order), the threshold drops weak ones unless fewer than
-    ``min_keep`` pass. Returns (the ordered survivors, how many were scored, how many the
-    threshold dropped). ``min_keep`` picks only among what passed the relevance floor."""
+    ``min_keep`` pass. Returns (every scored candidate in rerank order, the survivors in
+    that order). ``min_keep`` picks only among what passed the relevance floor."""
     pool = kept[: max(rerank.candidates, limit)]
     rows = store.rows_by_id([c.row_id for c in pool])
     pool = [replace(c, row=rows[c.row_id]) for c in pool if c.row_id in rows]
     if not pool:
-        return [], 0, 0
+        return [], []
     scores = score_with(rerank, query, [c.row.content for c in pool if c.row is not None])
     ordered = sorted(
         (replace(c, rerank_score=s) for c, s in zip(pool, scores, strict=True)),
@@ -280,7 +295,7 @@ def rerank_stage(
     ]
     if len(passed) < rerank.min_keep:
         passed = ordered[: rerank.min_keep]
-    return passed, len(pool), len(ordered) - len(passed)
+    return ordered, passed
 
 
 def retrieve(
@@ -305,23 +320,25 @@ def retrieve(
     fused = fuse(lists)
     kept = [replace(c, first_rank=rank) for rank, c in enumerate(floor(fused, lists, min_relevance), start=1)]
     retrieved = time.perf_counter()
-    reranked = below_threshold = 0
+    ordered: list[Candidate] = []
+    passed: list[Candidate] = []
     skipped: str | None = None
     if rerank is None:
-        found = kept[:limit]
-        skipped = "no reranker"
+        found, skipped = kept[:limit], "no reranker"
     elif (skipped := skip_reason(rerank, kept)) is not None:
         found = kept[:limit]
     else:
-        found, reranked, below_threshold = rerank_stage(searcher.store, rerank, query, kept, limit)
-        found = found[:limit]
+        ordered, passed = rerank_stage(searcher.store, rerank, query, kept, limit)
+        found = passed[:limit]
     done = time.perf_counter()
+    below_threshold = len(ordered) - len(passed)
     stages = SearchStages(
         retrieval_ms=(retrieved - started) * 1000, rerank_ms=(done - retrieved) * 1000,
-        candidates=len(fused), below_floor=len(fused) - len(kept), reranked=reranked,
+        candidates=len(fused), below_floor=len(fused) - len(kept), reranked=len(ordered),
         below_threshold=below_threshold, rerank_skipped=skipped,
     )
-    return Retrieval(found, stages)
+    trace = Trace(fused, kept, ordered, min_relevance, None if rerank is None else rerank.threshold)
+    return Retrieval(found, stages, trace)
 
 
 def _beside(main: Callable[[], Any], side: Callable[[], Any]) -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .cache import HotWindow, message_rows
 from .records import RetrievedMessage, Row, SearchStages, Strategy
-from .retrieval import Candidate, Rerank, Retrieval, Searcher, retrieve
+from .retrieval import Candidate, Rerank, Retrieval, Searcher, Trace, retrieve
 from .store import Store
 from .validate import from_utc_us, now_us, to_utc_us
 
@@ -31,6 +31,7 @@ class Recall:
     cache_hit: bool
     context_summary: str
     stages: SearchStages | None = None
+    trace: Trace | None = None  # the search's lists (not cached): for Memory.explain
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +227,8 @@ def semantic_search(sources: Sources, request: Request) -> Recall:
     )
     messages = _rows(sources.store, result.found, "semantic")
     note = _floor_note(result, request)
-    return Recall(messages, False, f"Found {len(messages)} semantically relevant messages{note}", result.stages)
+    summary = f"Found {len(messages)} semantically relevant messages{note}"
+    return Recall(messages, False, summary, result.stages, result.trace)
 
 
 def hybrid(sources: Sources, request: Request) -> Recall:
@@ -237,7 +239,7 @@ def hybrid(sources: Sources, request: Request) -> Recall:
     semantic: tuple[RetrievedMessage, ...] = ()
     wanted = request.limit - len(recent)
     note = ""
-    stages = None
+    stages = trace = None
     if request.query is not None and wanted > 0:
         seen = {m.msg_id for m in recent}
         result = retrieve(
@@ -248,9 +250,9 @@ def hybrid(sources: Sources, request: Request) -> Recall:
         found = _rows(sources.store, result.found, "semantic")
         semantic = tuple(m for m in found if m.msg_id not in seen)[:wanted]
         note = _floor_note(result, request)
-        stages = result.stages
+        stages, trace = result.stages, result.trace
     summary = f"Loaded {len(recent)} recent + {len(semantic)} semantic messages{note}"
-    return Recall(recent + semantic, False, summary, stages)
+    return Recall(recent + semantic, False, summary, stages, trace)
 
 
 def cross_conversation(sources: Sources, request: Request) -> Recall:
@@ -266,7 +268,7 @@ def cross_conversation(sources: Sources, request: Request) -> Recall:
     messages = _rows(sources.store, result.found, "cross_conversation")
     note = _floor_note(result, request)
     summary = f"Found {len(messages)} relevant messages across all conversations{note}"
-    return Recall(messages, False, summary, result.stages)
+    return Recall(messages, False, summary, result.stages, result.trace)
 
 
 StrategyFunction = Callable[[Sources, Request], Recall]
