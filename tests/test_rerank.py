@@ -208,3 +208,20 @@ def test_adaptive_skips_where_the_first_stage_is_confident_and_says_why(db_path,
         assert ask(mem, query="dolphins near the shore").stages.rerank_skipped is None
     with pytest.raises(InvalidInputError, match="rerank_adaptive"):
         Memory(db_path, rerank_adaptive="yes")
+
+
+def test_a_reranker_by_name_uses_its_int8_copy_when_there_is_one(db_path, tmp_path, tiny_models, monkeypatch):
+    import shutil
+
+    from localmem.models import quantize
+
+    folder = tmp_path / "models" / "ms-marco-MiniLM-L-6-v2"
+    shutil.copytree(tiny_models.cross_encoder, folder)
+    monkeypatch.setenv("LOCALMEM_MODELS_DIR", str(folder.parent))
+    with open_memory(db_path, "ms-marco-MiniLM-L-6-v2") as mem:
+        assert mem.reranker.files.onnx_path.name == "model.onnx"  # no copy yet: fp32
+        assert ask(mem).stages.reranked
+    quantize(folder)
+    with open_memory(db_path.with_name("int8.db"), "ms-marco-MiniLM-L-6-v2") as mem:
+        assert mem.reranker.files.onnx_path.name == "model.int8.onnx"
+        assert ask(mem).stages.reranked
