@@ -1,6 +1,7 @@
 """Retrieval quality on LoCoMo: turn-level recall@k of cross_conversation, per configuration.
 
     python benchmarks/locomo.py [--data DIR] [--json OUT]      # about 1 minute
+    python benchmarks/locomo.py --reranker NAME|PATH [--int8] [--limit-questions N]
 
 Protocol (../shared/data/locomo/README.md): skip category 5; one owner per conversation
 file, one conversation per session, every turn a message stamped with its session's time;
@@ -11,8 +12,20 @@ Runs through the public API only (``Memory.add_many``, ``flush``, ``get_memory(
 Strategy.CROSS_CONVERSATION, lookback_days=None)``), so it works on any data in this
 format. Configurations: the default (dense KNN fused with BM25 by reciprocal rank fusion,
 then the relevance floor), the same with ``min_relevance=None`` (no floor), ``keyword=False``
-(dense only), ``dense=False`` (BM25 only). Prints recall@1/5/10/20/50 overall and per
-question category.
+(dense only), ``dense=False`` (BM25 only), each with ``rerank=False``. Prints
+recall@1/5/10/20/50 overall and per question category.
+
+``--reranker NAME|PATH`` (a registry name such as ms-marco-MiniLM-L-6-v2, or a model
+folder; ``--int8`` for its int8 copy, else the fp32 model even where
+``Memory(reranker=NAME)`` would take an int8 copy) adds two rows on the same ``Memory``
+and the same vectors: "fused + rerank (NAME)", the default search reranked with the
+Memory's defaults (threshold 0.5, min_keep 3), and the same with
+``rerank_threshold=None`` (the reranker's order alone: recall@k not cut by the
+threshold). Every call asks for 50 messages (for R@50), so the reranker scores
+max(rerank_candidates 30, limit 50) = 50 per call (fewer when fewer pass the floor).
+Also printed: the mean ``stages.rerank_ms`` of those calls. ``--limit-questions N``
+keeps N questions spread evenly over all of them (a shorter run;
+its recall is not comparable with the full run's).
 
 The relevance floor's other side in the same run: ``data/no_answer_queries.json`` (72
 queries nothing in LoCoMo answers: small talk, arithmetic, general knowledge; English and
@@ -37,6 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import localmem
 from localmem import Memory, Strategy
 
 # LOCALMEM_LOCOMO_DIR (which .ci/run sets), else the project workspace's shared copy.
@@ -44,11 +58,11 @@ NO_ANSWER = Path(__file__).resolve().parent / "data" / "no_answer_queries.json"
 DEFAULT_DATA = Path(os.environ.get("LOCALMEM_LOCOMO_DIR") or
                     Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "locomo")
 KS = (1, 5, 10, 20, 50)
-CONFIGS = {  # name -> get_memory arguments
-    "fused (default)": {},
-    "fused, no floor": {"min_relevance": None},
-    "dense only (keyword=False)": {"keyword": False},
-    "keyword only (dense=False)": {"dense": False},
+CONFIGS: dict[str, dict[str, Any]] = {  # name -> get_memory arguments
+    "fused (default)": {"rerank": False},
+    "fused, no floor": {"min_relevance": None, "rerank": False},
+    "dense only (keyword=False)": {"keyword": False, "rerank": False},
+    "keyword only (dense=False)": {"dense": False, "rerank": False},
 }
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 
@@ -89,20 +103,54 @@ def load(path: Path) -> tuple[list[dict], list[tuple[str, int, set[str]]]]:
     return messages, questions
 
 
+def load_reranker(value: str, int8: bool) -> Any:
+    """--reranker's model: a folder (or .onnx file) if that path exists, else a registry
+    name (found as localmem finds models: LOCALMEM_MODELS_DIR, the Hugging Face cache, a
+    download unless HF_HUB_OFFLINE). Scores one pair at once, so a model that cannot load
+    fails here rather than after the embedding."""
+    path = Path(value).expanduser()
+    model = (localmem.load_reranker(path=path, int8=int8) if path.exists()
+             else localmem.load_reranker(value, int8=int8))
+    model.score("warm-up", ["the session loads here"])
+    return model
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of LoCoMo *.json")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--reranker", metavar="NAME|PATH",
+                        help="also measure fused search reranked by this cross-encoder (registry name or folder)")
+    parser.add_argument("--int8", action="store_true", help="with --reranker: its int8 copy (default: fp32)")
+    parser.add_argument("--limit-questions", type=int, metavar="N",
+                        help="only N questions, spread evenly (shorter run; recall not comparable)")
     args = parser.parse_args()
+    if args.int8 and not args.reranker:
+        parser.error("--int8 needs --reranker")
+    if args.limit_questions is not None and args.limit_questions < 1:
+        parser.error("--limit-questions must be at least 1")
     files = sorted(args.data.glob("*.json"))
     if not files:
         print(f"no LoCoMo files in {args.data}", file=sys.stderr)
         return 2
+    configs = dict(CONFIGS)
+    reranker, label = None, ""
+    if args.reranker:
+        reranker = load_reranker(args.reranker, args.int8)
+        label = f"{reranker.name}{' int8' if args.int8 else ''}"
+        configs[f"fused + rerank ({label})"] = {}  # the Memory's defaults: threshold 0.5, min_keep 3
+        configs[f"fused + rerank ({label}), no threshold"] = {"rerank_threshold": None}
+    reranked = [name for name, options in configs.items() if options.get("rerank", True) and reranker]
+    width = max(30, *(len(name) + 2 for name in configs))
     # recall[config][category or "all"][k] -> one value per question
     recall: dict[str, dict[Any, dict[int, list[float]]]] = {
-        name: {c: {k: [] for k in KS} for c in ("all", *CATEGORIES)} for name in CONFIGS
+        name: {c: {k: [] for k in KS} for c in ("all", *CATEGORIES)} for name in configs
     }
-    with tempfile.TemporaryDirectory() as tmp, Memory(Path(tmp) / "locomo.db", query_cache_ttl=0) as mem:
+    # per reranked config: SearchStages of each call, and how many messages it returned
+    stages: dict[str, list[Any]] = {name: [] for name in reranked}
+    returned: dict[str, list[int]] = {name: [] for name in reranked}
+    with tempfile.TemporaryDirectory() as tmp, \
+            Memory(Path(tmp) / "locomo.db", query_cache_ttl=0, reranker=reranker) as mem:
         started = time.perf_counter()
         questions = []
         for path in files:
@@ -110,20 +158,29 @@ def main() -> int:
             mem.add_many(messages)
             questions += [(path.stem, *q) for q in qs]
         mem.flush()
+        total = len(questions)
+        if args.limit_questions is not None and args.limit_questions < total:
+            questions = [questions[i * total // args.limit_questions] for i in range(args.limit_questions)]
         print(f"{mem.stats()['messages']} messages embedded in {time.perf_counter() - started:.1f} s; "
-              f"{len(questions)} questions from {len(files)} conversations")
+              f"{len(questions)} questions from {len(files)} conversations"
+              + (f" (--limit-questions: {len(questions)} of {total}, spread evenly)" if len(questions) < total else ""))
+        asked = time.perf_counter()
         for owner, question, category, evidence in questions:
-            for name, options in CONFIGS.items():
+            for name, options in configs.items():
                 got = mem.get_memory(
                     Strategy.CROSS_CONVERSATION, query=question, owner_id=owner,
                     conversation_id="session_1", limit=max(KS), lookback_days=None, **options,
                 )
+                if name in stages:
+                    stages[name].append(got.stages)
+                    returned[name].append(len(got.messages))
                 ids = [m.msg_id for m in got.messages]
                 for k in KS:
                     value = len(evidence & set(ids[:k])) / len(evidence) if evidence else 0.0
                     recall[name]["all"][k].append(value)
                     if category in CATEGORIES:
                         recall[name][category][k].append(value)
+        asked_s = time.perf_counter() - asked
         owners = sorted({owner for owner, *_ in questions})
         no_answer = false_positives(mem, owners)
     table = {
@@ -136,13 +193,24 @@ def main() -> int:
         }
         for name, per_category in recall.items()
     }
-    print(f"\n{'all questions':30}" + "".join(f"{'R@' + str(k):>8}" for k in KS))
+    print(f"\n{'all questions':{width}}" + "".join(f"{'R@' + str(k):>8}" for k in KS))
     for name, rows in table.items():
-        print(f"{name:30}" + "".join(f"{rows['all'][f'R@{k}']:8.3f}" for k in KS))
-    print(f"\n{'R@10 by category':30}" + "".join(f"{c:>13}" for c in CATEGORIES.values()))
-    print(f"{'(questions)':30}" + "".join(f"{table[next(iter(CONFIGS))][c]['questions']:>13}" for c in CATEGORIES.values()))
+        print(f"{name:{width}}" + "".join(f"{rows['all'][f'R@{k}']:8.3f}" for k in KS))
+    print(f"\n{'R@10 by category':{width}}" + "".join(f"{c:>13}" for c in CATEGORIES.values()))
+    print(f"{'(questions)':{width}}" + "".join(f"{table[next(iter(CONFIGS))][c]['questions']:>13}" for c in CATEGORIES.values()))
     for name, rows in table.items():
-        print(f"{name:30}" + "".join(f"{rows[c]['R@10']:13.3f}" for c in CATEGORIES.values()))
+        print(f"{name:{width}}" + "".join(f"{rows[c]['R@10']:13.3f}" for c in CATEGORIES.values()))
+    rerank = rerank_summary(reranker, args, stages, returned) if reranker is not None else None
+    if rerank is not None:
+        print(f"\nreranker {label} ({rerank['source']}); {len(questions)} questions x {len(configs)} "
+              f"configurations asked in {asked_s:.0f} s")
+        print(f"{'reranked calls':{width}}{'rerank_ms mean':>15}{'p50':>9}{'p95':>9}{'scored':>8}"
+              f"{'< threshold':>12}{'returned':>9}")
+        for name, r in rerank["configs"].items():
+            print(f"{name:{width}}{r['rerank_ms_mean']:15.1f}{r['rerank_ms_p50']:9.1f}{r['rerank_ms_p95']:9.1f}"
+                  f"{r['scored_mean']:8.1f}{r['below_threshold_mean']:12.1f}{r['returned_mean']:9.1f}")
+        print("(means per call; every call asks for 50 messages, so the reranker scores up to "
+              "max(rerank_candidates 30, limit 50) = 50 of them)")
     print(f"\n{'no-answer queries (calls)':30}{'any message returned (share of calls)':>40}")
     for name, by_group in no_answer.items():
         groups = "  ".join(f"{g} {share:.3f}" for g, share in by_group.items() if g != "all")
@@ -153,8 +221,36 @@ def main() -> int:
           f"fused R@10 cost {cost:.3f} (goal <= 0.01): "
           f"{'met' if fp <= 0.10 and cost <= 0.01 else 'MISSED'}")
     if args.json:
-        args.json.write_text(json.dumps({**table, "no_answer": no_answer}, indent=2))
+        extra = {} if rerank is None else {"rerank": rerank}
+        args.json.write_text(json.dumps({**table, "no_answer": no_answer, **extra}, indent=2))
     return 0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rerank_summary(reranker: Any, args: argparse.Namespace, stages: dict[str, list[Any]],
+                   returned: dict[str, list[int]]) -> dict[str, Any]:
+    """What the reranked calls cost and did, from their ``MemoryResult.stages``."""
+    configs = {}
+    for name, per_call in stages.items():
+        ms = [s.rerank_ms for s in per_call]
+        configs[name] = {
+            "calls": len(per_call),
+            "rerank_ms_mean": statistics.mean(ms), "rerank_ms_p50": statistics.median(ms),
+            "rerank_ms_p95": pct(ms, 0.95),
+            "retrieval_ms_mean": statistics.mean(s.retrieval_ms for s in per_call),
+            "scored_mean": statistics.mean(s.reranked for s in per_call),
+            "below_threshold_mean": statistics.mean(s.below_threshold for s in per_call),
+            "returned_mean": statistics.mean(returned[name]),
+            "skipped": sum(s.rerank_skipped is not None for s in per_call),
+        }
+    return {
+        "reranker": reranker.name, "source": str(reranker.files.onnx_path), "int8": bool(args.int8),
+        "configs": configs,
+    }
 
 
 def false_positives(mem: Memory, owners: list[str]) -> dict[str, dict[str, float]]:

@@ -1,6 +1,6 @@
 """Semantic retrieval speed: KNN and full strategies at 10k and 100k messages, next to numpy.
 
-    python benchmarks/semantic_speed.py            # 10k and 100k (~3 minutes)
+    python benchmarks/semantic_speed.py            # 10k and 100k (~2 minutes)
     python benchmarks/semantic_speed.py --quick    # 2k, smoke run, numbers not meaningful
 
 One owner, one conversation holding every message (the worst case for semantic_search:
@@ -20,6 +20,17 @@ Rows (medians and p95 over interleaved rounds; the baseline runs in the same rou
 * semantic_search / hybrid / cross_conversation: ``Memory.get_memory`` end to end with the
   query cache off (keyword fusion on, the default; and semantic_search with keyword=False).
 * cached repeat: the same semantic_search again with the query cache on.
+* semantic_search + rerank ARCH int8 (30 candidates): the semantic_search row (keyword
+  fusion on, limit 10) end to end on a ``Memory(reranker=...)`` with the reranking
+  defaults (30 candidates, threshold 0.5, min_keep 3), for the ms-marco-MiniLM-L-6-v2
+  and ms-marco-TinyBERT-L-2-v2 architectures, int8. No real cross-encoder weights exist
+  on these machines: both are built once, into a temporary folder, with the real
+  architectures and random weights by rerank_speed.py's helpers (the real uncased BERT
+  vocabulary when all-MiniLM-L6-v2's vocab.txt is found, so token counts are the real
+  ones); random weights cost the same arithmetic. Printed beside them: the rerank share
+  of the call (``stages.rerank_ms`` over the call, median per call) and how many
+  candidates were scored; the unreranked semantic_search row of the same rounds is the
+  baseline. Goal (issue 10): p50 <= 120 ms at 10,000 messages, for both.
 """
 
 from __future__ import annotations
@@ -32,13 +43,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +62,8 @@ from localmem.validate import new_message
 
 DIM = 384
 VOCAB = 5000
+RERANK_GOAL_MS = 120.0  # issue 10: reranked semantic_search, int8, 30 candidates, p50
+RERANK_GOAL_SIZE = 10_000
 
 
 class LookupEmbedder:
@@ -160,8 +176,31 @@ def row(name: str, samples: list[float], **extra) -> dict:
     return {"name": name, "p50_ms": statistics.median(ms), "p95_ms": pct(ms, 0.95), **extra}
 
 
-def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
+def rerank_name(label: str) -> str:
+    return f"semantic_search + rerank {label} int8 (30 candidates)"
+
+
+@contextlib.contextmanager
+def cross_encoders(quick: bool) -> Iterator[dict[str, Any]]:
+    """The int8 cross-encoders of the rerank rows, {label: CrossEncoder}, built once into
+    a temporary folder (removed on exit) by rerank_speed.py's helpers: the real
+    architectures, random (seeded) weights."""
+    import rerank_speed
+
+    builder = rerank_speed.load_builder()
+    real = locomo_text()
+    vocab, vocab_source = rerank_speed.bert_vocab(builder, real[0] + real[1] if real else [], None)
+    with tempfile.TemporaryDirectory(prefix="localmem-semantic-rerank-") as tmp:
+        started = time.perf_counter()
+        models = rerank_speed.build_models(builder, Path(tmp), vocab)
+        print(f"rerank rows: cross-encoders of the real architectures with RANDOM weights (timing only), "
+              f"int8, built in {time.perf_counter() - started:.1f} s; tokenizer: {vocab_source}")
+        yield {"rerankers": {label: models[arch, "int8"] for arch, (label, _) in rerank_speed.ARCHS.items()}}
+
+
+def run_size(n: int, rounds: int, per_round: int, rerankers: dict[str, Any] | None = None) -> list[dict]:
     vectors, texts, queries, how = dataset(n, per_round)
+    rerankers = rerankers or {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         started = time.perf_counter()
@@ -171,8 +210,14 @@ def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
         store = Store(str(path))
         mem = Memory(path, embedder=LookupEmbedder(table), query_cache_ttl=0, hot_window=10)
         cached = Memory(path, embedder=LookupEmbedder(table), query_cache_ttl=3600)
+        reranking = {  # the same settings as ``mem``, plus a reranker with its defaults
+            rerank_name(label): Memory(path, embedder=LookupEmbedder(table), query_cache_ttl=0,
+                                       hot_window=10, reranker=model)
+            for label, model in rerankers.items()
+        }
         scope = {"owner_id": "u1", "conversation_id": "c0"}
         samples: dict[str, list[float]] = {}
+        stages: dict[str, list[tuple[float, int]]] = {}  # (stages.rerank_ms, stages.reranked) per call
         recall: list[float] = []
         recall_exact: list[float] = []
 
@@ -186,6 +231,8 @@ def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
         for text, q in queries[:3]:  # warm the page cache and the embedding cache
             mem.get_memory(Strategy.SEMANTIC_SEARCH, query=text, **args)
             store.knn(q.tobytes(), 10, exact_max=0, **scope)
+            for rmem in reranking.values():  # and load the cross-encoders' sessions
+                rmem.get_memory(Strategy.SEMANTIC_SEARCH, query=text, **args)
         for _ in range(rounds):
             for text, q in queries:
                 top = timed("numpy brute force", lambda q=q: np.argpartition(-(vectors @ q), 10)[:10])
@@ -199,34 +246,77 @@ def run_size(n: int, rounds: int, per_round: int) -> list[dict]:
                     name = f"{strategy.value}" + ("" if kw else " (keyword=False)")
                     timed(name, lambda s=strategy, t=text, kw=kw: mem.get_memory(
                         s, query=t, keyword=kw, lookback_days=None, **args))
+                for name, rmem in reranking.items():
+                    got = timed(name, lambda m=rmem, t=text: m.get_memory(
+                        Strategy.SEMANTIC_SEARCH, query=t, lookback_days=None, **args))
+                    stages.setdefault(name, []).append((got.stages.rerank_ms, got.stages.reranked))
                 cached.get_memory(Strategy.SEMANTIC_SEARCH, query=text, **args)
                 hit = timed("semantic_search, cached repeat",
                             lambda t=text: cached.get_memory(Strategy.SEMANTIC_SEARCH, query=t, **args))
                 assert hit.cache_hit
-        mem.close()
-        cached.close()
+        for m in (mem, cached, *reranking.values()):
+            m.close()
         store.close()
     floor = statistics.median(samples["numpy brute force"])
     rows = []
     for name, s in samples.items():
-        extra = {"x_numpy": statistics.median(s) / floor}
+        extra: dict[str, Any] = {"x_numpy": statistics.median(s) / floor}
         if name.startswith("knn coarse"):
             extra["recall_at_10"] = statistics.mean(recall)
         if name.startswith("knn exact"):
             extra["recall_at_10"] = statistics.mean(recall_exact)
+        if name in stages:
+            extra.update(rerank_extra(n, s, stages[name], samples["semantic_search"]))
         rows.append(row(name, s, **extra))
+    # The rerank rows right after their baseline, the unreranked semantic_search row.
+    reranked = [r for r in rows if r["name"] in stages]
+    rows = [r for r in rows if r["name"] not in stages]
+    at = next(i for i, r in enumerate(rows) if r["name"] == "semantic_search") + 1
+    rows[at:at] = reranked
+    width = max(38, *(len(r["name"]) for r in rows))
     print(f"\n{n:,} messages, one owner, one conversation; {how}")
     print(f"(build {build_s:.1f} s; exact KNN up to {EXACT_SEARCH_MAX:,} messages in scope)")
-    print(f"{'':38} {'p50 ms':>9} {'p95 ms':>9} {'x numpy':>9}")
+    print(f"{'':{width}} {'p50 ms':>9} {'p95 ms':>9} {'x numpy':>9}")
     for r in rows:
         tail = f"  recall@10 vs numpy {r['recall_at_10']:.3f}" if "recall_at_10" in r else ""
-        print(f"{r['name']:38} {r['p50_ms']:9.2f} {r['p95_ms']:9.2f} {r['x_numpy']:9.1f}{tail}")
+        if "rerank_p50_ms" in r:
+            tail = (f"  rerank p50 {r['rerank_p50_ms']:.1f} ms, {r['rerank_share']:.0%} of the call; "
+                    f"{r['reranked_mean']:.0f} scored")
+        print(f"{r['name']:{width}} {r['p50_ms']:9.2f} {r['p95_ms']:9.2f} {r['x_numpy']:9.1f}{tail}")
+    for r in rows:
+        if "rerank_p50_ms" not in r:
+            continue
+        verdict = ("met" if r["goal_met"] else "MISSED") if r["goal_met"] is not None else (
+            f"not judged (the goal is at {RERANK_GOAL_SIZE:,} messages)")
+        print(f"goal: {r['name']}, p50 <= {RERANK_GOAL_MS:.0f} ms: {r['p50_ms']:.1f} ms "
+              f"(unreranked {r['baseline_p50_ms']:.1f} ms, same rounds): {verdict}")
     return [{"messages": n, **r} for r in rows]
 
 
-def run_sizes(description: str, run_size, sizes: list[int], quick: int, note: str = "") -> int:
+def rerank_extra(n: int, samples: list[float], stages: list[tuple[float, int]],
+                 baseline: list[float]) -> dict[str, Any]:
+    """A rerank row's extra fields: the rerank stage's time (``stages.rerank_ms``), its
+    share of each call (median), candidates scored, the baseline and the goal."""
+    p50 = statistics.median(samples) * 1e3
+    judged = n == RERANK_GOAL_SIZE
+    return {
+        "rerank_p50_ms": statistics.median(ms for ms, _ in stages),
+        "rerank_ms_mean": statistics.mean(ms for ms, _ in stages),
+        "rerank_share": statistics.median(ms / (s * 1e3) for (ms, _), s in zip(stages, samples, strict=True)),
+        "reranked_mean": statistics.mean(k for _, k in stages),
+        "baseline_p50_ms": statistics.median([s * 1e3 for s in baseline]),
+        "weights": "random (seeded), real architecture",
+        "goal_p50_ms": RERANK_GOAL_MS if judged else None,
+        "goal_met": p50 <= RERANK_GOAL_MS if judged else None,
+    }
+
+
+def run_sizes(description: str, run_size, sizes: list[int], quick: int, note: str = "",
+              extras: Callable[[bool], contextlib.AbstractContextManager[dict[str, Any]]] | None = None) -> int:
     """The size benchmarks' command line: --quick, --sizes, --json; a header naming the
-    machine, then ``run_size(n, rounds, queries_per_round)`` for each size."""
+    machine, then ``run_size(n, rounds, queries_per_round)`` for each size. ``extras(quick)``,
+    if given: a context manager around all the sizes whose value (a dict) is passed to
+    every ``run_size`` call as keyword arguments (what is built once for every size)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=f"{quick:,} messages, few rounds (smoke test)")
     parser.add_argument("--sizes", type=int, nargs="*", help=f"message counts (default {sizes})")
@@ -237,14 +327,15 @@ def run_sizes(description: str, run_size, sizes: list[int], quick: int, note: st
     print(f"python {platform.python_version()}, driver {driver.dbapi().__name__} "
           f"{driver.dbapi().sqlite_version}, {os.cpu_count()} cpus{note}; "
           f"{rounds} rounds x {per_round} queries")
-    rows = [r for n in chosen for r in run_size(n, rounds, per_round)]
+    with extras(args.quick) if extras is not None else contextlib.nullcontext({}) as kwargs:
+        rows = [r for n in chosen for r in run_size(n, rounds, per_round, **kwargs)]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
 
 
 def main() -> int:
-    return run_sizes(__doc__.split("\n")[0], run_size, [10_000, 100_000], 2000)
+    return run_sizes(__doc__.split("\n")[0], run_size, [10_000, 100_000], 2000, extras=cross_encoders)
 
 
 if __name__ == "__main__":

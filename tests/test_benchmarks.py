@@ -50,6 +50,12 @@ def test_semantic_speed_quick_run(tmp_path):
     for name in ("numpy brute force", "semantic_search", "hybrid", "cross_conversation",
                  "semantic_search, cached repeat"):
         assert rows[name]["p50_ms"] > 0
+    # Reranked semantic_search, both cross-encoder architectures (random weights), int8.
+    for arch in ("MiniLM-L-6", "TinyBERT-L-2"):
+        r = rows[f"semantic_search + rerank {arch} int8 (30 candidates)"]
+        assert r["p50_ms"] > 0 and r["rerank_p50_ms"] > 0 and 0 < r["rerank_share"] <= 1
+        assert r["reranked_mean"] == 30 and r["baseline_p50_ms"] == pytest.approx(rows["semantic_search"]["p50_ms"])
+        assert r["goal_p50_ms"] is None and r["goal_met"] is None  # the goal is judged at 10k, not 2k
 
 
 # The LoCoMo files are not in git: .ci/run points LOCALMEM_LOCOMO_DIR at the workspace's copy.
@@ -75,6 +81,31 @@ def test_locomo_fusion_beats_each_ranking_alone(tmp_path):
     no_answer = table["no_answer"]
     assert no_answer["fused (default)"]["all"] <= 0.10 and no_answer["fused, no floor"]["all"] == 1.0
     assert set(no_answer["fused (default)"]) == {"all", "en", "pt", "small_talk", "arithmetic", "general_knowledge"}
+    assert "rerank" not in table and not any("rerank" in name for name in table)  # only with --reranker
+
+
+@pytest.mark.slow
+@needs_minilm
+@pytest.mark.skipif(not sorted(LOCOMO.glob("*.json")),
+                    reason=f"needs the LoCoMo files (set LOCALMEM_LOCOMO_DIR; .ci/run does): none in {LOCOMO}")
+def test_locomo_reranker_rows(tmp_path, tiny_models):
+    """--reranker PATH adds the reranked rows (a tiny random cross-encoder: the path works,
+    the recall means nothing); --limit-questions keeps the run short."""
+    folder = tiny_models.cross_encoder
+    stdout, table = run_benchmark(tmp_path, "locomo.py", "--data", str(LOCOMO), "--reranker", str(folder),
+                                  "--limit-questions", "20", timeout=900)
+    reranked, unthresholded = f"fused + rerank ({folder.name})", f"fused + rerank ({folder.name}), no threshold"
+    for name in ("fused (default)", "keyword only (dense=False)", reranked, unthresholded):
+        assert table[name]["all"]["questions"] == 20, name
+        assert name in stdout
+    # Without a threshold the reranker only reorders the same 50 messages (50 asked for, 50 scored).
+    assert table[unthresholded]["all"]["R@50"] == pytest.approx(table["fused (default)"]["all"]["R@50"])
+    rerank = table["rerank"]
+    assert rerank["int8"] is False and set(rerank["configs"]) == {reranked, unthresholded}
+    for r in rerank["configs"].values():
+        assert r["calls"] == 20 and r["rerank_ms_mean"] > 0 and 0 < r["scored_mean"] <= 50
+    assert rerank["configs"][unthresholded]["below_threshold_mean"] == 0
+    assert rerank["configs"][reranked]["returned_mean"] <= rerank["configs"][unthresholded]["returned_mean"]
 
 
 def test_speed_quick_run(tmp_path):
