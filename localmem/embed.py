@@ -27,7 +27,7 @@ class Embedder(OnnxModel):
 
     kind = "embedder"
 
-    def __init__(self, files: Any, *, batch_size: int = 32, threads: int | None = None):
+    def __init__(self, files: Any, *, batch_size: int | None = None, threads: int | None = None):
         super().__init__(files, batch_size=batch_size, threads=threads)
         spec = self.spec
         if spec.pooling not in ("mean", "cls"):

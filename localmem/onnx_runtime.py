@@ -174,8 +174,11 @@ class OnnxModel:
     session, and ``load()``, which resolves a model of the subclass's ``kind``."""
 
     kind = ""
+    default_batch_size = 32
 
-    def __init__(self, files: Any, *, batch_size: int = 32, threads: int | None = None):
+    def __init__(self, files: Any, *, batch_size: int | None = None, threads: int | None = None):
+        if batch_size is None:
+            batch_size = self.default_batch_size
         spec = files.spec
         if spec.kind != self.kind:
             raise ModelError(f"{spec.name} is a {spec.kind}, not a {self.kind}")
@@ -198,7 +201,7 @@ class OnnxModel:
         path: Any = None,
         int8: bool | None = None,
         download: bool = True,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         threads: int | None = None,
     ) -> Any:
         """A model by registry name (default: the kind's default) or from a folder.

@@ -31,6 +31,9 @@ def test_rerank_speed_quick_run_has_every_row(tmp_path):
         assert r["baseline_fixed_p50_ms"] > 0 and r["baseline_longest_p50_ms"] > 0, r["name"]
         assert r["speedup_vs_fixed"] > 0 and r["tokens_mean"] > 2, r["name"]
         assert r["weights"].startswith("random")
+        if r["goal_p50_ms"] is not None:  # the batch-size table, at the goal's size
+            by_size = r["batch_size_p50_ms"]  # JSON keys are strings
+            assert sorted(map(int, by_size)) == [4, 8, 16, 32] and all(ms > 0 for ms in by_size.values())
     int8 = [r for r in rows if r["precision"] == "int8"]
     assert len(int8) == 6 and all(r["int8_speedup"] > 0 for r in int8)
     goals = [r for r in rows if r["goal_p50_ms"] is not None]
