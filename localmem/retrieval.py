@@ -22,8 +22,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypedDict
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypedDict
 
 from .errors import LocalMemError, ModelError
 from .records import Row, SearchStages
@@ -106,8 +106,7 @@ class _SearchScope(TypedDict):
     since_us: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):  # a NamedTuple: fusion makes up to 100 per search
     """A message on its way through the pipeline, with what each stage knew of it.
 
     ``score`` is the ranking score at the end: the RRF score when both lists were fused,
@@ -164,13 +163,12 @@ def fuse(lists: Lists) -> list[Candidate]:
     dense = {row_id: (rank, cos) for rank, (row_id, cos) in enumerate(lists.dense or (), start=1)}
     keyword = {row_id: (rank, -bm25) for rank, (row_id, bm25) in enumerate(lists.keyword or (), start=1)}
 
-    def candidate(row_id: int, score: float) -> Candidate:
-        d, k = dense.get(row_id), keyword.get(row_id)
-        return Candidate(
-            row_id, score,
-            cosine=None if d is None else d[1], dense_rank=None if d is None else d[0],
-            bm25=None if k is None else k[1], keyword_rank=None if k is None else k[0],
-        )
+    none = (None, None)
+
+    def candidate(row_id: int, score: float) -> Candidate:  # by position: up to 100 per search
+        d_rank, cosine = dense.get(row_id, none)
+        k_rank, bm25 = keyword.get(row_id, none)
+        return Candidate(row_id, score, cosine, d_rank, bm25, k_rank)
 
     if lists.dense is None:
         return [candidate(row_id, -bm25) for row_id, bm25 in lists.keyword or ()]
@@ -234,12 +232,12 @@ def skip_reason(rerank: Rerank, kept: list[Candidate]) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Trace:
     """Every stage's list, for the explain view: ``fused`` the first stage's ranking
-    before the floor, ``kept`` after it (``first_rank`` set), ``reranked`` every candidate
+    before the floor, ``kept`` after it (in order), ``reranked`` every candidate
     the reranker scored in its order (empty when it did not run), and the floor and
     threshold in effect."""
 
     fused: list[Candidate]
-    kept: list[Candidate]
+    kept: list[Candidate]  # in order; their first_rank is their place here, from 1
     reranked: list[Candidate]
     min_relevance: float | None
     threshold: float | None
@@ -282,12 +280,13 @@ def rerank_stage(
     that order). ``min_keep`` picks only among what passed the relevance floor."""
     pool = kept[: max(rerank.candidates, limit)]
     rows = store.rows_by_id([c.row_id for c in pool])
-    pool = [replace(c, row=rows[c.row_id]) for c in pool if c.row_id in rows]
+    pool = [c._replace(first_rank=rank, row=rows[c.row_id])
+            for rank, c in enumerate(pool, start=1) if c.row_id in rows]
     if not pool:
         return [], []
     scores = score_with(rerank, query, [c.row.content for c in pool if c.row is not None])
     ordered = sorted(
-        (replace(c, rerank_score=s) for c, s in zip(pool, scores, strict=True)),
+        (c._replace(rerank_score=s) for c, s in zip(pool, scores, strict=True)),
         key=lambda c: -(c.rerank_score or 0.0),
     )
     passed = ordered if rerank.threshold is None else [
@@ -296,6 +295,12 @@ def rerank_stage(
     if len(passed) < rerank.min_keep:
         passed = ordered[: rerank.min_keep]
     return ordered, passed
+
+
+def _ranked(found: list[Candidate]) -> list[Candidate]:
+    """``found`` with each one's ``first_rank`` set (only what leaves the pipeline gets it:
+    a copy per candidate costs microseconds, and fusion makes up to a hundred)."""
+    return [c._replace(first_rank=rank) for rank, c in enumerate(found, start=1)]
 
 
 def retrieve(
@@ -318,15 +323,15 @@ def retrieve(
     depth = max(wanted, FUSION_DEPTH) if searcher.keyword and searcher.dense else wanted
     lists = gather(searcher, query, depth, scope)
     fused = fuse(lists)
-    kept = [replace(c, first_rank=rank) for rank, c in enumerate(floor(fused, lists, min_relevance), start=1)]
+    kept = floor(fused, lists, min_relevance)
     retrieved = time.perf_counter()
     ordered: list[Candidate] = []
     passed: list[Candidate] = []
     skipped: str | None = None
     if rerank is None:
-        found, skipped = kept[:limit], "no reranker"
+        found, skipped = _ranked(kept[:limit]), "no reranker"
     elif (skipped := skip_reason(rerank, kept)) is not None:
-        found = kept[:limit]
+        found = _ranked(kept[:limit])
     else:
         ordered, passed = rerank_stage(searcher.store, rerank, query, kept, limit)
         found = passed[:limit]
