@@ -44,9 +44,12 @@ def test_the_quickstart_runs_and_says_one_line_about_the_model(tmp_path):
                           text=True, timeout=120, env=no_model_env(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "cache_hit=True" in done.stdout
+    # At most the worker's one line: none when the script closes the Memory before the
+    # worker has tried to load the model (the once-only warning itself is tested below).
     lines = done.stderr.splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "no embedding model 'all-MiniLM-L6-v2'" in lines[0] and "recent history works" in lines[0]
+    assert len(lines) <= 1, done.stderr
+    assert all("no embedding model 'all-MiniLM-L6-v2'" in line and "recent history works" in line
+               for line in lines)
     assert "Traceback" not in done.stderr
 
 
