@@ -60,7 +60,7 @@ import numpy as np
 
 import localmem
 from localmem.models import quantize
-from localmem.onnx_runtime import physical_cores
+from localmem.onnx_runtime import feed, physical_cores
 from localmem.rerank import CrossEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,31 +249,16 @@ def build_models(builder: ModuleType, folder: Path, vocab: list[str]) -> dict[tu
 
 # -- the variants --------------------------------------------------------------------------
 
-def padded_batch(encodings: list[Any], width: int, input_names: frozenset[str]) -> dict[str, np.ndarray]:
-    """Every pair in one batch, padded to ``width`` tokens (as feed() builds its arrays)."""
-    ids = np.zeros((len(encodings), width), dtype=np.int64)
-    mask = np.zeros((len(encodings), width), dtype=np.int64)
-    types = np.zeros((len(encodings), width), dtype=np.int64)
-    for row, e in enumerate(encodings):
-        n = len(e.ids)
-        ids[row, :n] = e.ids
-        mask[row, :n] = e.attention_mask
-        types[row, :n] = e.type_ids
-    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    return {name: arrays[name] for name in arrays if name in input_names}
-
-
 def naive(model: CrossEncoder, query: str, docs: list[str], fixed: int | None) -> np.ndarray:
     """The baseline: the same session and tokenizer as ``model``, one batch, padded to the
     longest pair (fixed None) or to ``fixed`` tokens (wider only if a pair is longer)."""
     session, tokenizer, names = model._model.get()
     encodings = tokenizer.encode_batch([(query, d) for d in docs])
-    longest = max(len(e.ids) for e in encodings)
-    width = longest if fixed is None else max(fixed, longest)
-    return session.run(None, padded_batch(encodings, width, names))[0][:, 0]
+    every = list(range(len(encodings)))
+    return session.run(None, feed(encodings, every, names, width=fixed or 0))[0][:, 0]
 
 
-def tokens_fed(lengths: list[int], variant: str, fixed: int, batch_size: int = 32) -> int:
+def tokens_fed(lengths: list[int], variant: str, fixed: int, batch_size: int) -> int:
     """Token positions one call runs through the model (padding included)."""
     if variant == "longest":
         return len(lengths) * max(lengths)
@@ -416,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline_fixed_p50_ms": p50["fixed"], "baseline_fixed_p95_ms": pct(ms["fixed"], 0.95),
                 "speedup_vs_fixed": p50["fixed"] / p50["localmem"],
                 "pairs_over_fixed_width": sum(x > args.fixed_width for x in flat),
-                "tokens_fed_per_call": {v: float(np.mean([tokens_fed(q, v, args.fixed_width) for q in lengths[n]]))
-                                        for v in VARIANTS},
+                "tokens_fed_per_call": {
+                    v: float(np.mean([tokens_fed(q, v, args.fixed_width, batch_size) for q in lengths[n]]))
+                    for v in VARIANTS},
                 "max_abs_logit_diff": {v: diffs[arch, precision, n, v] for v in ("longest", "fixed")},
                 "model_mb": sizes_mb[arch, precision],
                 "weights": "random (seeded), real architecture", "texts": source, "vocabulary": vocab_source,

@@ -151,11 +151,12 @@ def length_batches(encodings: list[Any], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def feed(encodings: list[Any], batch: list[int], input_names: frozenset[str]) -> dict[str, Any]:
-    """The padded int64 arrays for one batch, only for inputs the graph declares."""
+def feed(encodings: list[Any], batch: list[int], input_names: frozenset[str], width: int = 0) -> dict[str, Any]:
+    """The padded int64 arrays for one batch, only for inputs the graph declares: padded to
+    the batch's longest, or to ``width`` tokens if that is more (a benchmark's baseline)."""
     import numpy as np
 
-    width = max(len(encodings[i].ids) for i in batch)
+    width = max(width, *(len(encodings[i].ids) for i in batch))
     ids = np.zeros((len(batch), width), dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
     types = np.zeros((len(batch), width), dtype=np.int64)
