@@ -238,8 +238,8 @@ def fetch(spec: Any, target: Path, *, config: Settings | None = None, out: IO[st
                     ) from None
                 print(f"  {name}: not published by {spec.repo}, skipped (optional)", file=out, flush=True)
                 continue
-            manifest["commit"] = manifest["commit"] or record.pop("commit")
-            record.pop("commit", None)
+            commit = record.pop("commit")
+            manifest["commit"] = manifest["commit"] or commit
             manifest["files"][name] = record
         _write_manifest(staging, manifest)
         _place(staging, target)
