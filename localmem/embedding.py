@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import driver
 from .cache import EmbeddingCache
-from .errors import InvalidInputError, LocalMemError, ModelError
+from .errors import InvalidInputError, ModelError, call_model
 from .indexer import check_vectors
 from .store import describe_model, model_mismatch, same_model
 
@@ -76,12 +76,7 @@ def load_model(arg: Any, kind: str) -> Any:
 
 def run_embedder(method: Callable[[Sequence[str]], Any], texts: Sequence[str], name: str) -> Any:
     """``method(texts)``; an exception of the embedder's own is a ModelError naming it."""
-    try:
-        return method(texts)
-    except LocalMemError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"the embedder {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    return call_model(f"the embedder {name!r}", method, texts)
 
 
 class Embeddings:

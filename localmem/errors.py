@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import errno
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -106,6 +107,18 @@ class StrategyUnavailableError(LocalMemError):
 
 class ClosedError(LocalMemError):
     """The ``Memory`` was used after ``close()``."""
+
+
+def call_model(who: str, method: Callable[..., Any], *args: Any) -> Any:
+    """``method(*args)``: a model's own exception (an embedder's, a reranker's, the
+    caller's objects included) becomes a ModelError naming ``who``, the original chained;
+    a localmem error passes as it is."""
+    try:
+        return method(*args)
+    except LocalMemError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{who} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def as_localmem_error(exc: BaseException, doing: str) -> LocalMemError:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict
 
-from .errors import LocalMemError, ModelError
+from .errors import ModelError, call_model
 from .records import Row, SearchStages
 from .store import EXACT_SEARCH_MAX, Store
 
@@ -256,13 +256,10 @@ class Retrieval:
 def score_with(rerank: Rerank, query: str, texts: list[str]) -> list[float]:
     """The reranker's scores for ``texts``, checked: one finite number in [0, 1] each. Its
     own failure is a ``ModelError`` naming it (never a silent fallback to the first stage)."""
-    try:
-        raw = rerank.model.score(query, texts)
-        scores = [float(x) for x in raw]
-    except LocalMemError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"the reranker {rerank.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    def scored() -> list[float]:  # float() of a bad value is the reranker's failure too
+        return [float(x) for x in rerank.model.score(query, texts)]
+
+    scores: list[float] = call_model(f"the reranker {rerank.name!r}", scored)
     if len(scores) != len(texts) or not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in scores):
         raise ModelError(
             f"the reranker {rerank.name!r} must give one score in [0, 1] per text; got "
