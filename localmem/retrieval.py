@@ -281,7 +281,7 @@ def rerank_stage(
             for rank, c in enumerate(pool, start=1) if c.row_id in rows]
     if not pool:
         return [], []
-    scores = score_with(rerank, query, [c.row.content for c in pool if c.row is not None])
+    scores = score_with(rerank, query, [rows[c.row_id].content for c in pool])
     ordered = sorted(
         (c._replace(rerank_score=s) for c, s in zip(pool, scores, strict=True)),
         key=lambda c: -(c.rerank_score or 0.0),

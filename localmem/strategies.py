@@ -209,15 +209,21 @@ def _floor_note(result: Retrieval, request: Request) -> str:
             f"relevance floor (min_relevance {request.min_relevance:g})")
 
 
+def _search(sources: Sources, request: Request, query: str, limit: int, *, conversation_id: str | None,
+            since: int | None) -> Retrieval:
+    """The pipeline in this scope, with the request's floor and reranker."""
+    return retrieve(
+        sources.searcher(), query, limit, owner_id=request.owner_id, conversation_id=conversation_id,
+        since_us=since, min_relevance=request.min_relevance, rerank=request.rerank,
+    )
+
+
 def semantic_search(sources: Sources, request: Request) -> Recall:
     """The conversation's messages most related to the query, best first (all time)."""
     if request.query is None:
         return _no_query("Found 0 semantically relevant messages")
-    result = retrieve(
-        sources.searcher(), request.query, request.limit, owner_id=request.owner_id,
-        conversation_id=request.conversation_id, since_us=None, min_relevance=request.min_relevance,
-        rerank=request.rerank,
-    )
+    result = _search(sources, request, request.query, request.limit,
+                     conversation_id=request.conversation_id, since=None)
     messages = _rows(sources.store, result.found, "semantic")
     note = _floor_note(result, request)
     summary = f"Found {len(messages)} semantically relevant messages{note}"
@@ -235,11 +241,8 @@ def hybrid(sources: Sources, request: Request) -> Recall:
     stages = trace = None
     if request.query is not None and wanted > 0:
         seen = {m.msg_id for m in recent}
-        result = retrieve(
-            sources.searcher(), request.query, wanted + len(recent), owner_id=request.owner_id,
-            conversation_id=request.conversation_id, since_us=None, min_relevance=request.min_relevance,
-            rerank=request.rerank,
-        )
+        result = _search(sources, request, request.query, wanted + len(recent),
+                         conversation_id=request.conversation_id, since=None)
         found = _rows(sources.store, result.found, "semantic")
         semantic = tuple(m for m in found if m.msg_id not in seen)[:wanted]
         note = _floor_note(result, request)
@@ -253,11 +256,8 @@ def cross_conversation(sources: Sources, request: Request) -> Recall:
     to the query, best first."""
     if request.query is None:
         return _no_query("Found 0 relevant messages across all conversations")
-    result = retrieve(
-        sources.searcher(), request.query, request.limit, owner_id=request.owner_id,
-        conversation_id=None, since_us=since_us(request.lookback_days), min_relevance=request.min_relevance,
-        rerank=request.rerank,
-    )
+    result = _search(sources, request, request.query, request.limit,
+                     conversation_id=None, since=since_us(request.lookback_days))
     messages = _rows(sources.store, result.found, "cross_conversation")
     note = _floor_note(result, request)
     summary = f"Found {len(messages)} relevant messages across all conversations{note}"
