@@ -39,6 +39,7 @@ from .store import EXACT_SEARCH_MAX, Store, model_mismatch
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_count,
+    check_flag,
     check_id,
     check_limit,
     check_lookback_days,
@@ -55,7 +56,8 @@ DEFAULT_QUERY_CACHE_TTL = 300.0
 DEFAULT_RERANK_CANDIDATES = 30  # what the reranker sees (never fewer than the limit)
 DEFAULT_RERANK_THRESHOLD = 0.5  # the original design's minimum rerank score
 DEFAULT_RERANK_MIN_KEEP = 3  # kept when fewer pass the threshold (the original design's)
-_MEMORY_SETTING: Any = object()  # get_memory(min_relevance=...) not given: the Memory's
+_MAX_RERANK = 4096  # rerank_candidates / rerank_min_keep: sqlite-vec's largest k
+_MEMORY_SETTING: Any = object()  # a get_memory() setting not given: the Memory's is used
 # Scopes from this many messages run their BM25 search on a second connection, in
 # parallel with the KNN scan; below it a thread costs more than it saves.
 PARALLEL_KEYWORD_FROM = 5_000
@@ -136,16 +138,13 @@ class Memory:
             raise InvalidInputError(f"exact_search_max must be an int >= 0; got {exact_search_max!r}")
         self.exact_search_max = exact_search_max
         self.min_relevance = check_min_relevance(min_relevance)
-        self.rerank_candidates = check_count(rerank_candidates, "rerank_candidates", low=1, high=4096)
+        self.rerank_candidates = check_count(rerank_candidates, "rerank_candidates", low=1, high=_MAX_RERANK)
         self.rerank_threshold = check_threshold(rerank_threshold)
-        self.rerank_min_keep = check_count(rerank_min_keep, "rerank_min_keep", low=0, high=4096)
-        if type(rerank_adaptive) is not bool:
-            raise InvalidInputError(f"rerank_adaptive must be True or False; got {rerank_adaptive!r}")
-        self.rerank_adaptive = rerank_adaptive
+        self.rerank_min_keep = check_count(rerank_min_keep, "rerank_min_keep", low=0, high=_MAX_RERANK)
+        self.rerank_adaptive = check_flag(rerank_adaptive, "rerank_adaptive")
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
-        if type(reembed) is not bool:
-            raise InvalidInputError(f"reembed must be True or False; got {reembed!r}")
+        check_flag(reembed, "reembed")
         for name, value in (("embedding_cache_ttl", embedding_cache_ttl), ("query_cache_ttl", query_cache_ttl)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10**10:
                 raise InvalidInputError(f"{name} must be seconds >= 0; got {value!r}")
@@ -499,16 +498,15 @@ class Memory:
         limit = check_limit(limit)
         lookback = check_lookback_days(lookback_days)
         query = check_query(query)
-        if type(keyword) is not bool or type(dense) is not bool:
-            raise InvalidInputError(f"keyword and dense must be True or False; got {keyword!r}, {dense!r}")
+        check_flag(keyword, "keyword")
+        check_flag(dense, "dense")
         if not (keyword or dense):
             raise InvalidInputError("keyword=False and dense=False leave nothing to search with")
         floor = self.min_relevance if min_relevance is _MEMORY_SETTING else check_min_relevance(min_relevance)
-        if type(rerank) is not bool:
-            raise InvalidInputError(f"rerank must be True or False; got {rerank!r}")
+        check_flag(rerank, "rerank")
         threshold = self.rerank_threshold if rerank_threshold is _MEMORY_SETTING else check_threshold(rerank_threshold)
         min_keep = (self.rerank_min_keep if rerank_min_keep is _MEMORY_SETTING
-                    else check_count(rerank_min_keep, "rerank_min_keep", low=0, high=4096))
+                    else check_count(rerank_min_keep, "rerank_min_keep", low=0, high=_MAX_RERANK))
         request = strategies.Request(owner_id, conversation_id, query, limit, lookback)
         if strategy not in strategies.SEARCHING:
             return strategy, request, strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
@@ -556,9 +554,11 @@ class Memory:
             rerank.name, rerank.candidates, rerank.threshold, rerank.min_keep, rerank.adaptive]
         key = [strategy.value, request.owner_id, request.conversation_id, query, request.limit,
                request.lookback_days, keyword, dense, floor, reranking]
-        caching = use_cache and self._queries is not None and not scope.pending
-        if caching and self._queries is not None:
-            cached = self._queries.get(key, scope.token)
+        # An answer computed while vectors are pending would be outdated by the vectors
+        # alone, which change no version: such a scope is neither read nor cached.
+        queries = self._queries if use_cache and not scope.pending else None
+        if queries is not None:
+            cached = queries.get(key, scope.token)
             if cached is not None:
                 recall = strategies.recall_from_json(cached, request.lookback_days)
                 if recall is not None:
@@ -570,10 +570,8 @@ class Memory:
         )
         sources = strategies.Sources(self._store, self._hot, lambda: searcher)
         recall = strategies.REGISTRY[strategy](sources, request)
-        # An answer computed while vectors are pending would be outdated by the vectors
-        # alone, which change no version: never cache it.
-        if caching and self._queries is not None:
-            self._queries.put(key, scope.token, strategies.recall_to_json(recall), group=request.owner_id)
+        if queries is not None:
+            queries.put(key, scope.token, strategies.recall_to_json(recall), group=request.owner_id)
         return request, recall
 
     @staticmethod

@@ -280,6 +280,13 @@ def check_min_relevance(value: Any) -> float | str | None:
     return value
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """True or False, nothing truthy in their place."""
+    if type(value) is not bool:
+        raise InvalidInputError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
 def check_count(value: Any, name: str, *, low: int, high: int) -> int:
     """An int from ``low`` to ``high``."""
     if type(value) is not int or not low <= value <= high:
