@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict
 
 from .errors import ModelError, call_model
@@ -71,6 +71,14 @@ def keyword_query(text: str) -> str | None:
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
+class _SearchScope(TypedDict):
+    """The keyword arguments of ``Store.knn`` and ``Store.keyword`` that name the scope."""
+
+    owner_id: str
+    conversation_id: str | None
+    since_us: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class Searcher:
     """What the semantic strategies search with: the store, a function giving the query's
@@ -79,6 +87,10 @@ class Searcher:
     ``parallel``: the BM25 search runs in a thread while the KNN scan runs in the caller's
     (each on its own read connection of the store; SQLite releases the GIL while it works),
     so a large scope costs the longer of the two instead of their sum.
+
+    One searcher serves one ``get_memory`` call: it keeps the query's vector and each
+    dense ranking it computed, so that the automatic selector's probe and the search it
+    chooses embed once and scan a scope once (``dataclasses.replace`` keeps them).
     """
 
     store: Store
@@ -87,6 +99,31 @@ class Searcher:
     parallel: bool = False
     exact_max: int = EXACT_SEARCH_MAX
     dense: bool = True
+    _vectors: dict[str, bytes] = field(default_factory=dict)
+    _dense: dict[tuple[Any, ...], list[tuple[int, float]]] = field(default_factory=dict)
+
+    def vector(self, query: str) -> bytes:
+        """The query's vector, computed once per searcher."""
+        vector = self._vectors.get(query)
+        if vector is None:
+            vector = self._vectors[query] = self.query_vector(query)
+        return vector
+
+    def knn(self, query: str, depth: int, scope: _SearchScope) -> list[tuple[int, float]]:
+        """The dense ranking of ``query`` in ``scope`` to ``depth`` (computed once per
+        searcher; a copy, so callers may change it)."""
+        key = (query, depth, scope["owner_id"], scope["conversation_id"], scope["since_us"])
+        ranked = self._dense.get(key)
+        if ranked is None:
+            ranked = self._dense[key] = self.store.knn(self.vector(query), depth, exact_max=self.exact_max, **scope)
+        return list(ranked)
+
+    def depth(self, limit: int, rerank: Rerank | None) -> int:
+        """How deep each ranking is searched for ``limit`` messages: ``FUSION_DEPTH`` (or
+        the number the reranker or the limit needs, if larger) when both are fused, that
+        number alone otherwise."""
+        wanted = max(limit, rerank.candidates if rerank is not None else 0)
+        return max(wanted, FUSION_DEPTH) if self.keyword and self.dense else wanted
 
 
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
@@ -96,14 +133,6 @@ def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, fl
         for rank, row_id in enumerate(ranking, start=1):
             scores[row_id] = scores.get(row_id, 0.0) + 1.0 / (k + rank)
     return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
-
-
-class _SearchScope(TypedDict):
-    """The keyword arguments of ``Store.knn`` and ``Store.keyword`` that name the scope."""
-
-    owner_id: str
-    conversation_id: str | None
-    since_us: int | None
 
 
 class Candidate(NamedTuple):  # a NamedTuple: fusion makes up to 100 per search
@@ -142,10 +171,8 @@ def gather(searcher: Searcher, query: str, depth: int, scope: _SearchScope) -> L
     match = keyword_query(query) if searcher.keyword else None
     if not searcher.dense:
         return Lists(None, searcher.store.keyword(match, depth, **scope) if match else [])
-    vector = searcher.query_vector(query)
-
     def dense() -> list[tuple[int, float]]:
-        return searcher.store.knn(vector, depth, exact_max=searcher.exact_max, **scope)
+        return searcher.knn(query, depth, scope)
 
     if not searcher.keyword:
         return Lists(dense(), None)
@@ -313,12 +340,11 @@ def retrieve(
 ) -> Retrieval:
     """The pipeline: candidates, fusion, the relevance floor, the reranker (when given),
     then the ``limit`` best. Each list is searched to ``FUSION_DEPTH`` (or the number the
-    reranker or the limit needs, if larger) when both are fused, to that number alone."""
+    reranker or the limit needs, if larger) when both are fused, to that number alone
+    (``Searcher.depth``)."""
     started = time.perf_counter()
     scope: _SearchScope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
-    wanted = max(limit, rerank.candidates if rerank is not None else 0)
-    depth = max(wanted, FUSION_DEPTH) if searcher.keyword and searcher.dense else wanted
-    lists = gather(searcher, query, depth, scope)
+    lists = gather(searcher, query, searcher.depth(limit, rerank), scope)
     fused = fuse(lists)
     kept = floor(fused, lists, min_relevance)
     retrieved = time.perf_counter()
