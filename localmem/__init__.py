@@ -18,7 +18,8 @@ from .errors import (
     StrategyUnavailableError,
 )
 from .memory import Memory
-from .records import MemoryResult, Message, RetrievedMessage, SearchStages, Strategy
+from .analytics import StrategyStats, StrategyUsage
+from .records import MemoryResult, Message, RetrievedMessage, SearchStages, Selection, Strategy
 
 if TYPE_CHECKING:  # what __getattr__ returns for these, so type checkers know them
     from .embed import load_embedder
@@ -51,10 +52,13 @@ __all__ = [
     "NotEmbeddedError",
     "RetrievedMessage",
     "SearchStages",
+    "Selection",
     "StorageFullError",
     "StoreError",
     "Strategy",
+    "StrategyStats",
     "StrategyUnavailableError",
+    "StrategyUsage",
     "load_embedder",
     "load_reranker",
 ]

@@ -112,12 +112,40 @@ def cmd_recent(args: argparse.Namespace) -> int:
     for m in result.messages:
         print(f"{_iso(m.created_at)}  [{m.role}] {m.content}")
     print(result.context_summary)
+    if result.selection is not None:
+        print(f"auto chose {result.strategy.value} ({result.selection.reason}): {result.selection.detail}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """The strategy log's report (reading it creates nothing)."""
+    days = None if args.days is None or args.days == 0 else args.days
+    with _open_existing(args, hot_window=0, query_cache_ttl=0, embed="off") as mem:
+        stats = mem.strategy_stats(owner_id=args.owner, days=days)
+    if args.json:
+        _print_json(stats.as_dict())
+        return 0
+    who = "all owners" if stats.owner_id is None else f"owner {stats.owner_id}"
+    period = "all time" if stats.days is None else f"last {stats.days:g} days"
+    print(f"{stats.total_calls} get_memory calls, {who}, {period}: latency p50 {stats.latency_p50_ms:.2f} ms, "
+          f"p95 {stats.latency_p95_ms:.2f} ms, cache hits {stats.cache_hit_rate:.0%}, chosen by auto {stats.auto_share:.0%}")
+    if stats.strategies:
+        print(f"\n{'strategy':20}{'calls':>8}{'share':>8}{'p50 ms':>9}{'p95 ms':>9}{'avg ms':>9}"
+              f"{'results':>9}{'cache':>7}{'auto':>7}")
+        for u in stats.strategies:
+            print(f"{u.strategy:20}{u.calls:8d}{u.share:8.0%}{u.latency_p50_ms:9.2f}{u.latency_p95_ms:9.2f}"
+                  f"{u.latency_avg_ms:9.2f}{u.avg_results:9.1f}{u.cache_hit_rate:7.0%}{u.auto_share:7.0%}")
+    if stats.auto_reasons:
+        print("\nwhy auto chose: " + ", ".join(f"{reason} {calls}" for reason, calls in stats.auto_reasons))
     return 0
 
 
 def _result_json(result: MemoryResult) -> dict[str, Any]:
+    selection = None if result.selection is None else {**asdict(result.selection),
+                                                        "strategy": result.selection.strategy.value}
     return {
         "strategy": result.strategy.value,
+        "selection": selection,
         "cache_hit": result.cache_hit,
         "context_summary": result.context_summary,
         "latency_ms": result.latency_ms,
@@ -451,6 +479,11 @@ def _parser() -> argparse.ArgumentParser:
     reembed = command("reembed", cmd_reembed,
                       "drop every vector and rebuild them all (with another embedder, if given)")
     reembed.add_argument("--embedder", metavar="NAME", help="the new embedder (default: the recorded one)")
+
+    stats = command("stats", cmd_stats, "which strategies ran, how fast, how often auto chose them (the strategy log)")
+    stats.add_argument("--owner", metavar="ID", help="one owner (default: all)")
+    stats.add_argument("--days", type=float, default=7, metavar="N", help="the last N days; 0: all the log (default: 7)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
 
     info = command("info", cmd_info, "print the database's path, schema version, size and counts")
     info.add_argument("--json", action="store_true", help="print JSON")

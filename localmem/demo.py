@@ -156,7 +156,7 @@ class Tour:
 
     def runnable(self, ask: Ask) -> Ask:
         """``ask`` as this tour can run it: with no model, a search uses keywords alone."""
-        if not self.dense and ask.strategy in SEARCHES:
+        if not self.dense and (ask.strategy in SEARCHES or ask.strategy is Strategy.AUTO):
             return replace(ask, dense=False, keyword=True)
         return ask
 
@@ -369,6 +369,22 @@ def scene_nothing_relevant(tour: Tour) -> None:
     print("   -> without the floor, the least bad matches would have reached the prompt")
 
 
+def scene_auto(tour: Tour) -> None:
+    """Strategy.AUTO: the agent passes each new message, localmem picks the strategy."""
+    print("\n6. Let localmem choose: Strategy.AUTO, message by message")
+    for query in ("thanks, that helps!", "what did I just say?", QUESTION):
+        _, result = tour.ask(Ask(Strategy.AUTO, query=query, lookback_days=None))
+        chose = result.selection
+        assert chose is not None  # AUTO always says how it chose
+        print(f'\n== auto · "{query}" -> {result.strategy.value} ({chose.reason}; '
+              f"{chose.choose_ms:.2f} ms to choose)")
+        print(f"   {chose.detail}")
+        for m in result.messages[:3]:
+            print(f"   [{m.conversation_id}] {m.content[:72]}")
+        if not result.messages:
+            print("   (no stored messages)")
+
+
 SCENES: Sequence[Callable[[Tour], None]] = (
     scene_chats,
     scene_recency_misses_it,
@@ -376,6 +392,7 @@ SCENES: Sequence[Callable[[Tour], None]] = (
     scene_ask_again,
     scene_other_strategies,
     scene_nothing_relevant,
+    scene_auto,
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import platformdirs
 
-from . import driver, strategies
+from . import analytics, driver, selector, strategies
 from .cache import (
     CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
@@ -33,9 +33,10 @@ from .errors import (
 )
 from .explain import Explanation, explain
 from .indexer import Indexer
-from .records import MemoryResult, Message, Strategy
+from .records import MemoryResult, Message, Selection, Strategy
 from .retrieval import Rerank, Searcher
 from .store import EXACT_SEARCH_MAX, Store, model_mismatch
+from .strategy_log import LogEntry, StrategyLog, log_path
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_count,
@@ -48,6 +49,7 @@ from .validate import (
     check_strategy,
     check_threshold,
     new_message,
+    now_us,
 )
 
 EMBED_MODES = ("background", "sync", "off")
@@ -56,6 +58,8 @@ DEFAULT_QUERY_CACHE_TTL = 300.0
 DEFAULT_RERANK_CANDIDATES = 30  # what the reranker sees (never fewer than the limit)
 DEFAULT_RERANK_THRESHOLD = 0.5  # the original design's minimum rerank score
 DEFAULT_RERANK_MIN_KEEP = 3  # kept when fewer pass the threshold (the original design's)
+DEFAULT_LOG_RETENTION_DAYS = 90.0
+_US_PER_DAY = 86_400 * 1_000_000
 _MAX_RERANK = 4096  # rerank_candidates / rerank_min_keep: sqlite-vec's largest k
 _MEMORY_SETTING: Any = object()  # a get_memory() setting not given: the Memory's is used
 # Scopes from this many messages run their BM25 search on a second connection, in
@@ -104,6 +108,12 @@ class Memory:
     ones scan sign-bit codes and re-score the best candidates with their float vectors
     (faster, approximate: recall@10 0.98 at 10k, 0.94 at 100k in benchmarks/semantic_speed.py).
 
+    ``strategy_log``: log every ``get_memory`` call (strategy, who chose it and why,
+    counts, latency, cache hit, rerank figures; the query as a keyed hash, its text only
+    with ``log_queries=True``) to ``<path>-log`` for ``strategy_stats()``, ``analytics()``
+    and the automatic selector's per-owner pattern; entries older than
+    ``log_retention_days`` are dropped (None: kept).
+
     Thread-safe; after ``fork()`` the child opens its own connections on first use.
     """
 
@@ -129,6 +139,9 @@ class Memory:
         rerank_threshold: float | None = DEFAULT_RERANK_THRESHOLD,
         rerank_min_keep: int = DEFAULT_RERANK_MIN_KEEP,
         rerank_adaptive: bool = False,
+        strategy_log: bool = True,
+        log_queries: bool = False,
+        log_retention_days: float | None = DEFAULT_LOG_RETENTION_DAYS,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
@@ -142,6 +155,12 @@ class Memory:
         self.rerank_threshold = check_threshold(rerank_threshold)
         self.rerank_min_keep = check_count(rerank_min_keep, "rerank_min_keep", low=0, high=_MAX_RERANK)
         self.rerank_adaptive = check_flag(rerank_adaptive, "rerank_adaptive")
+        check_flag(strategy_log, "strategy_log")
+        self.log_queries = check_flag(log_queries, "log_queries")
+        if log_retention_days is not None and (
+                isinstance(log_retention_days, bool) or not isinstance(log_retention_days, (int, float))
+                or not 0 < log_retention_days < 10**6):
+            raise InvalidInputError(f"log_retention_days must be days > 0 or None; got {log_retention_days!r}")
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         check_flag(reembed, "reembed")
@@ -193,6 +212,10 @@ class Memory:
                     self._cache_dir, namespace=namespace, ttl=float(query_cache_ttl),
                     timeout=self._cache_timeout,
                 )
+            self._log = StrategyLog(
+                log_path(self.path), keep_queries=self.log_queries,
+                retention_days=None if log_retention_days is None else float(log_retention_days),
+            ) if strategy_log else None
             self._indexer = Indexer(
                 self._store, None if in_memory else self._open_store,
                 self._embedding.documents, self._embedding.identity,
@@ -225,7 +248,7 @@ class Memory:
         """Stop the worker, then close caches and store (whatever was opened)."""
         with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
             stack.callback(self._store.close)
-            for name in ("_embedding", "_queries", "_hot", "_indexer"):
+            for name in ("_log", "_embedding", "_queries", "_hot", "_indexer"):
                 part = getattr(self, name, None)
                 if part is not None:
                     stack.callback(part.close)
@@ -441,18 +464,41 @@ class Memory:
         query cache (``cache_hit=True``); any message added to the scope voids it.
         """
         started = time.perf_counter()
-        strategy, _, recall = self._recall(
+        strategy, request, recall, selection = self._recall(
             strategy, conversation_id, owner_id, query, limit, lookback_days, keyword, dense,
             min_relevance, rerank, rerank_threshold, rerank_min_keep, use_cache=True,
         )
-        return MemoryResult(
+        result = MemoryResult(
             messages=recall.messages,
             strategy=strategy,
             cache_hit=recall.cache_hit,
             context_summary=recall.context_summary,
             latency_ms=(time.perf_counter() - started) * 1000,
             stages=recall.stages,
+            selection=selection,
         )
+        if self._log is not None:
+            self._log_call(request, result)
+        return result
+
+    def _log_call(self, request: strategies.Request, result: MemoryResult) -> None:
+        """One strategy-log entry for an answered call (a few µs: the log writes later)."""
+        log = self._log
+        assert log is not None
+        query = request.query
+        stages, selection = result.stages, result.selection
+        reranked = stages is not None and stages.reranked > 0
+        log.append(LogEntry(
+            now_us(), request.owner_id, request.conversation_id, result.strategy.value,
+            "caller" if selection is None else "auto", None if selection is None else selection.reason,
+            len(result.messages), result.latency_ms, result.cache_hit,
+            None if selection is None else selection.choose_ms,
+            stages.rerank_ms if reranked and stages is not None else None,
+            stages.reranked if reranked and stages is not None else None,
+            stages.below_threshold if reranked and stages is not None else None,
+            None if query is None else log.query_hash(query),
+            query if self.log_queries else None,
+        ))
 
     def explain(
         self,
@@ -478,7 +524,7 @@ class Memory:
         strategy = check_strategy(strategy)
         if strategy not in strategies.SEARCHING:
             raise InvalidInputError(f"explain needs a strategy that searches; {strategy.value} does not")
-        strategy, request, recall = self._recall(
+        strategy, request, recall, _ = self._recall(
             strategy, conversation_id, owner_id, query, limit, lookback_days, keyword, dense,
             min_relevance, rerank, rerank_threshold, rerank_min_keep, use_cache=False,
         )
@@ -489,8 +535,9 @@ class Memory:
         self, strategy: Strategy | str, conversation_id: str, owner_id: str, query: str | None,
         limit: int, lookback_days: float | None, keyword: bool, dense: bool, min_relevance: Any,
         rerank: bool, rerank_threshold: Any, rerank_min_keep: Any, *, use_cache: bool,
-    ) -> tuple[Strategy, strategies.Request, strategies.Recall]:
-        """Validate a call and answer it: (the strategy, the request as searched, the recall)."""
+    ) -> tuple[Strategy, strategies.Request, strategies.Recall, Selection | None]:
+        """Validate a call and answer it: (the strategy that ran, the request as searched,
+        the recall, how AUTO chose or None)."""
         self._check_open()
         strategy = check_strategy(strategy)
         conversation_id = check_id(conversation_id, "conversation_id")
@@ -508,10 +555,80 @@ class Memory:
         min_keep = (self.rerank_min_keep if rerank_min_keep is _MEMORY_SETTING
                     else check_count(rerank_min_keep, "rerank_min_keep", low=0, high=_MAX_RERANK))
         request = strategies.Request(owner_id, conversation_id, query, limit, lookback)
+        selection = searcher = None
+        if strategy is Strategy.AUTO:
+            selection, searcher = self._choose(request, keyword, dense, floor)
+            strategy = selection.strategy
         if strategy not in strategies.SEARCHING:
-            return strategy, request, strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
+            recall = strategies.REGISTRY[strategy](strategies.Sources(self._store, self._hot), request)
+            return strategy, request, recall, selection
         plan = self._rerank_plan(threshold, min_keep) if rerank else None
-        return strategy, *self._search(strategy, request, keyword, dense, floor, plan, use_cache=use_cache)
+        request, recall = self._search(strategy, request, keyword, dense, floor, plan, use_cache=use_cache,
+                                       searcher=searcher)
+        return strategy, request, recall, selection
+
+    def _search_query(self, request: strategies.Request) -> str | None:
+        """The text a search uses: the query, else the conversation's latest user message."""
+        query = request.query
+        if query is not None and not query.strip():
+            query = None
+        if query is None:
+            query = self._store.latest_user_message(request.owner_id, request.conversation_id)
+        return query
+
+    def _searcher(self, keyword: bool, dense: bool) -> Searcher:
+        return Searcher(self._store, self._embedding.query_vector, keyword=keyword, dense=dense,
+                        exact_max=self.exact_search_max)
+
+    def _choose(
+        self, request: strategies.Request, keyword: bool, dense: bool, floor: float | str | None,
+    ) -> tuple[Selection, Searcher | None]:
+        """Strategy.AUTO: the selection stage (``localmem.selector``), and the searcher
+        holding what its probe computed (the query's vector and dense rankings), for the
+        chosen search to reuse. ``choose_ms`` excludes the query's embedding."""
+        started = time.perf_counter()
+        query = self._search_query(request)
+        cues = selector.read_cues(query or "")
+        searcher: Searcher | None = None
+        embedding_ms = 0.0
+
+        def probe() -> selector.Probe | None:
+            nonlocal searcher, embedding_ms
+            if not dense or self.embed_mode == "off" or query is None:
+                return None
+            searcher = self._searcher(keyword, dense)
+            before = time.perf_counter()
+            searcher.vector(query)
+            embedding_ms = (time.perf_counter() - before) * 1000
+            close = floor if isinstance(floor, float) else self._embedding.calibrated_floor()
+            return self._probe(searcher, query, request, 0.0 if close is None else close)
+
+        def pattern() -> Strategy | None:
+            if self._log is None:
+                return None
+            since = now_us() - selector.PATTERN_DAYS * _US_PER_DAY
+            return selector.habit(self._log.explicit_counts(request.owner_id, since))
+
+        chosen = selector.choose(cues, probe, pattern, has_query=query is not None)
+        choose_ms = (time.perf_counter() - started) * 1000 - embedding_ms
+        return replace(chosen, choose_ms=choose_ms), searcher
+
+    def _probe(self, searcher: Searcher, query: str, request: strategies.Request, close: float) -> selector.Probe:
+        """Where the owner's messages nearest ``query`` are: the owner-wide dense ranking
+        in the lookback window (the one cross_conversation searches with, at its depth),
+        split by conversation. When nothing there is close and the window hides older
+        messages of this conversation, its all-time ranking too (semantic_search's)."""
+        owner, conversation = request.owner_id, request.conversation_id
+        depth = searcher.depth(request.limit, None)
+        since = strategies.since_us(request.lookback_days)
+        ranked = searcher.knn(query, depth, {"owner_id": owner, "conversation_id": None, "since_us": since})
+        homes = self._store.conversation_ids([row_id for row_id, _ in ranked])
+        here = max((cos for row_id, cos in ranked if homes.get(row_id) == conversation), default=None)
+        elsewhere = max((cos for row_id, cos in ranked if homes.get(row_id, conversation) != conversation), default=None)
+        if since is not None and (here is None or here < close) and (elsewhere is None or elsewhere < close):
+            own = searcher.knn(query, depth, {"owner_id": owner, "conversation_id": conversation, "since_us": None})
+            here = max((cos for _, cos in own), default=here)
+        return selector.Probe(here, elsewhere, close, "owner")
 
     def _rerank_plan(self, threshold: float | None, min_keep: int) -> Rerank | None:
         """The reranking settings of a call, or None without a reranker (the model is
@@ -525,6 +642,7 @@ class Memory:
     def _search(
         self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool,
         floor: float | str | None, rerank: Rerank | None, *, use_cache: bool = True,
+        searcher: Searcher | None = None,
     ) -> tuple[strategies.Request, strategies.Recall]:
         """A searching strategy's answer: from the query cache when the scope is unchanged,
         else computed (and cached, unless vectors are pending). ``floor`` as given
@@ -537,11 +655,7 @@ class Memory:
                     "embed='off'; open it with embed='background' or 'sync' (or search with dense=False)"
                 )
             self._indexer.raise_error()
-        query = request.query
-        if query is not None and not query.strip():
-            query = None
-        if query is None:
-            query = self._store.latest_user_message(request.owner_id, request.conversation_id)
+        query = self._search_query(request)
         if not dense:
             floor = None
         elif floor == "auto":
@@ -564,10 +678,8 @@ class Memory:
                 if recall is not None:
                     return request, recall
         parallel = keyword and scope.size >= PARALLEL_KEYWORD_FROM and not self._store.in_memory
-        searcher = Searcher(
-            self._store, self._embedding.query_vector, keyword=keyword, dense=dense, parallel=parallel,
-            exact_max=self.exact_search_max,
-        )
+        # A searcher the selector used keeps its vector and rankings (replace() shares them).
+        searcher = replace(searcher or self._searcher(keyword, dense), parallel=parallel)
         sources = strategies.Sources(self._store, self._hot, lambda: searcher)
         recall = strategies.REGISTRY[strategy](sources, request)
         if queries is not None:
@@ -576,8 +688,39 @@ class Memory:
 
     @staticmethod
     def strategies() -> tuple[Strategy, ...]:
-        """The strategies this build can answer."""
+        """The strategies this build can answer (``AUTO`` chooses among the others)."""
         return tuple(Strategy)
+
+    # -- the strategy log -------------------------------------------------------------
+
+    def _strategy_log(self) -> StrategyLog:
+        self._check_open()
+        if self._log is None:
+            raise StrategyUnavailableError("this Memory was opened with strategy_log=False: no log to read")
+        return self._log
+
+    def strategy_stats(self, owner_id: str | None = None, days: float | None = 7) -> analytics.StrategyStats:
+        """Usage of each strategy over the last ``days`` days (None: all the log), for one
+        owner or all: calls, share, latency p50/p95/average, average results, cache hit
+        rate, share chosen by ``auto``, and why ``auto`` chose (the original design's
+        ``get_strategy_stats`` and ``get_global_stats``). Computed with DuckDB."""
+        log = self._strategy_log()
+        if owner_id is not None:
+            owner_id = check_id(owner_id, "owner_id")
+        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0):
+            raise InvalidInputError(f"days must be a number > 0 or None; got {days!r}")
+        log.flush()
+        since = None if days is None or days >= 10**6 else now_us() - int(days * _US_PER_DAY)
+        columns = log.columns(since_us=since, owner_id=owner_id, names=analytics.STATS_COLUMNS)
+        return analytics.strategy_stats(columns, owner_id=owner_id, days=days)
+
+    def analytics(self) -> Any:
+        """A DuckDB connection (in memory) holding the strategy log as the table
+        ``strategy_log``, for your own SQL: ``mem.analytics().sql("SELECT ...")``. A
+        snapshot: later calls are not in it; close it when done."""
+        log = self._strategy_log()
+        log.flush()
+        return analytics.connect(log.columns())
 
     # -- background work --------------------------------------------------------------
 

@@ -19,6 +19,8 @@ class Strategy(str, enum.Enum):
     SEMANTIC_SEARCH = "semantic_search"
     HYBRID = "hybrid"
     CROSS_CONVERSATION = "cross_conversation"
+    AUTO = "auto"
+    """Chosen per query (``localmem.selector``); ``MemoryResult.strategy`` is the one that ran."""
 
     def __str__(self) -> str:
         return self.value
@@ -92,8 +94,33 @@ class SearchStages:
 
 
 @dataclass(frozen=True, slots=True)
+class Selection:
+    """How ``Strategy.AUTO`` chose (``MemoryResult.selection``).
+
+    ``strategy``: the one that ran; ``reason``: the rule that decided (``small_talk``,
+    ``recent_reference``, ``this_chat_topic``, ``this_chat``, ``follow_up``,
+    ``past_or_personal``, ``closer_elsewhere``, ``closer_here``, ``as_close_elsewhere``,
+    ``long_request``, ``long_request_here``, ``recall``, ``owner_pattern``, ``fallback``,
+    ``no_query``); ``detail``: the same in words, with the scores; ``confident``: False
+    when nothing settled it and a tie-break or the safe default chose; ``choose_ms``: what
+    choosing cost beyond the query's embedding; ``here`` and ``elsewhere``: the best cosine
+    of the query in this conversation and in the owner's others (None: not measured, or
+    nothing there).
+    """
+
+    strategy: Strategy
+    reason: str
+    detail: str
+    confident: bool
+    choose_ms: float
+    here: float | None = None
+    elsewhere: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryResult:
-    """The answer of ``Memory.get_memory``. ``messages`` are oldest first for recency."""
+    """The answer of ``Memory.get_memory``. ``messages`` are oldest first for recency.
+    ``strategy`` is the strategy that ran (never ``AUTO``)."""
 
     messages: tuple[RetrievedMessage, ...]
     strategy: Strategy
@@ -101,6 +128,7 @@ class MemoryResult:
     context_summary: str
     latency_ms: float
     stages: SearchStages | None = None
+    selection: Selection | None = None  # set when Strategy.AUTO chose the strategy
 
     def __len__(self) -> int:
         return len(self.messages)

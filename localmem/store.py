@@ -1048,6 +1048,26 @@ class Store:
                     found[row[0]] = Row._make(row[1:])
         return found
 
+    def conversation_ids(self, ids: Sequence[int]) -> dict[int, str]:
+        """The conversation of each message id (missing ids are left out): what the
+        automatic selector needs of a ranking, without the messages' text."""
+        found: dict[int, str] = {}
+        with self.read() as conn:
+            for start in range(0, len(ids), _MAX_PARAMS):
+                part = list(ids[start : start + _MAX_PARAMS])
+                marks = ",".join("?" * len(part))
+                found.update(conn.execute(f"SELECT id, conversation_id FROM messages WHERE id IN ({marks})", part))
+        return found
+
+    def active_conversations(self, since_us: int) -> int:
+        """How many conversations have a message created from ``since_us`` on (one index
+        seek per conversation: messages_by_conversation ends with created_at)."""
+        return int(self._query(
+            "SELECT count(*) FROM conversations c WHERE (SELECT max(m.created_at) FROM messages m"
+            " WHERE m.conversation_id = c.conversation_id AND m.owner_id = c.owner_id) >= ?",
+            (since_us,),
+        )[0][0])
+
     def latest_user_message(self, owner_id: str, conversation_id: str) -> str | None:
         """The content of the conversation's newest user message."""
         rows = self._query(

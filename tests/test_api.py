@@ -6,7 +6,7 @@ import localmem
 from localmem import MemoryResult, Message, RetrievedMessage, Strategy
 
 PUBLIC = {
-    "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages",
+    "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages", "Selection", "StrategyStats", "StrategyUsage",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
     "ModelNotFoundError", "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
@@ -25,7 +25,7 @@ def test_error_tree():
     for leaf in ("LockTimeoutError", "CorruptDatabaseError", "ModelMismatchError", "StorageFullError"):
         assert issubclass(getattr(localmem, leaf), localmem.StoreError)
     for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages",
-                          "load_embedder", "load_reranker"}:
+                          "Selection", "StrategyStats", "StrategyUsage", "load_embedder", "load_reranker"}:
         assert issubclass(getattr(localmem, name), localmem.LocalMemError)
     # Stored but not embedded is not a lock timeout, whatever caused it: a caller retrying
     # writes on LockTimeoutError must not store the message twice.
@@ -35,7 +35,7 @@ def test_error_tree():
 
 def test_strategy_values_and_string_form():
     assert [s.value for s in Strategy] == [
-        "session_only", "recent_history", "semantic_search", "hybrid", "cross_conversation"]
+        "session_only", "recent_history", "semantic_search", "hybrid", "cross_conversation", "auto"]
     assert Strategy("hybrid") is Strategy.HYBRID and str(Strategy.HYBRID) == "hybrid"
 
 

@@ -1,0 +1,411 @@
+"""The automatic strategy choice (``Strategy.AUTO``): one more stage in front of retrieval.
+
+Two kinds of evidence, cheapest first:
+
+1. **The text** (``read_cues``): English and Portuguese phrase lists, matched on whole
+   words after case and accent folding ("Último" = "ultimo"; "oi" never matches inside
+   "foi"). They settle what the words say plainly: small talk needs no memory
+   (``session_only``); "what did I just say", "my last order", a short follow-up with
+   nothing to search for need the last turns (``recent_history``); "earlier in this chat"
+   keeps the search in the conversation. No model runs for these.
+2. **The memory** (``Probe``): for a query with something to search for, the owner's
+   messages nearest the query by meaning (the query's embedding and dense ranking, which
+   the chosen search then reuses). Where the closest messages live decides the scope: the
+   owner's other conversations clearly closer, or as close, means ``cross_conversation``
+   (its scope holds this conversation too); this conversation clearly closer means
+   ``semantic_search`` (``hybrid`` for a long request). "Close" is the relevance floor
+   of the call (a cosine measured per model: 0.35 for all-MiniLM-L6-v2).
+
+When neither settles it (nothing close anywhere, or no way to measure), the choice is not
+confident: the owner's own habit breaks the tie when there is one (the strategy they
+named themselves in at least ``PATTERN_MIN_CALLS`` of their calls of the last
+``PATTERN_DAYS`` days, never the selector's own choices), else the safe default,
+``recent_history``, as in the original design. The ``Selection`` says which rule
+decided, with the scores, and whether it was confident.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .records import Selection, Strategy
+
+__all__ = ["LONG_REQUEST_WORDS", "MARGIN", "PATTERN_DAYS", "PATTERN_MIN_CALLS", "Cues", "Probe", "choose", "habit",
+           "read_cues", "words"]
+
+LONG_REQUEST_WORDS = 20  # a request this long is a task: the recent turns plus what relates to it
+MARGIN = 0.05  # cosine by which one side must be closer to count as "clearly closer"
+PATTERN_DAYS = 7
+PATTERN_MIN_CALLS = 4  # the original design's "more than 3 uses"
+_FOLLOW_UP_WORDS = 8  # at most this many words and nothing to search for: a follow-up
+
+
+def words(text: str) -> list[str]:
+    """``text`` as lowercase words without accents ("Você já?" -> ["voce", "ja"])."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    plain = "".join(ch for ch in folded if not unicodedata.combining(ch))
+    return re.findall(r"\w+", plain)
+
+
+def _phrases(*groups: str) -> frozenset[tuple[str, ...]]:
+    """Phrase lists, written one per comma, folded like queries."""
+    return frozenset(tuple(words(p)) for group in groups for p in group.split(",") if words(p))
+
+
+# Whole messages of these (with FILLER) are small talk.
+SMALL_TALK = _phrases(
+    "hi, hello, hey, hiya, heya, yo, howdy, greetings, good morning, good afternoon, good evening, "
+    "good night, morning, evening, gm, how are you, how are you doing, how are u, how r u, how is it going, "
+    "how s it going, hows it going, how have you been, how s your day, how is your day, how was your day, "
+    "how s everything, what s up, whats up, sup, wassup, nice to meet you, pleased to meet you, "
+    "thanks, thank you, thank u, thx, ty, tysm, cheers, much appreciated, appreciate it, "
+    "ok, okay, k, kk, cool, great, nice, awesome, perfect, excellent, good, fine, wonderful, amazing, "
+    "got it, sounds good, makes sense, alright, all right, sure, of course, yes, yeah, yep, yup, no, nope, "
+    "nah, bye, goodbye, good bye, see you, see ya, cya, later, take care, have a good one, have a nice day, "
+    "lol, haha, hahaha, lmao, wow, oh, ah, hmm, love it, well done, great job, good job, you re welcome, "
+    "no problem, np, no worries, sorry, my bad, you too, same here, please, i m good, i m fine, im good, "
+    "im fine, doing well, not bad, you re the best, you rock, bye for now, for now, night night, nite, gn, "
+    "that helped, helped a lot, this helped, very helpful, so helpful, love you, xoxo, see you soon, "
+    "talk later, ttyl, brb, good to know, noted, will do, that helps, this helps, it helps, helps a lot",
+    # Portuguese
+    "oi, oie, ola, e ai, eai, opa, salve, tudo bem, tudo bom, tudo certo, td bem, tb, beleza, blz, "
+    "bom dia, boa tarde, boa noite, como vai, como vai voce, como voce esta, como vc ta, como vc esta, "
+    "como voce ta, como esta, como estas, tudo joia, joia, prazer, muito prazer, "
+    "obrigado, obrigada, obg, brigado, brigada, valeu, vlw, agradeco, muito obrigado, muito obrigada, "
+    "certo, legal, show, otimo, otima, perfeito, excelente, bacana, massa, top, demais, beleza pura, "
+    "entendi, entendido, combinado, fechado, claro, sim, nao, isso, exato, "
+    "tchau, ate mais, ate logo, ate amanha, falou, flw, fui, abraco, abracos, bjs, "
+    "kkk, kkkk, kkkkk, rs, rsrs, haha, hahaha, de nada, por nada, disponha, desculpa, desculpe, foi mal, "
+    "por favor, tambem, igualmente, to bem, estou bem, tudo otimo, tudo tranquilo, tranquilo, td certo, td bom, "
+    "adorei, amei, ajudou, ajudou muito, me ajudou, salvou, voce e demais, vc e demais, boa, bom saber, anotado, "
+    "ate a proxima, fica com deus, durma bem, dorme bem, bom descanso",
+)
+# Words that may stand beside small talk without making it a request.
+FILLER = frozenset(words(
+    "there, again, so, much, very, a, lot, you, too, and, all, everyone, guys, friend, mate, pal, buddy, dear, "
+    "assistant, bot, then, just, really, well, oh, ah, for, the, help, that, s, it, is, this, was, "
+    "e, voce, vc, tu, ai, entao, muito, mesmo, pra, por, pela, ajuda, amigo, amiga, gente, ta, ne, aqui, ok, ola"
+))
+
+# The last turns: what was just said, the last answer, "my last order".
+RECENT = _phrases(
+    "just said, just told, just asked, just wrote, just mentioned, just sent, just now, you just, i just, "
+    "last message, last answer, last reply, last response, last question, last thing, last sentence, "
+    "last point, last suggestion, last step, last order, last purchase, last request, last one, "
+    "previous message, previous answer, previous reply, previous response, previous question, "
+    "a moment ago, a minute ago, a second ago, few minutes ago, few seconds ago, minutes ago, "
+    "so far, up to now, until now, where were we, what were we talking about, what was i saying, "
+    "what were we saying, what did i just, "
+    "repeat that, repeat it, repeat your, say that again, say it again, come again, recap, tl dr, tldr, "
+    "summarize that, summarize it, summarise that, sum it up, sum that up, in one sentence, "
+    "summarize our conversation, summarize this conversation, summarize the conversation, summarize our chat, "
+    "summarize this chat, summarise our conversation, summarise this conversation, summarize what we, "
+    "what you said before, what you wrote above, the above, above message, scroll up, go back to what",
+    # Portuguese
+    "acabei de, acabou de, voce acabou, vc acabou, agorinha, agora ha pouco, agora pouco, ha pouco, "
+    "ultima mensagem, ultima resposta, ultima pergunta, ultimo pedido, ultima compra, ultima coisa, "
+    "meu ultimo, minha ultima, o ultimo pedido, mensagem anterior, resposta anterior, pergunta anterior, "
+    "onde paramos, onde a gente parou, do que estavamos falando, resume isso, resume em, resuma em, "
+    "resumo disso, numa frase, em uma frase, "
+    "do que a gente tava falando, ate agora, repete, repita, repete isso, pode repetir, fala de novo, "
+    "resume a conversa, resuma a conversa, resumo da conversa, resume nossa conversa, resuma nossa conversa, "
+    "resume o que, resuma o que, la em cima, acima",
+)
+# "What did you say?": the last turns when nothing else is asked, else a memory to search
+# ("what did you say about the chairs?").
+REPEAT = _phrases(
+    "what did you say, what did i say, what did i ask, what was that, what did you mean, pardon",
+    "o que eu disse, o que eu falei, o que voce disse, o que vc disse, o que voce falou, o que vc falou, "
+    "o que eu perguntei, o que voce respondeu, o que vc respondeu, como assim",
+)
+# The conversation itself, earlier: keep the search in it.
+THIS_CHAT = _phrases(
+    "this chat, this conversation, this thread, this session, in here, earlier today, earlier on, "
+    "at the start, at the beginning, start of our, beginning of our, earlier we, we discussed earlier, "
+    "you said earlier, i said earlier, mentioned earlier, earlier you, earlier i, earlier, going back to, "
+    "back to the, you said before, you mentioned before, i said before, we said before",
+    "nesta conversa, nessa conversa, neste chat, nesse chat, nessa sessao, nesta sessao, aqui mesmo, "
+    "mais cedo, hoje cedo, no comeco, no inicio, la no inicio, la no comeco, comeco da conversa, "
+    "inicio da conversa, falamos antes, voce disse antes, vc disse antes, eu disse antes, antes, voltando, "
+    "voltando pro, voltando pra, voltando ao, voltando a",
+)
+# Another, older conversation.
+PAST = _phrases(
+    "last week, last month, last year, last time, last summer, last winter, last weekend, the other day, "
+    "yesterday, a while ago, a while back, weeks ago, months ago, days ago, years ago, long ago, "
+    "another chat, another conversation, other chat, other conversation, previous conversation, "
+    "previous chat, earlier conversation, last conversation, last chat, past conversation, before today, "
+    "a few days ago, some time ago, once told, back when, in that conversation, in the conversation, "
+    "in our conversation about, in that chat, when we talked about my",
+    "semana passada, mes passado, ano passado, ultima vez, da outra vez, outro dia, ontem, anteontem, "
+    "ha um tempo, ha uns dias, ha dias, ha semanas, ha meses, faz tempo, tempos atras, dias atras, "
+    "semanas atras, meses atras, outra conversa, outro chat, conversa anterior, conversa passada, "
+    "naquela conversa, aquela vez, daquela vez, uma vez, na conversa, naquele chat, no chat do, no chat da",
+)
+# A memory being asked for, scope unsaid: the similarity decides where.
+RECALL = _phrases(
+    "remember, remind me, recall, we talked, we discussed, we spoke, we chatted, we agreed, we decided, "
+    "we said, we planned, you told me, i told you, i mentioned, you mentioned, i said, did i tell you, "
+    "did i mention, have i told you, i shared, you said, you suggested, you recommended, did you suggest, "
+    "did you recommend, did you say, did you tell me, what did we, did we, we figured, we settled, we land, "
+    "we landed, we made, we booked, we reserved, we picked, we chose",
+    "lembra, lembras, lembrar, se lembra, lembre, lembrete, recorda, falamos, conversamos, discutimos, "
+    "combinamos, decidimos, planejamos, eu disse, eu falei, eu contei, te falei, te contei, te disse, "
+    "mencionei, voce mencionou, vc mencionou, voce disse, vc disse, voce falou, vc falou, voce sugeriu, "
+    "voce recomendou, a gente combinou, a gente decidiu, a gente falou, a gente conversou, vc sugeriu, "
+    "vc recomendou, vc calculou, voce calculou, a gente fez, a gente reservou, reservamos, escolhemos",
+)
+# The person: their facts and habits live across their conversations.
+PERSONAL = _phrases(
+    "my favorite, my favourite, do you know my, what is my, what s my, whats my, what are my, who is my, "
+    "who s my, when is my, where is my, where do i, where did i, what do i, what did i, which did i, "
+    "when did i, who did i, how old is my, how many did i, i usually, i always, i prefer, do i like, "
+    "do i prefer, my usual, about me, what i like, what i prefer, my name, my birthday, my address, "
+    "remember my, you remember my, recall my, remember what i, remember which, know my",
+    "meu favorito, minha favorita, meu preferido, minha preferida, qual e meu, qual e minha, qual o meu, "
+    "qual a minha, quem e meu, quem e minha, quando e meu, quando e o meu, onde fica meu, onde eu, "
+    "o que eu gosto, do que eu gosto, eu gosto, eu costumo, costumo, eu sempre, prefiro, sobre mim, "
+    "meu nome, meu aniversario, meu endereco, como se chama meu, como se chama minha, qual era meu, "
+    "qual era minha, qual era o nome, lembra do meu, lembra da minha, lembra o meu, lembra a minha, "
+    "lembra meu, lembra minha, sabe meu, sabe minha, sabe o meu, sabe a minha",
+)
+# Words that ask but name nothing: a short message of only these (with stopwords) has
+# nothing to search for and continues the last turns ("and the second one?", "why?").
+FOLLOW_UP = frozenset(words(
+    "why, how, what, which, who, when, where, really, and, but, so, then, also, more, less, again, other, "
+    "another, one, ones, first, second, third, last, next, previous, same, different, it, that, this, those, "
+    "these, them, they, there, here, one, make, do, give, show, tell, explain, write, rewrite, translate, "
+    "shorten, shorter, longer, expand, simplify, continue, go, on, try, change, fix, add, remove, keep, use, "
+    "can, could, would, should, please, me, us, more, detail, details, example, examples, better, worse, "
+    "instead, version, part, option, options, yes, no, ok, okay, about, with, without, like, mean, meant, "
+    "now, else, bit, little, little, some, any, all, both, either, please, hm, huh, wait, sorry, same, "
+    "e, mas, entao, tambem, mais, menos, outro, outra, outros, outras, primeiro, primeira, segundo, segunda, "
+    "terceiro, ultimo, ultima, proximo, proxima, mesmo, mesma, isso, isto, esse, essa, este, esta, aquilo, "
+    "eles, elas, ele, ela, aqui, ali, la, faz, faca, fazer, da, de, me, mostra, mostre, explica, explique, "
+    "escreve, escreva, reescreve, traduz, traduza, resume, resuma, continua, continue, segue, tenta, tente, "
+    "muda, mude, corrige, corrija, adiciona, tira, usa, pode, poderia, por, favor, exemplo, exemplos, "
+    "melhor, pior, versao, parte, opcao, opcoes, sim, nao, agora, pouco, algum, alguma, todos, ambos, "
+    "porque, pq, como, assim, curto, curta, longo, longa, detalhe, detalhes, quer, dizer, seria, ne, "
+    "qual, quais, quem, quando, onde, o, a, os, as, um, uma, do, dos, das, no, na, em, com, sem, sobre",
+))
+# Words that point back at the last turns: a short message holding one continues them
+# ("any cheaper option for the first item?", "e se chover?").
+ANAPHORA = _phrases(
+    "those ones, these ones, that one, this one, the first, the second, the third, the last one, the other one, "
+    "instead, tho, any cheaper, cheaper, more detail, too early, too late, too much, too expensive, number",
+    "isso, isto, aquilo, esse ai, essa ai, da pra, pode detalhar, detalhar, mais barato, mais caro, em formato, "
+    "em lista, formato de, o primeiro, a primeira, o segundo, a segunda, que vc falou, que voce falou, "
+    "que vc disse, que voce disse",
+)
+# ... and these, only to open the message ("and if it rains?"; "e o segundo?", not "quando é o").
+OPENING_ANAPHORA = _phrases(
+    "and, and if, and what, what if, what about, how about, so, then, but, also, ok and, okay and",
+    "e, e se, e o, e a, e os, e as, e quanto, mas, entao, tipo, ok e",
+)
+_DIALOG = _phrases("we, us, our, ours, my, mine, a gente, nosso, nossa, nossos, nossas, meu, minha, meus, minhas")
+_FUNCTION_WORDS = frozenset(words(
+    "a an and are as at be by did do does for from had has have he her his how i in is it its my of on or "
+    "she that the their they this to was were what when where which who why will with you your s t re ll "
+    "d m ve am been being im me we our us would could should can may might shall just very too really "
+    "o os as um uma uns umas de do da dos das em no na nos nas para pra pro por com que e se ao aos "
+    "eu ele ela eles elas meu minha seu sua foi ser sao qual quando onde como voce vc tu te mim nos "
+    "esta estava era tem tinha ter vai vou ja ainda"
+))
+
+
+def _find(tokens: list[str], phrases: frozenset[tuple[str, ...]]) -> list[tuple[int, int]]:
+    """Every (start, end) word span of ``tokens`` that is one of ``phrases``."""
+    spans = []
+    longest = max(len(p) for p in phrases)
+    for start in range(len(tokens)):
+        for size in range(1, min(longest, len(tokens) - start) + 1):
+            if tuple(tokens[start:start + size]) in phrases:
+                spans.append((start, start + size))
+    return spans
+
+
+@dataclass(frozen=True, slots=True)
+class Cues:
+    """What the text says (``read_cues``): its words, the phrase lists it matches, the
+    words left to search with (``content``), and whether it is small talk."""
+
+    words: tuple[str, ...]
+    small_talk: bool
+    recent: bool
+    repeat: bool
+    this_chat: bool
+    past: bool
+    recall: bool
+    personal: bool
+    anaphora: bool
+    dialog: bool  # speaks of "we", "our", "my": the user's own history
+    content: tuple[str, ...]
+
+    @property
+    def long(self) -> bool:
+        return len(self.words) >= LONG_REQUEST_WORDS
+
+    @property
+    def follow_up(self) -> bool:
+        """Short, and either nothing in it to search for or a pointer at the last turns,
+        with no memory asked for."""
+        short = len(self.words) <= _FOLLOW_UP_WORDS
+        return short and (not self.content or self.anaphora) and not (self.recall or self.personal or self.past)
+
+
+def _plain(word: str) -> str:
+    """A word as the small-talk list spells it: laughter ("kkkk", "hahaha", "rsrs") as
+    "haha", a doubled last letter ("obrigadoo", "valeuu") undone."""
+    if re.fullmatch(r"k{3,}|(?:ha){2,}h?|(?:rs)+|(?:he){2,}", word):
+        return "haha"
+    while len(word) > 2 and word[-1] == word[-2]:
+        word = word[:-1]
+    return word
+
+
+def read_cues(text: str) -> Cues:
+    tokens = words(text)
+    covered: set[int] = set()
+    found: dict[str, bool] = {}
+    for name, phrases in (("recent", RECENT), ("repeat", REPEAT), ("this_chat", THIS_CHAT), ("past", PAST),
+                          ("recall", RECALL), ("personal", PERSONAL), ("anaphora", ANAPHORA)):
+        spans = _find(tokens, phrases)
+        found[name] = bool(spans)
+        if name != "anaphora":
+            covered.update(i for start, end in spans for i in range(start, end))
+    opening = any(tuple(tokens[:n]) in OPENING_ANAPHORA for n in (1, 2, 3))
+    plain = [t if (t,) in SMALL_TALK else _plain(t) for t in tokens]
+    talk = _find(plain, SMALL_TALK)
+    talk_words = {i for start, end in talk for i in range(start, end)}
+    small_talk = bool(talk) and len(tokens) <= 12 and all(
+        i in talk_words or w in FILLER for i, w in enumerate(plain))
+    content = tuple(
+        w for i, w in enumerate(tokens)
+        if i not in covered and i not in talk_words and w not in _FUNCTION_WORDS and w not in FOLLOW_UP
+        and w not in FILLER and (not w.isdigit() or len(w) == 4)  # a year is something to search for
+    )
+    return Cues(tuple(tokens), small_talk, found["recent"], found["repeat"], found["this_chat"], found["past"],
+                found["recall"], found["personal"], found["anaphora"] or opening, bool(_find(tokens, _DIALOG)), content)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The memory's answer to "where are the messages closest to the query?": the best
+    cosine in this conversation (``here``) and in the owner's other conversations
+    (``elsewhere``), None where nothing was found; ``closeness`` is the cosine that counts
+    as close. ``scope`` names what was searched (for the reason)."""
+
+    here: float | None
+    elsewhere: float | None
+    closeness: float
+    scope: str
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2f}"
+
+
+def choose(
+    cues: Cues,
+    probe: Callable[[], Probe | None],
+    pattern: Callable[[], Strategy | None],
+    *,
+    has_query: bool = True,
+) -> Selection:
+    """The strategy for a query with these ``cues``. ``probe()`` measures the memory (None:
+    it cannot: no embedding for this call); ``pattern()`` is the owner's habit, if any.
+    Both are called only when the text does not settle the choice. ``choose_ms`` is left 0:
+    the caller times the whole stage."""
+    def chosen(strategy: Strategy, reason: str, detail: str, confident: bool = True,
+               found: Probe | None = None) -> Selection:
+        return Selection(strategy, reason, detail, confident, 0.0,
+                         None if found is None else found.here, None if found is None else found.elsewhere)
+
+    memory = cues.past or cues.personal  # the person, or another conversation
+    if not has_query or not cues.words:
+        return chosen(Strategy.RECENT_HISTORY, "no_query", "no query to search with: the recent turns")
+    if cues.small_talk:
+        return chosen(Strategy.SESSION_ONLY, "small_talk", "small talk: no stored history needed")
+    if cues.long and not memory:
+        return chosen(Strategy.HYBRID, "long_request", "a long request: the recent turns and what relates to it")
+    if (cues.recent or (cues.repeat and not cues.content)) and not cues.past:
+        return chosen(Strategy.RECENT_HISTORY, "recent_reference", "refers to the last turns of this conversation")
+    if cues.this_chat and not cues.past:
+        if cues.content:
+            return chosen(Strategy.SEMANTIC_SEARCH, "this_chat_topic",
+                          f"asks about {' '.join(cues.content[:4])!r} earlier in this conversation")
+        return chosen(Strategy.RECENT_HISTORY, "this_chat", "refers to this conversation, with no topic to search")
+    if cues.follow_up:
+        return chosen(Strategy.RECENT_HISTORY, "follow_up", "a short follow-up of the last turns")
+
+    recall = cues.recall or cues.repeat  # a memory asked for, scope unsaid
+    found = probe()
+    if found is None:  # the text alone: no similarity to judge by
+        if memory:
+            return chosen(Strategy.CROSS_CONVERSATION, "past_or_personal", "asks about the person or an earlier conversation")
+        if recall:
+            return chosen(Strategy.SEMANTIC_SEARCH, "recall", "asks to remember something (this conversation first)")
+        return _fallback(pattern, "no similarity to judge by (no embedding for this call)", None, chosen)
+
+    close = found.closeness
+    here = -2.0 if found.here is None else found.here  # below any cosine
+    elsewhere = -2.0 if found.elsewhere is None else found.elsewhere
+    scores = f"closest here {_fmt(found.here)}, in other conversations {_fmt(found.elsewhere)}, close from {close:.2f}"
+    here_close, elsewhere_close = here >= close, elsewhere >= close
+    if memory and (elsewhere_close or found.elsewhere is not None):
+        return chosen(Strategy.CROSS_CONVERSATION, "past_or_personal",
+                      f"asks about the person or an earlier conversation; {scores}", confident=elsewhere_close,
+                      found=found)
+    if recall and here_close and not elsewhere > here + MARGIN:
+        return chosen(Strategy.SEMANTIC_SEARCH, "recall_here",
+                      f"asks to remember, and this conversation holds as close a message; {scores}", found=found)
+    if elsewhere_close and (not here_close or elsewhere > here + MARGIN):
+        return chosen(Strategy.CROSS_CONVERSATION, "closer_elsewhere",
+                      f"other conversations hold the closest messages; {scores}", found=found)
+    if here_close and (not elsewhere_close or here > elsewhere + MARGIN):
+        return chosen(Strategy.SEMANTIC_SEARCH, "closer_here", f"this conversation holds the closest messages; {scores}",
+                      found=found)
+    if here_close and elsewhere_close:  # as close on both sides
+        habit = pattern()
+        if habit in (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION):
+            return chosen(habit, "owner_pattern", f"as close here as elsewhere, the owner's usual strategy; {scores}",
+                          confident=False, found=found)
+        return chosen(Strategy.CROSS_CONVERSATION, "as_close_elsewhere",
+                      f"as close here as elsewhere: the owner-wide search covers both; {scores}", found=found)
+    # Nothing close anywhere.
+    if memory or recall or cues.dialog:
+        target = Strategy.CROSS_CONVERSATION if found.elsewhere is not None else Strategy.SEMANTIC_SEARCH
+        return chosen(target, "memory_asked", f"asks about the user's own history, nothing close found; {scores}",
+                      confident=False, found=found)
+    if max(here, elsewhere) < close - MARGIN:
+        return chosen(Strategy.SESSION_ONLY, "nothing_close",
+                      f"nothing stored relates to the query, which refers to no earlier turn; {scores}", found=found)
+    return _fallback(pattern, f"nothing quite close to the query; {scores}", found, chosen)
+
+
+def _fallback(pattern: Callable[[], Strategy | None], why: str, found: Probe | None,
+              chosen: Callable[..., Selection]) -> Selection:
+    """Not confident: the owner's habit, else the safe default (the original design's)."""
+    habit = pattern()
+    if habit is not None:
+        return chosen(habit, "owner_pattern", f"{why}: the owner's usual strategy", confident=False, found=found)
+    return chosen(Strategy.RECENT_HISTORY, "fallback", f"{why}: the recent turns, as the safe default",
+                  confident=False, found=found)
+
+
+def habit(counts: dict[str, int]) -> Strategy | None:
+    """The owner's usual strategy from their explicit choices: the most named one, if it
+    was named in at least ``PATTERN_MIN_CALLS`` calls and in more than half of them."""
+    if not counts:
+        return None
+    name, calls = max(counts.items(), key=lambda pair: (pair[1], pair[0]))
+    if calls < PATTERN_MIN_CALLS or calls * 2 <= sum(counts.values()):
+        return None
+    try:
+        return Strategy(name)
+    except ValueError:
+        return None
+

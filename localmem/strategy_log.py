@@ -1,0 +1,514 @@
+"""The strategy log: one entry per ``get_memory`` call, kept for analytics and for the
+automatic selector's per-owner pattern.
+
+Rules it keeps (a lost log line is acceptable; a slower or failed read is not):
+
+* ``append()`` is all a read pays: an entry goes to an in-process buffer (a few µs). A
+  daemon thread writes the buffer out about once a second (at once from 512 entries), and
+  ``close()`` writes what is left.
+* The entries go to a file of their own beside the database (``<path>-log``, WAL), never to
+  the database: a log write never waits for, nor holds up, a message writer. Processes
+  sharing a database share its log file; SQLite serialises their writes.
+* If the log file cannot be opened or written (read-only folder, disk full, held by another
+  writer past ``BUSY_MS``), entries wait in the buffer for the next try; past
+  ``MAX_BUFFER`` the oldest are dropped and counted (``dropped``), and one warning is
+  logged per minute at most. Nothing of it reaches the caller of ``get_memory``.
+* Entries are stored by columns, in batches of up to ``BATCH_ROWS`` (one SQLite row per
+  batch: a numpy structured array and a JSON list of each string column's distinct
+  values), so analytics over a million entries reads a few hundred rows, not a million.
+  Each write appends to the last batch until it is full.
+* Queries are user content: an entry holds a keyed hash of the query (BLAKE2b, 8 bytes,
+  keyed with a random secret of this log file, so equal queries match within the file and
+  a guessed text cannot be checked against a hash without the file), and its text only
+  when the Memory was opened with ``log_queries=True``.
+* The owner's explicitly chosen strategies are also counted per day (``explicit_choices``):
+  the selector's per-owner pattern reads them in one indexed lookup, and never learns from
+  its own automatic choices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import driver
+from .errors import ClosedError
+from .validate import now_us
+
+__all__ = ["BATCH_ROWS", "CHOSEN_BY", "COLUMNS", "LogEntry", "StrategyLog", "log_path"]
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 4096  # entries per stored batch
+FLUSH_EVERY = 1.0  # seconds an entry may wait in the buffer
+FLUSH_AT = 512  # entries that start a write at once
+MAX_BUFFER = 50_000  # entries held while the file cannot be written; then the oldest go
+PRUNE_EVERY = 86_400.0  # seconds between retention passes of one process (the first write does one)
+BUSY_MS = 200  # how long a log write waits for another process's (it is never a reader's wait)
+_US_PER_DAY = 86_400 * 1_000_000
+_FORMAT = 1  # the layout of a batch; a batch in another one is skipped when read
+CHOSEN_BY = ("caller", "auto")
+
+# The fixed-width columns of a batch, little-endian (one numpy structured array). String
+# columns are stored as an index into the batch's list of distinct values (u4 below);
+# "none" numbers are NaN (floats) or -1 (ints).
+_NUMBERS = np.dtype([
+    ("at_us", "<i8"), ("latency_ms", "<f4"), ("selection_ms", "<f4"), ("rerank_ms", "<f4"),
+    ("results", "<i4"), ("reranked", "<i4"), ("rerank_dropped", "<i4"), ("cache_hit", "u1"),
+    ("query_hash", "<u8"),
+    ("owner_id", "<u4"), ("conversation_id", "<u4"), ("strategy", "<u4"), ("chosen_by", "<u4"),
+    ("reason", "<u4"), ("query", "<u4"),
+])
+_STRINGS = ("owner_id", "conversation_id", "strategy", "chosen_by", "reason", "query")
+COLUMNS = ("at_us", "owner_id", "conversation_id", "strategy", "chosen_by", "reason", "results",
+           "latency_ms", "cache_hit", "selection_ms", "rerank_ms", "reranked", "rerank_dropped",
+           "query_hash", "query")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID""",
+    # One row per batch of entries; first_us/last_us bound its entries' times.
+    """CREATE TABLE IF NOT EXISTS batches (
+        id       INTEGER PRIMARY KEY,
+        format   INTEGER NOT NULL,
+        rows     INTEGER NOT NULL,
+        first_us INTEGER NOT NULL,
+        last_us  INTEGER NOT NULL,
+        numbers  BLOB NOT NULL,
+        strings  TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS batches_by_time ON batches (last_us)",
+    """CREATE TABLE IF NOT EXISTS explicit_choices (
+        owner_id TEXT NOT NULL,
+        day      INTEGER NOT NULL,
+        strategy TEXT NOT NULL,
+        calls    INTEGER NOT NULL,
+        PRIMARY KEY (owner_id, day, strategy)
+    ) WITHOUT ROWID""",
+)
+
+
+def log_path(db_path: str) -> str | None:
+    """The log file of a database file (None for an in-memory database: its log is too)."""
+    if db_path == ":memory:" or db_path.startswith("file::memory:"):
+        return None
+    return db_path + "-log"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One ``get_memory`` call. ``strategy`` is the one that ran; ``chosen_by`` is
+    ``"caller"`` or ``"auto"``; ``reason`` the selector's rule (auto only). Times in ms;
+    the rerank figures are None when the reranker did not run. ``query`` is set only
+    with ``log_queries=True``; ``query_hash`` whenever there was a query."""
+
+    at_us: int
+    owner_id: str
+    conversation_id: str
+    strategy: str
+    chosen_by: str
+    reason: str | None
+    results: int
+    latency_ms: float
+    cache_hit: bool
+    selection_ms: float | None = None
+    rerank_ms: float | None = None
+    reranked: int | None = None
+    rerank_dropped: int | None = None
+    query_hash: int | None = None
+    query: str | None = None
+
+
+def _encode(entries: Sequence[LogEntry], seed: dict[str, list[Any]] | None = None) -> tuple[np.ndarray, dict[str, list[Any]]]:
+    """Entries as a batch's columns: the numbers, and each string column's distinct values
+    (its codes index those). ``seed``: the distinct values of a batch these entries are
+    appended to, whose codes stay valid."""
+    numbers = np.zeros(len(entries), dtype=_NUMBERS)
+    numbers["at_us"] = [e.at_us for e in entries]
+    numbers["latency_ms"] = [e.latency_ms for e in entries]
+    numbers["selection_ms"] = [np.nan if e.selection_ms is None else e.selection_ms for e in entries]
+    numbers["rerank_ms"] = [np.nan if e.rerank_ms is None else e.rerank_ms for e in entries]
+    numbers["results"] = [e.results for e in entries]
+    numbers["reranked"] = [-1 if e.reranked is None else e.reranked for e in entries]
+    numbers["rerank_dropped"] = [-1 if e.rerank_dropped is None else e.rerank_dropped for e in entries]
+    numbers["cache_hit"] = [e.cache_hit for e in entries]
+    numbers["query_hash"] = [e.query_hash or 0 for e in entries]
+    strings: dict[str, list[Any]] = {}
+    for name in _STRINGS:
+        codes: dict[Any, int] = {value: i for i, value in enumerate(seed[name])} if seed else {}
+        numbers[name] = [codes.setdefault(getattr(e, name), len(codes)) for e in entries]
+        strings[name] = list(codes)
+    return numbers, strings
+
+
+def _decode(numbers: bytes, strings: str) -> list[LogEntry]:
+    """A stored batch back as entries (to append to it, or to rewrite it without some)."""
+    array = np.frombuffer(numbers, dtype=_NUMBERS)
+    values = json.loads(strings)
+    out = []
+    for row in array.tolist():  # tuples in _NUMBERS' field order
+        (at_us, latency, selection, rerank_ms, results, reranked, dropped, hit, qhash,
+         owner, conv, strategy, chosen_by, reason, query) = row
+        out.append(LogEntry(
+            at_us, values["owner_id"][owner], values["conversation_id"][conv], values["strategy"][strategy],
+            values["chosen_by"][chosen_by], values["reason"][reason], results, latency, bool(hit),
+            None if math.isnan(selection) else selection, None if math.isnan(rerank_ms) else rerank_ms,
+            None if reranked < 0 else reranked, None if dropped < 0 else dropped, qhash or None,
+            values["query"][query],
+        ))
+    return out
+
+
+class StrategyLog:
+    """The log of one database (see the module docstring). ``path`` None: in memory.
+    ``keep_queries``: store the query text too, not only its hash."""
+
+    def __init__(self, path: str | None, *, keep_queries: bool = False, retention_days: float | None = 90.0):
+        self.path = path
+        self.keep_queries = keep_queries
+        self.retention_days = retention_days
+        self._pruned_at: float | None = None  # monotonic time of the last retention pass
+        self.dropped = 0  # entries lost to MAX_BUFFER
+        self._buffer: list[LogEntry] = []
+        self._lock = threading.Lock()  # the buffer
+        self._file_lock = threading.Lock()  # the connection
+        self._wake = threading.Condition(self._lock)
+        self._conn: Any = None
+        self._key: bytes | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False  # no more entries taken
+        self._finished = False  # closed, and the file too
+        self._warned_at = 0.0
+        self._pid = os.getpid()
+        driver.reset_locks_after_fork(self)
+
+    def reset_locks_after_fork(self) -> None:
+        # The child neither writes its parent's buffer (the parent does) nor uses its
+        # connection or thread (gone): it starts afresh on first use.
+        self._lock = threading.Lock()
+        self._file_lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._buffer = []
+        self._thread = None
+        if self._conn is not None:
+            driver.abandon(self._conn)
+            self._conn = None
+        self._pid = os.getpid()
+
+    # -- the read path ----------------------------------------------------------------
+
+    def query_hash(self, query: str) -> int:
+        """The keyed hash an entry keeps of its query (nonzero, 64 bits)."""
+        key = self._key
+        if key is None:
+            key = self._load_key()
+        digest = hashlib.blake2b(query.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
+        return int.from_bytes(digest, "little") or 1
+
+    def append(self, entry: LogEntry) -> None:
+        """Queue one entry; never raises, never waits for the file."""
+        with self._lock:
+            if self._closed:
+                return
+            self._buffer.append(entry)
+            if len(self._buffer) > MAX_BUFFER:
+                del self._buffer[0]
+                self.dropped += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="localmem-strategy-log", daemon=True)
+                self._thread.start()
+            elif len(self._buffer) in (1, FLUSH_AT):  # the first one starts the clock
+                self._wake.notify()
+
+    def _run(self) -> None:
+        """The writer: sleeps while the buffer is empty, then lets entries gather for up to
+        ``FLUSH_EVERY`` seconds (or until ``FLUSH_AT`` of them) and writes them."""
+        while True:
+            with self._lock:
+                while not self._buffer and not self._closed:
+                    self._wake.wait()
+                if len(self._buffer) < FLUSH_AT and not self._closed:
+                    self._wake.wait(FLUSH_EVERY)
+                if self._closed:
+                    return
+            self.flush()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Write the buffer out now; False (entries kept for the next try) if the file
+        could not take them."""
+        with self._file_lock:
+            with self._lock:
+                entries, self._buffer = self._buffer, []
+            if not entries:
+                return True
+            try:
+                self._write(entries)
+            except Exception as exc:  # noqa: BLE001 - a log must never fail a read
+                with self._lock:
+                    self._buffer[:0] = entries
+                    over = len(self._buffer) - MAX_BUFFER
+                    if over > 0:
+                        del self._buffer[:over]
+                        self.dropped += over
+                self._warn(f"could not write the strategy log {self.path or ':memory:'}: {exc}")
+                return False
+        if self.retention_days is not None and (
+                self._pruned_at is None or time.monotonic() - self._pruned_at >= PRUNE_EVERY):
+            self._pruned_at = time.monotonic()
+            try:
+                self.prune(now_us() - int(self.retention_days * _US_PER_DAY))
+            except Exception as exc:  # noqa: BLE001 - retention is retried next time
+                self._warn(f"could not apply the strategy log's retention to {self.path}: {exc}")
+        return True
+
+    def write(self, entries: Sequence[LogEntry]) -> None:
+        """Store ``entries`` now, in the caller's thread (raises what the file raises):
+        for bulk loads, such as benchmarks/strategy_log.py's million entries."""
+        with self._file_lock:
+            self._write(list(entries))
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 60 or not self._warned_at:
+            self._warned_at = now
+            log.warning("%s (entries wait in memory; %d dropped so far)", message, self.dropped)
+
+    def _connection(self) -> Any:
+        """The log file's connection (opened, and the schema made, on first use). Caller
+        holds ``_file_lock``."""
+        if self._conn is None:
+            if self._finished:
+                raise ClosedError("the strategy log is closed")
+            conn = driver.dbapi().connect(self.path or ":memory:", isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+                conn.execute("PRAGMA secure_delete = ON")  # forgotten entries leave no bytes
+                if self.path is not None:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = NORMAL")  # a lost line is acceptable
+                with _transaction(conn):
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('hash_key', ?)", (secrets.token_hex(16),))
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _load_key(self) -> bytes:
+        with self._file_lock:
+            if self._key is None:
+                try:
+                    (value,) = self._connection().execute("SELECT value FROM meta WHERE key = 'hash_key'").fetchone()
+                    self._key = bytes.fromhex(value)
+                except Exception as exc:  # noqa: BLE001 - hash with a process key instead
+                    self._warn(f"could not read the strategy log's key from {self.path}: {exc}")
+                    self._key = secrets.token_bytes(16)
+            return self._key
+
+    def _write(self, entries: list[LogEntry]) -> None:
+        """Append ``entries`` to the last batch (if it is the newest and not full), then
+        to new ones; count the explicit choices among them. One transaction."""
+        conn = self._connection()
+        explicit: dict[tuple[str, int, str], int] = {}
+        for e in entries:
+            if e.chosen_by == "caller":
+                key = (e.owner_id, e.at_us // _US_PER_DAY, e.strategy)
+                explicit[key] = explicit.get(key, 0) + 1
+        with _transaction(conn):
+            last = conn.execute("SELECT id, format, rows, numbers, strings FROM batches ORDER BY id DESC LIMIT 1").fetchone()
+            if last is not None and last[1] == _FORMAT and last[2] < BATCH_ROWS:
+                room = BATCH_ROWS - last[2]
+                seed = json.loads(last[4])
+                numbers, strings = _encode(entries[:room], seed)
+                numbers = np.concatenate([np.frombuffer(last[3], dtype=_NUMBERS), numbers])
+                self._store_batch(conn, numbers, strings, last[0])
+                entries = entries[room:]
+            for start in range(0, len(entries), BATCH_ROWS):
+                self._store_batch(conn, *_encode(entries[start:start + BATCH_ROWS]), None)
+            conn.executemany(
+                "INSERT INTO explicit_choices VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET calls = calls + excluded.calls",
+                [(*key, n) for key, n in explicit.items()],
+            )
+
+    @staticmethod
+    def _store_batch(conn: Any, numbers: np.ndarray, strings: dict[str, list[Any]], replace_id: int | None) -> None:
+        times = numbers["at_us"]
+        values = (_FORMAT, len(numbers), int(times.min()), int(times.max()), numbers.tobytes(),
+                  json.dumps({"f": _FORMAT, **strings}, ensure_ascii=False))
+        if replace_id is None:
+            conn.execute("INSERT INTO batches (format, rows, first_us, last_us, numbers, strings)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", values)
+        else:
+            conn.execute("UPDATE batches SET format = ?, rows = ?, first_us = ?, last_us = ?, numbers = ?,"
+                         " strings = ? WHERE id = ?", (*values, replace_id))
+
+    # -- reading and removing ---------------------------------------------------------
+
+    def columns(
+        self, *, since_us: int | None = None, owner_id: str | None = None, names: Sequence[str] = COLUMNS,
+    ) -> dict[str, np.ndarray]:
+        """The stored entries from ``since_us`` on (None: all), of one owner or all, as
+        one numpy array per name of ``names`` (of ``COLUMNS``; strings as object arrays,
+        "none" as NaN or -1, a missing hash as 0). Call ``flush()`` first to include the
+        buffer."""
+        unknown = set(names) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"not columns of the strategy log: {sorted(unknown)}")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        since = -(2**63) if since_us is None else since_us
+        for numbers, strings in self._batches(since):
+            array = np.frombuffer(numbers, dtype=_NUMBERS)
+            values = json.loads(strings)
+            mask = array["at_us"] >= since
+            if owner_id is not None:
+                try:
+                    mask &= array["owner_id"] == values["owner_id"].index(owner_id)
+                except ValueError:
+                    continue
+            if not mask.all():
+                array = array[mask]
+            if not len(array):
+                continue
+            for name in names:
+                if name in _STRINGS:
+                    distinct = np.empty(len(values[name]), dtype=object)
+                    distinct[:] = values[name]
+                    parts[name].append(distinct[array[name]])
+                else:
+                    parts[name].append(array[name])
+        empty = {name: np.empty(0, dtype=object if name in _STRINGS else _NUMBERS[name]) for name in names}
+        return {name: np.concatenate(chunks) if chunks else empty[name] for name, chunks in parts.items()}
+
+    def _batches(self, since_us: int) -> list[tuple[bytes, str]]:
+        if self.path is not None and self._conn is None and not os.path.exists(self.path):
+            return []  # nothing logged yet: do not create the file for a read
+        with self._file_lock:
+            return self._connection().execute(
+                "SELECT numbers, strings FROM batches WHERE format = ? AND last_us >= ? ORDER BY id",
+                (_FORMAT, since_us),
+            ).fetchall()
+
+    def explicit_counts(self, owner_id: str, since_us: int) -> dict[str, int]:
+        """How often ``owner_id`` named each strategy itself (``chosen_by="caller"``)
+        since the day of ``since_us``: stored counts plus the buffer's. Never raises: a
+        log that cannot be read counts nothing."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for e in self._buffer:
+                if e.chosen_by == "caller" and e.owner_id == owner_id and e.at_us >= since_us:
+                    counts[e.strategy] = counts.get(e.strategy, 0) + 1
+        try:
+            if self.path is not None and self._conn is None and not os.path.exists(self.path):
+                return counts
+            with self._file_lock:
+                rows = self._connection().execute(
+                    "SELECT strategy, sum(calls) FROM explicit_choices WHERE owner_id = ? AND day >= ?"
+                    " GROUP BY strategy", (owner_id, since_us // _US_PER_DAY),
+                ).fetchall()
+        except Exception as exc:  # noqa: BLE001 - a log must never fail a read
+            self._warn(f"could not read the strategy log {self.path}: {exc}")
+            return counts
+        for strategy, calls in rows:
+            counts[strategy] = counts.get(strategy, 0) + int(calls)
+        return counts
+
+    def prune(self, before_us: int) -> int:
+        """Drop the entries older than ``before_us`` (retention); returns how many."""
+        return self._rewrite(lambda e: e.at_us < before_us, "last_us < ?", "first_us < ?", (before_us,),
+                             ("DELETE FROM explicit_choices WHERE day < ?", (before_us // _US_PER_DAY,)))
+
+    def forget(self, owner_id: str, conversation_id: str | None = None) -> int:
+        """Drop an owner's entries (or one conversation's); returns how many."""
+        with self._lock:
+            self._buffer = [e for e in self._buffer if not _of(e, owner_id, conversation_id)]
+        self.flush()
+        also = None if conversation_id is not None else (
+            "DELETE FROM explicit_choices WHERE owner_id = ?", (owner_id,))
+        return self._rewrite(lambda e: _of(e, owner_id, conversation_id), None, "1", (), also)
+
+    def _rewrite(self, drop: Any, whole: str | None, partial: str, args: tuple[Any, ...],
+                 also: tuple[str, tuple[Any, ...]] | None) -> int:
+        """Remove the entries ``drop(entry)`` selects: batches matching SQL ``whole``
+        go at once; the ones matching ``partial`` are decoded and rewritten without them."""
+        if self.path is not None and self._conn is None and not os.path.exists(self.path):
+            return 0
+        removed = 0
+        with self._file_lock:
+            conn = self._connection()
+            with _transaction(conn):
+                if whole is not None:
+                    removed += conn.execute(f"SELECT coalesce(sum(rows), 0) FROM batches WHERE {whole}",
+                                            args).fetchone()[0]
+                    conn.execute(f"DELETE FROM batches WHERE {whole}", args)
+                rows = conn.execute(f"SELECT id, format, numbers, strings FROM batches WHERE {partial}",
+                                    args).fetchall()
+                for batch_id, fmt, numbers, strings in rows:
+                    if fmt != _FORMAT:
+                        continue
+                    entries = _decode(numbers, strings)
+                    kept = [e for e in entries if not drop(e)]
+                    if len(kept) == len(entries):
+                        continue
+                    removed += len(entries) - len(kept)
+                    if kept:
+                        self._store_batch(conn, *_encode(kept), batch_id)
+                    else:
+                        conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+                if also is not None:
+                    conn.execute(*also)
+        return removed
+
+    def close(self) -> None:
+        """Write what is buffered (waiting at most ``BUSY_MS`` for the file) and stop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+            thread.join()
+        if self._pid == os.getpid():
+            with self._lock:
+                entries, self._buffer = self._buffer, []
+            if entries:
+                with self._file_lock, contextlib.suppress(Exception):
+                    self._write(entries)
+            with self._file_lock:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = None
+                self._finished = True
+
+
+def _of(entry: LogEntry, owner_id: str, conversation_id: str | None) -> bool:
+    return entry.owner_id == owner_id and (conversation_id is None or entry.conversation_id == conversation_id)
+
+
+@contextlib.contextmanager
+def _transaction(conn: Any) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

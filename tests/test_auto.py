@@ -1,0 +1,157 @@
+"""Strategy.AUTO: the text rules (English and Portuguese, whole words, accents folded), the
+memory probe that decides the scope, the owner's habit, and what the result says."""
+
+from __future__ import annotations
+
+import pytest
+from hash_embedder import HashEmbedder
+
+from localmem import Memory, Selection, Strategy
+from localmem.selector import Probe, choose, habit, read_cues
+
+
+def pick(text: str, probe: Probe | None = None, pattern: Strategy | None = None) -> Selection:
+    return choose(read_cues(text), lambda: probe, lambda: pattern)
+
+
+@pytest.mark.parametrize(("text", "strategy"), [
+    # The original design's three tests.
+    ("Oi, tudo bem?", Strategy.SESSION_ONLY),
+    ("Lembra quando falamos sobre pizza?", Strategy.SEMANTIC_SEARCH),
+    ("Qual foi meu último pedido?", Strategy.RECENT_HISTORY),
+    # Without accents, other case: the same.
+    ("qual foi meu ultimo pedido", Strategy.RECENT_HISTORY),
+    ("OLÁ! Tudo bom?", Strategy.SESSION_ONLY),
+    ("thanks so much!!", Strategy.SESSION_ONLY),
+    ("kkkk valeuu", Strategy.SESSION_ONLY),
+    ("what did I just say?", Strategy.RECENT_HISTORY),
+    ("o que vc acabou de falar?", Strategy.RECENT_HISTORY),
+    ("and the second one?", Strategy.RECENT_HISTORY),
+    ("e se chover?", Strategy.RECENT_HISTORY),
+    ("what did we decide about the budget earlier in this chat?", Strategy.SEMANTIC_SEARCH),
+    ("do you remember my dog's name?", Strategy.CROSS_CONVERSATION),
+    ("qual é minha comida favorita?", Strategy.CROSS_CONVERSATION),
+])
+def test_the_text_decides_when_it_says_enough(text, strategy):
+    got = pick(text)  # no probe: the text alone
+    assert got.strategy is strategy, got
+
+
+def test_whole_words_only():
+    # The seed's substring rules take "oi" inside "foi" and "ola" inside "bola" for greetings.
+    assert read_cues("foi").small_talk is False
+    assert read_cues("a bola").small_talk is False
+    assert read_cues("oi").small_talk is True
+    # A greeting followed by a real question is not small talk.
+    assert read_cues("hi! which hotel did I book in Lisbon?").small_talk is False
+
+
+def test_the_probe_decides_the_scope_of_a_plain_question():
+    question = "When did Caroline go to the support group?"  # no keyword of any rule
+    elsewhere = pick(question, Probe(here=0.2, elsewhere=0.6, closeness=0.35, scope="owner"))
+    assert elsewhere.strategy is Strategy.CROSS_CONVERSATION and elsewhere.reason == "closer_elsewhere"
+    assert (elsewhere.here, elsewhere.elsewhere) == (0.2, 0.6) and "0.60" in elsewhere.detail
+    here = pick(question, Probe(here=0.7, elsewhere=0.4, closeness=0.35, scope="owner"))
+    assert here.strategy is Strategy.SEMANTIC_SEARCH and here.confident
+    tie = pick(question, Probe(here=0.6, elsewhere=0.62, closeness=0.35, scope="owner"))
+    assert tie.strategy is Strategy.CROSS_CONVERSATION  # its scope holds this conversation too
+
+
+def test_nothing_close_is_said_and_falls_back_safely():
+    far = pick("Who painted the Mona Lisa?", Probe(here=0.1, elsewhere=0.15, closeness=0.35, scope="owner"))
+    assert far.strategy is Strategy.SESSION_ONLY and far.reason == "nothing_close"
+    near = pick("Who painted the Mona Lisa?", Probe(here=0.1, elsewhere=0.33, closeness=0.35, scope="owner"))
+    assert near.strategy is Strategy.RECENT_HISTORY and near.reason == "fallback" and not near.confident
+    assert "safe default" in near.detail
+    mine = pick("where is the dinner we reserved?", Probe(here=0.2, elsewhere=0.3, closeness=0.35, scope="owner"))
+    assert mine.strategy is Strategy.CROSS_CONVERSATION and not mine.confident
+
+
+def test_the_owner_habit_breaks_ties_only():
+    probe = Probe(here=0.1, elsewhere=0.33, closeness=0.35, scope="owner")
+    got = pick("Who painted the Mona Lisa?", probe, pattern=Strategy.HYBRID)
+    assert got.strategy is Strategy.HYBRID and got.reason == "owner_pattern" and not got.confident
+    # A confident choice ignores it.
+    assert pick("oi", pattern=Strategy.HYBRID).strategy is Strategy.SESSION_ONLY
+    clear = Probe(here=0.2, elsewhere=0.6, closeness=0.35, scope="owner")
+    assert pick("when did Caroline move?", clear, Strategy.HYBRID).strategy is Strategy.CROSS_CONVERSATION
+
+
+def test_habit_needs_enough_explicit_calls_and_a_majority():
+    assert habit({}) is None
+    assert habit({"hybrid": 3}) is None
+    assert habit({"hybrid": 4}) is Strategy.HYBRID
+    assert habit({"hybrid": 4, "recent_history": 4}) is None
+    assert habit({"no-such-strategy": 9}) is None
+
+
+def test_long_requests_get_the_recent_turns_and_what_relates():
+    text = ("Okay, now put everything together for me: a final shopping list for the party with the pizzas, "
+            "the drinks and the ice, each with its price")
+    assert pick(text).strategy is Strategy.HYBRID
+
+
+@pytest.fixture
+def chats(tmp_path):
+    with Memory(tmp_path / "m.db", embedder=HashEmbedder(), embed="sync") as mem:
+        for i, text in enumerate(["my dog Rex loves the beach", "Rex is allergic to chicken",
+                                  "we booked Hotel Lisboa for July"]):
+            mem.add("user", text, conversation_id="old", owner_id="u", msg_id=f"old-{i}")
+        for i, text in enumerate(["let us plan the party", "twenty guests, pizza and music"]):
+            mem.add("user", text, conversation_id="now", owner_id="u", msg_id=f"now-{i}")
+        mem.add("user", "someone else's Rex beach", conversation_id="x", owner_id="other")
+        yield mem
+
+
+def test_auto_runs_the_chosen_strategy_and_says_how(chats):
+    got = chats.get_memory("auto", query="Rex beach chicken allergic", conversation_id="now", owner_id="u",
+                           lookback_days=None)
+    assert got.strategy is Strategy.CROSS_CONVERSATION  # never AUTO
+    assert got.selection is not None and got.selection.strategy is got.strategy
+    assert got.selection.reason == "closer_elsewhere" and got.selection.choose_ms >= 0
+    assert {m.msg_id for m in got.messages} >= {"old-0", "old-1"}
+    assert all(m.owner_id == "u" for m in got.messages)  # the probe never looks at other owners
+    here = chats.get_memory(Strategy.AUTO, query="party guests pizza music", conversation_id="now",
+                            owner_id="u", lookback_days=None)
+    assert here.strategy is Strategy.SEMANTIC_SEARCH and here.messages[0].conversation_id == "now"
+    talk = chats.get_memory(Strategy.AUTO, query="Oi, tudo bem?", conversation_id="now", owner_id="u")
+    assert talk.strategy is Strategy.SESSION_ONLY and talk.messages == ()
+    explicit = chats.get_memory(Strategy.HYBRID, query="party", conversation_id="now", owner_id="u")
+    assert explicit.selection is None
+
+
+def test_auto_embeds_the_query_once(tmp_path):
+    embedder = HashEmbedder()
+    with Memory(tmp_path / "m.db", embedder=embedder, embed="sync", query_cache_ttl=0) as mem:
+        mem.add("user", "my dog Rex loves the beach", conversation_id="old", owner_id="u")
+        mem.add("user", "plan the party", conversation_id="now", owner_id="u")
+        before = embedder.calls
+        got = mem.get_memory("auto", query="tell me about Rex on the beach", conversation_id="now",
+                             owner_id="u", lookback_days=None)
+        assert got.strategy is Strategy.CROSS_CONVERSATION
+        assert embedder.calls - before == 1
+
+
+def test_auto_without_embeddings_uses_the_text_alone(tmp_path):
+    with Memory(tmp_path / "m.db", embed="off") as mem:  # no model is ever loaded
+        mem.add("user", "hello", conversation_id="c", owner_id="u")
+        got = mem.get_memory("auto", query="qual foi meu último pedido?", conversation_id="c", owner_id="u")
+        assert got.strategy is Strategy.RECENT_HISTORY and got.selection.reason == "recent_reference"
+        plain = mem.get_memory("auto", query="Who painted the Mona Lisa?", conversation_id="c", owner_id="u")
+        assert plain.strategy is Strategy.RECENT_HISTORY and not plain.selection.confident
+        assert "no similarity" in plain.selection.detail
+
+
+def test_auto_learns_the_habit_from_explicit_calls_not_its_own(tmp_path):
+    with Memory(tmp_path / "m.db", embed="off") as mem:
+        mem.add("user", "hello", conversation_id="c", owner_id="u")
+        for _ in range(10):  # its own choices never become a habit
+            mem.get_memory("auto", query="Who painted the Mona Lisa?", conversation_id="c", owner_id="u")
+        got = mem.get_memory("auto", query="Who painted the Mona Lisa?", conversation_id="c", owner_id="u")
+        assert got.selection.reason == "fallback"
+        for _ in range(4):  # the owner names session_only itself
+            mem.get_memory("session_only", conversation_id="c", owner_id="u")
+        got = mem.get_memory("auto", query="Who painted the Mona Lisa?", conversation_id="c", owner_id="u")
+        assert got.strategy is Strategy.SESSION_ONLY and got.selection.reason == "owner_pattern"
+        other = mem.get_memory("auto", query="Who painted the Mona Lisa?", conversation_id="c", owner_id="v")
+        assert other.selection.reason == "fallback"  # one owner's habit is not another's
