@@ -219,6 +219,15 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """What a Prometheus scrape would show, for a database no process here has open."""
+    from .metrics import exposition
+
+    with _open_existing(args, hot_window=0, query_cache_ttl=0, embed="off", strategy_log=False) as mem:
+        print(exposition(mem.active_conversations), end="")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     # Looking must not create the cache directory beside the file, nor start embedding.
     with _open_existing(args, hot_window=0, query_cache_ttl=0, embed="off") as mem:
@@ -484,6 +493,8 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--owner", metavar="ID", help="one owner (default: all)")
     stats.add_argument("--days", type=float, default=7, metavar="N", help="the last N days; 0: all the log (default: 7)")
     stats.add_argument("--json", action="store_true", help="print JSON")
+
+    command("metrics", cmd_metrics, "print Prometheus metrics (all processes' with PROMETHEUS_MULTIPROC_DIR)")
 
     info = command("info", cmd_info, "print the database's path, schema version, size and counts")
     info.add_argument("--json", action="store_true", help="print JSON")

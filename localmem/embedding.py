@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,9 @@ class Embeddings:
     ):
         self.arg = model_arg(arg, "embedder", "embed")
         self._path = path
+        # Told of each embed: (cache hits, cache misses, None), then (0, 0, model seconds)
+        # when the model ran; Memory's metrics listen here when they are on.
+        self.observe: Callable[[int, int, float | None], None] | None = None
         self._recorded = recorded
         self._cache_dir = cache_dir
         self._ttl = ttl
@@ -191,11 +195,17 @@ class Embeddings:
         found = cache.get_many(texts, kind=kind)
         missing = [i for i, v in enumerate(found) if v is None]
         out = np.empty((len(texts), identity["dim"]), dtype="<f4")
+        observe = self.observe
+        if observe is not None:
+            observe(len(texts) - len(missing), len(missing), None)
         if missing:
             model = self.model()
             todo = list(dict.fromkeys(texts[i] for i in missing))
             method = getattr(model, "embed_query", None) if kind == "query" else None
+            started = time.perf_counter()
             raw = run_embedder(method or model.embed, todo, identity["name"])
+            if observe is not None:
+                observe(0, 0, time.perf_counter() - started)
             fresh = check_vectors(raw, len(todo), identity["dim"], identity["name"])
             cache.put_many(todo, fresh, kind=kind)
             by_text = dict(zip(todo, fresh, strict=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import threading
 import time
@@ -66,6 +67,8 @@ _MEMORY_SETTING: Any = object()  # a get_memory() setting not given: the Memory'
 # parallel with the KNN scan; below it a thread costs more than it saves.
 PARALLEL_KEYWORD_FROM = 5_000
 
+log = logging.getLogger(__name__)
+
 _ADD_MANY_KEYS = frozenset(
     ("role", "content", "conversation_id", "owner_id", "feature", "msg_id", "metadata", "created_at")
 )
@@ -113,6 +116,8 @@ class Memory:
     with ``log_queries=True``) to ``<path>-log`` for ``strategy_stats()``, ``analytics()``
     and the automatic selector's per-owner pattern; entries older than
     ``log_retention_days`` are dropped (None: kept).
+    ``metrics``: record Prometheus metrics (``metrics_text()``; needs the ``metrics``
+    extra, prometheus_client). Off by default, and then nothing is recorded.
 
     Thread-safe; after ``fork()`` the child opens its own connections on first use.
     """
@@ -142,6 +147,7 @@ class Memory:
         strategy_log: bool = True,
         log_queries: bool = False,
         log_retention_days: float | None = DEFAULT_LOG_RETENTION_DAYS,
+        metrics: bool = False,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
@@ -156,6 +162,7 @@ class Memory:
         self.rerank_min_keep = check_count(rerank_min_keep, "rerank_min_keep", low=0, high=_MAX_RERANK)
         self.rerank_adaptive = check_flag(rerank_adaptive, "rerank_adaptive")
         check_flag(strategy_log, "strategy_log")
+        check_flag(metrics, "metrics")
         self.log_queries = check_flag(log_queries, "log_queries")
         if log_retention_days is not None and (
                 isinstance(log_retention_days, bool) or not isinstance(log_retention_days, (int, float))
@@ -216,6 +223,12 @@ class Memory:
                 log_path(self.path), keep_queries=self.log_queries,
                 retention_days=None if log_retention_days is None else float(log_retention_days),
             ) if strategy_log else None
+            self._metrics: Any = None
+            if metrics:
+                from .metrics import Metrics
+
+                self._metrics = Metrics(active_conversations=self._active_conversations)
+                self._embedding.observe = self._observe_embedding
             self._indexer = Indexer(
                 self._store, None if in_memory else self._open_store,
                 self._embedding.documents, self._embedding.identity,
@@ -320,7 +333,16 @@ class Memory:
             msg_id=msg_id, metadata=metadata, created_at=created_at,
             max_content_bytes=self.max_content_bytes,
         )
-        stored = self._store.insert(m)
+        try:
+            stored = self._store.insert(m)
+        except LocalMemError as exc:
+            self._count_error("add", exc)
+            raise
+        if self._metrics is not None:
+            self._metrics.messages_added(1)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("message added", extra={"event": "message_added", "msg_id": stored.msg_id,
+                                              "conversation_id": stored.conversation_id, "role": stored.role})
         self._after_write(message=stored, added=1)
         return stored
 
@@ -376,7 +398,16 @@ class Memory:
             for item in chunk:
                 checked.append(self._check_item(item, index, defaults))
                 index += 1
-            added += self._store.insert_many(checked)
+            try:
+                new = self._store.insert_many(checked)
+            except LocalMemError as exc:
+                self._count_error("add_many", exc)
+                raise
+            added += new
+            if self._metrics is not None:
+                self._metrics.messages_added(new)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("messages added", extra={"event": "message_added", "count": new})
             self._after_write(added=added)
         return added
 
@@ -464,10 +495,14 @@ class Memory:
         query cache (``cache_hit=True``); any message added to the scope voids it.
         """
         started = time.perf_counter()
-        strategy, request, recall, selection = self._recall(
-            strategy, conversation_id, owner_id, query, limit, lookback_days, keyword, dense,
-            min_relevance, rerank, rerank_threshold, rerank_min_keep, use_cache=True,
-        )
+        try:
+            strategy, request, recall, selection = self._recall(
+                strategy, conversation_id, owner_id, query, limit, lookback_days, keyword, dense,
+                min_relevance, rerank, rerank_threshold, rerank_min_keep, use_cache=True,
+            )
+        except LocalMemError as exc:
+            self._count_error("get_memory", exc)
+            raise
         result = MemoryResult(
             messages=recall.messages,
             strategy=strategy,
@@ -479,7 +514,72 @@ class Memory:
         )
         if self._log is not None:
             self._log_call(request, result)
+        if self._metrics is not None:
+            self._measure_call(result)
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_event(result)
         return result
+
+    def _measure_call(self, result: MemoryResult) -> None:
+        metrics = self._metrics
+        metrics.query(result.strategy.value, result.cache_hit, result.latency_ms / 1000)
+        if result.selection is not None:
+            metrics.auto_selected(result.strategy.value)
+        stages = result.stages
+        if stages is not None and stages.reranked:
+            from .metrics import rank_changes
+
+            searched = [m for m in result.messages if m.first_rank is not None]
+            before = [m.msg_id for m in sorted(searched, key=lambda m: m.first_rank or 0)]
+            metrics.rerank(stages.rerank_ms / 1000, rank_changes(before, [m.msg_id for m in searched]))
+
+    @staticmethod
+    def _log_event(result: MemoryResult) -> None:
+        """The structured events of one call (DEBUG): the strategy used or auto-selected,
+        a cache hit or miss, and the rerank when it ran."""
+        selection = result.selection
+        log.debug("strategy %s", "auto-selected" if selection else "used", extra={
+            "event": "strategy_auto_selected" if selection else "strategy_used",
+            "strategy": result.strategy.value, "reason": selection.reason if selection else None,
+            "results": len(result.messages), "latency_ms": result.latency_ms})
+        if result.strategy is not Strategy.SESSION_ONLY:
+            tier = "hot_window" if result.strategy is Strategy.RECENT_HISTORY else "query_cache"
+            log.debug("cache %s", "hit" if result.cache_hit else "miss", extra={
+                "event": "cache_hit" if result.cache_hit else "cache_miss", "tier": tier})
+        stages = result.stages
+        if stages is not None and stages.reranked:
+            log.debug("rerank done", extra={"event": "rerank_done", "reranked": stages.reranked,
+                                            "below_threshold": stages.below_threshold, "rerank_ms": stages.rerank_ms})
+
+    def _count_error(self, operation: str, exc: BaseException) -> None:
+        if self._metrics is not None:
+            self._metrics.error(operation, exc)
+
+    def _observe_embedding(self, hits: int, misses: int, seconds: float | None) -> None:
+        if seconds is None:
+            self._metrics.embedding_cache(hits, misses)
+        else:
+            self._metrics.embedding(seconds)
+
+    def _active_conversations(self) -> int:
+        return self.active_conversations()
+
+    def active_conversations(self, hours: float = 1.0) -> int:
+        """How many conversations have a message created in the last ``hours`` hours
+        (the metrics' ``localmem_active_conversations`` gauge: the last hour)."""
+        self._check_open()
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours < 10**7:
+            raise InvalidInputError(f"hours must be a number > 0; got {hours!r}")
+        return self._store.active_conversations(now_us() - int(hours * 3_600_000_000))
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition of this Memory's metrics (of every process's,
+        with ``PROMETHEUS_MULTIPROC_DIR``). Needs ``Memory(metrics=True)``."""
+        self._check_open()
+        if self._metrics is None:
+            raise StrategyUnavailableError("metrics are off: open the Memory with metrics=True")
+        text: str = self._metrics.text()
+        return text
 
     def _log_call(self, request: strategies.Request, result: MemoryResult) -> None:
         """One strategy-log entry for an answered call (a few µs: the log writes later)."""
