@@ -35,7 +35,7 @@ from .errors import (
 from .explain import Explanation, explain
 from .indexer import Indexer
 from .records import MemoryResult, Message, Selection, Strategy
-from .retrieval import Rerank, Searcher
+from .retrieval import Rerank, Searcher, keyword_query
 from .store import EXACT_SEARCH_MAX, Store, model_mismatch
 from .strategy_log import LogEntry, StrategyLog, log_path
 from .validate import (
@@ -701,7 +701,13 @@ class Memory:
             searcher.vector(query)
             embedding_ms = (time.perf_counter() - before) * 1000
             close = floor if isinstance(floor, float) else self._embedding.calibrated_floor()
-            return self._probe(searcher, query, request, 0.0 if close is None else close)
+            found = self._probe(searcher, query, request, close)
+            if cues.impersonal and cues.content and keyword:
+                match = keyword_query(" ".join(cues.content))
+                since = strategies.since_us(request.lookback_days)
+                shares = match is not None and self._store.any_keyword_match(match, request.owner_id, since)
+                found = replace(found, shares_words=shares)
+            return found
 
         def pattern() -> Strategy | None:
             if self._log is None:
@@ -713,7 +719,9 @@ class Memory:
         choose_ms = (time.perf_counter() - started) * 1000 - embedding_ms
         return replace(chosen, choose_ms=choose_ms), searcher
 
-    def _probe(self, searcher: Searcher, query: str, request: strategies.Request, close: float) -> selector.Probe:
+    def _probe(
+        self, searcher: Searcher, query: str, request: strategies.Request, close: float | None,
+    ) -> selector.Probe:
         """Where the owner's messages nearest ``query`` are: the owner-wide dense ranking
         in the lookback window (the one cross_conversation searches with, at its depth),
         split by conversation. When nothing there is close and the window hides older
@@ -725,7 +733,8 @@ class Memory:
         homes = self._store.conversation_ids([row_id for row_id, _ in ranked])
         here = max((cos for row_id, cos in ranked if homes.get(row_id) == conversation), default=None)
         elsewhere = max((cos for row_id, cos in ranked if homes.get(row_id, conversation) != conversation), default=None)
-        if since is not None and (here is None or here < close) and (elsewhere is None or elsewhere < close):
+        if since is not None and close is not None and (here is None or here < close) \
+                and (elsewhere is None or elsewhere < close):
             own = searcher.knn(query, depth, {"owner_id": owner, "conversation_id": conversation, "since_us": None})
             here = max((cos for _, cos in own), default=here)
         return selector.Probe(here, elsewhere, close, "owner")

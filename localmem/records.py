@@ -99,9 +99,10 @@ class Selection:
 
     ``strategy``: the one that ran; ``reason``: the rule that decided (``small_talk``,
     ``recent_reference``, ``this_chat_topic``, ``this_chat``, ``follow_up``,
-    ``past_or_personal``, ``closer_elsewhere``, ``closer_here``, ``as_close_elsewhere``,
-    ``long_request``, ``long_request_here``, ``recall``, ``owner_pattern``, ``fallback``,
-    ``no_query``); ``detail``: the same in words, with the scores; ``confident``: False
+    ``past_or_personal``, ``closer_elsewhere``, ``close_elsewhere_too``, ``closer_here``,
+    ``assistant_said``, ``arithmetic``,
+    ``long_request``, ``recall``, ``recall_here``, ``memory_asked``, ``nothing_close``,
+    ``nothing_in_common``, ``owner_pattern``, ``fallback``, ``no_query``); ``detail``: the same in words, with the scores; ``confident``: False
     when nothing settled it and a tie-break or the safe default chose; ``choose_ms``: what
     choosing cost beyond the query's embedding; ``here`` and ``elsewhere``: the best cosine
     of the query in this conversation and in the owner's others (None: not measured, or

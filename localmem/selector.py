@@ -69,7 +69,8 @@ SMALL_TALK = _phrases(
     "no problem, np, no worries, sorry, my bad, you too, same here, please, i m good, i m fine, im good, "
     "im fine, doing well, not bad, you re the best, you rock, bye for now, for now, night night, nite, gn, "
     "that helped, helped a lot, this helped, very helpful, so helpful, love you, xoxo, see you soon, "
-    "talk later, ttyl, brb, good to know, noted, will do, that helps, this helps, it helps, helps a lot",
+    "talk later, ttyl, brb, good to know, noted, will do, gotta run, gotta go, got to go, have to go, "
+    "how s your day going, how is your day going, hows your day going, how s your day been, that helps, this helps, it helps, helps a lot",
     # Portuguese
     "oi, oie, ola, e ai, eai, opa, salve, tudo bem, tudo bom, tudo certo, td bem, tb, beleza, blz, "
     "bom dia, boa tarde, boa noite, como vai, como vai voce, como voce esta, como vc ta, como vc esta, "
@@ -81,7 +82,8 @@ SMALL_TALK = _phrases(
     "kkk, kkkk, kkkkk, rs, rsrs, haha, hahaha, de nada, por nada, disponha, desculpa, desculpe, foi mal, "
     "por favor, tambem, igualmente, to bem, estou bem, tudo otimo, tudo tranquilo, tranquilo, td certo, td bom, "
     "adorei, amei, ajudou, ajudou muito, me ajudou, salvou, voce e demais, vc e demais, boa, bom saber, anotado, "
-    "ate a proxima, fica com deus, durma bem, dorme bem, bom descanso",
+    "ate a proxima, fica com deus, durma bem, dorme bem, bom descanso, to animado, to animada, to mto animado, "
+    "to muito animado, to muito animada, estou animado, estou animada, que legal, que bom, mto bom, muito bom",
 )
 # Words that may stand beside small talk without making it a request.
 FILLER = frozenset(words(
@@ -145,6 +147,17 @@ PAST = _phrases(
     "semanas atras, meses atras, outra conversa, outro chat, conversa anterior, conversa passada, "
     "naquela conversa, aquela vez, daquela vez, uma vez, na conversa, naquele chat, no chat do, no chat da",
 )
+# What the assistant said: in this conversation, unless an earlier one is named.
+ASSISTANT_SAID = _phrases(
+    "you said, did you say, you told me, did you tell me, you suggested, did you suggest, you recommended, "
+    "did you recommend, you mentioned, you set aside, did you set aside, you estimated, did you estimate, "
+    "you calculated, you wrote, you gave me",
+    "voce disse, vc disse, voce falou, vc falou, voce sugeriu, vc sugeriu, voce recomendou, vc recomendou, "
+    "voce calculou, vc calculou, voce mandou, vc mandou, voce escreveu, vc escreveu, voce passou, vc passou",
+)
+_FIRST_PERSON = _phrases("i, i m, im, my, mine, eu, meu, minha, meus, minhas, mim")
+_TODAY = _phrases("today, hoje, hj, agora")
+_MATH = frozenset(words("x times plus minus divided by percent of vezes mais menos dividido por porcento de sobre"))
 # A memory being asked for, scope unsaid: the similarity decides where.
 RECALL = _phrases(
     "remember, remind me, recall, we talked, we discussed, we spoke, we chatted, we agreed, we decided, "
@@ -194,25 +207,34 @@ FOLLOW_UP = frozenset(words(
 # Words that point back at the last turns: a short message holding one continues them
 # ("any cheaper option for the first item?", "e se chover?").
 ANAPHORA = _phrases(
-    "those ones, these ones, that one, this one, the first, the second, the third, the last one, the other one, "
-    "instead, tho, any cheaper, cheaper, more detail, too early, too late, too much, too expensive, number",
+    "those ones, these ones, that one, this one, the last one, the other one, "
+    "instead, tho, though, any cheaper, cheaper, more detail, too early, too late, too much, too expensive, number, "
+    "put that, put it, make that, make it, do that, do it, turn that, turn it, send that, send it, "
+    "write that, write it, explain that, explain it, that in, it in, that into, it into, translate that, "
+    "translate it, shorten that, shorten it, rewrite that, rewrite it, format that, format it, paste that, "
+    "paste it, show that, show it, that again, it again, translate to, translate into",
     "isso, isto, aquilo, esse ai, essa ai, da pra, pode detalhar, detalhar, mais barato, mais caro, em formato, "
-    "em lista, formato de, o primeiro, a primeira, o segundo, a segunda, que vc falou, que voce falou, "
-    "que vc disse, que voce disse",
+    "em lista, formato de, que vc falou, que voce falou, que vc disse, que voce disse, traduz pro, traduz pra, "
+    "traduz para, traduz isso, traduza para",
 )
 # ... and these, only to open the message ("and if it rains?"; "e o segundo?", not "quando é o").
 OPENING_ANAPHORA = _phrases(
-    "and, and if, and what, what if, what about, how about, so, then, but, also, ok and, okay and",
-    "e, e se, e o, e a, e os, e as, e quanto, mas, entao, tipo, ok e",
+    "and, and if, and what, what if, what about, how about, so, then, but, also, ok and, okay and, why, "
+    "the first, the second, the third, the last, item",
+    "e, e se, e o, e a, e os, e as, e quanto, mas, entao, tipo, ok e, pq, por que, porque, "
+    "o primeiro, a primeira, o segundo, a segunda, o terceiro, a terceira, o item",
 )
-_DIALOG = _phrases("we, us, our, ours, my, mine, a gente, nosso, nossa, nossos, nossas, meu, minha, meus, minhas")
+_DIALOG = _phrases("we, our, ours, my, mine, a gente, nosso, nossa, nossos, nossas, meu, minha, meus, minhas")
+# The user or the assistant in person ("I", "you"): a question without them is impersonal,
+# and one that shares no word with anything stored asks for general knowledge.
+_PERSON = _phrases("i, i m, im, i ve, you, your, yours, u, ur, eu, voce, vc, voces, tu, teu, tua, seu, sua")
 _FUNCTION_WORDS = frozenset(words(
     "a an and are as at be by did do does for from had has have he her his how i in is it its my of on or "
     "she that the their they this to was were what when where which who why will with you your s t re ll "
     "d m ve am been being im me we our us would could should can may might shall just very too really "
     "o os as um uma uns umas de do da dos das em no na nos nas para pra pro por com que e se ao aos "
     "eu ele ela eles elas meu minha seu sua foi ser sao qual quando onde como voce vc tu te mim nos "
-    "esta estava era tem tinha ter vai vou ja ainda"
+    "esta estava era tem tinha ter vai vou ja ainda quanto quanta quantos quantas quais"
 ))
 
 
@@ -240,8 +262,12 @@ class Cues:
     past: bool
     recall: bool
     personal: bool
-    anaphora: bool
+    anaphora: bool  # points back at the last turns ("put that in a table")
+    opening: bool  # opens as a continuation ("and if it rains?", "e o segundo?", "why ...")
+    assistant_said: bool  # asks what the assistant said ("how much ice did you say?")
     dialog: bool  # speaks of "we", "our", "my": the user's own history
+    person: bool  # speaks to or as a person: "I", "you"
+    arithmetic: bool  # nothing to search for but numbers and operators ("quanto é 7 x 60?")
     content: tuple[str, ...]
 
     @property
@@ -252,8 +278,16 @@ class Cues:
     def follow_up(self) -> bool:
         """Short, and either nothing in it to search for or a pointer at the last turns,
         with no memory asked for."""
-        short = len(self.words) <= _FOLLOW_UP_WORDS
-        return short and (not self.content or self.anaphora) and not (self.recall or self.personal or self.past)
+        short = len(self.words) <= _FOLLOW_UP_WORDS + (2 if self.opening else 0)
+        pointer = self.anaphora or self.opening
+        return short and (not self.content or pointer) and not (self.recall or self.personal or self.past)
+
+    @property
+    def impersonal(self) -> bool:
+        """No cue of memory and no person in it: a general question, unless something
+        stored shares a word with it (``Probe.shares_words``)."""
+        return not (self.recall or self.repeat or self.personal or self.past or self.dialog or self.person
+                    or self.this_chat or self.recent or self.anaphora or self.opening)
 
 
 def _plain(word: str) -> str:
@@ -276,7 +310,15 @@ def read_cues(text: str) -> Cues:
         found[name] = bool(spans)
         if name != "anaphora":
             covered.update(i for start, end in spans for i in range(start, end))
-    opening = any(tuple(tokens[:n]) in OPENING_ANAPHORA for n in (1, 2, 3))
+    # On the words with their accents: "é o" ("is the") does not open like "e o" ("and the").
+    accented = re.findall(r"\w+", unicodedata.normalize("NFC", text.casefold()))
+    opening = any(tuple(accented[:n]) in OPENING_ANAPHORA for n in (1, 2, 3))
+    said = bool(_find(tokens, ASSISTANT_SAID))
+    first_person = bool(_find(tokens, _FIRST_PERSON))
+    # "Do you remember what I weigh?": a memory of the person. "What did you say I should
+    # buy?" is what the assistant said, not the person. "Lembra ... hoje?": this chat.
+    found["personal"] |= found["recall"] and first_person and not said
+    found["this_chat"] |= found["recall"] and bool(_find(tokens, _TODAY))
     plain = [t if (t,) in SMALL_TALK else _plain(t) for t in tokens]
     talk = _find(plain, SMALL_TALK)
     talk_words = {i for start, end in talk for i in range(start, end)}
@@ -285,10 +327,12 @@ def read_cues(text: str) -> Cues:
     content = tuple(
         w for i, w in enumerate(tokens)
         if i not in covered and i not in talk_words and w not in _FUNCTION_WORDS and w not in FOLLOW_UP
-        and w not in FILLER and (not w.isdigit() or len(w) == 4)  # a year is something to search for
+        and w not in FILLER and (not w.isdigit() or len(w) >= 2)  # "3" points at a list; "760", "2022" do not
     )
+    arithmetic = bool(content) and all(w.isdigit() or w in _MATH for w in content)
     return Cues(tuple(tokens), small_talk, found["recent"], found["repeat"], found["this_chat"], found["past"],
-                found["recall"], found["personal"], found["anaphora"] or opening, bool(_find(tokens, _DIALOG)), content)
+                found["recall"], found["personal"], found["anaphora"], opening, said,
+                bool(_find(tokens, _DIALOG)), bool(_find(tokens, _PERSON)), arithmetic, content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,12 +340,14 @@ class Probe:
     """The memory's answer to "where are the messages closest to the query?": the best
     cosine in this conversation (``here``) and in the owner's other conversations
     (``elsewhere``), None where nothing was found; ``closeness`` is the cosine that counts
-    as close. ``scope`` names what was searched (for the reason)."""
+    as close (None: the model's is not known, and then the closer side, or both within
+    ``MARGIN``, counts as close). ``scope`` names what was searched (for the reason)."""
 
     here: float | None
     elsewhere: float | None
-    closeness: float
+    closeness: float | None
     scope: str
+    shares_words: bool | None = None  # a stored message holds a content word of the query (None: not checked)
 
 
 def _fmt(value: float | None) -> str:
@@ -340,6 +386,8 @@ def choose(
         return chosen(Strategy.RECENT_HISTORY, "this_chat", "refers to this conversation, with no topic to search")
     if cues.follow_up:
         return chosen(Strategy.RECENT_HISTORY, "follow_up", "a short follow-up of the last turns")
+    if cues.arithmetic and not memory:
+        return chosen(Strategy.SESSION_ONLY, "arithmetic", "only numbers and operators: no stored history needed")
 
     recall = cues.recall or cues.repeat  # a memory asked for, scope unsaid
     found = probe()
@@ -350,31 +398,44 @@ def choose(
             return chosen(Strategy.SEMANTIC_SEARCH, "recall", "asks to remember something (this conversation first)")
         return _fallback(pattern, "no similarity to judge by (no embedding for this call)", None, chosen)
 
-    close = found.closeness
+    if cues.impersonal and found.shares_words is False:
+        return chosen(Strategy.SESSION_ONLY, "nothing_in_common",
+                      "an impersonal question sharing no word with any stored message: general knowledge, "
+                      f"no stored history needed (closest by meaning {_fmt(found.here)} here, "
+                      f"{_fmt(found.elsewhere)} elsewhere)", found=found)
     here = -2.0 if found.here is None else found.here  # below any cosine
     elsewhere = -2.0 if found.elsewhere is None else found.elsewhere
-    scores = f"closest here {_fmt(found.here)}, in other conversations {_fmt(found.elsewhere)}, close from {close:.2f}"
-    here_close, elsewhere_close = here >= close, elsewhere >= close
+    if found.closeness is None:  # an uncalibrated model: only the two sides compare
+        close = -1.0
+        here_close = found.here is not None and here >= elsewhere - MARGIN
+        elsewhere_close = found.elsewhere is not None and elsewhere >= here - MARGIN
+        scale = "no calibrated closeness for this model"
+    else:
+        close = found.closeness
+        here_close, elsewhere_close = here >= close, elsewhere >= close
+        scale = f"close from {close:.2f}"
+    scores = f"closest here {_fmt(found.here)}, in other conversations {_fmt(found.elsewhere)}, {scale}"
     if memory and (elsewhere_close or found.elsewhere is not None):
         return chosen(Strategy.CROSS_CONVERSATION, "past_or_personal",
                       f"asks about the person or an earlier conversation; {scores}", confident=elsewhere_close,
                       found=found)
-    if recall and here_close and not elsewhere > here + MARGIN:
-        return chosen(Strategy.SEMANTIC_SEARCH, "recall_here",
-                      f"asks to remember, and this conversation holds as close a message; {scores}", found=found)
-    if elsewhere_close and (not here_close or elsewhere > here + MARGIN):
-        return chosen(Strategy.CROSS_CONVERSATION, "closer_elsewhere",
-                      f"other conversations hold the closest messages; {scores}", found=found)
-    if here_close and (not elsewhere_close or here > elsewhere + MARGIN):
-        return chosen(Strategy.SEMANTIC_SEARCH, "closer_here", f"this conversation holds the closest messages; {scores}",
-                      found=found)
-    if here_close and elsewhere_close:  # as close on both sides
+    if cues.assistant_said and not (elsewhere_close and elsewhere > here + MARGIN):
+        return chosen(Strategy.SEMANTIC_SEARCH, "assistant_said",
+                      f"asks what the assistant said: this conversation; {scores}", confident=here_close, found=found)
+    if elsewhere_close and here_close and abs(here - elsewhere) <= MARGIN:  # as close on both sides
         habit = pattern()
         if habit in (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION):
             return chosen(habit, "owner_pattern", f"as close here as elsewhere, the owner's usual strategy; {scores}",
                           confident=False, found=found)
-        return chosen(Strategy.CROSS_CONVERSATION, "as_close_elsewhere",
-                      f"as close here as elsewhere: the owner-wide search covers both; {scores}", found=found)
+    if elsewhere_close:
+        # cross_conversation's scope holds this conversation too: whichever side is closer,
+        # the owner-wide search finds both.
+        reason = "closer_elsewhere" if elsewhere > here + MARGIN else "close_elsewhere_too"
+        return chosen(Strategy.CROSS_CONVERSATION, reason, f"other conversations hold close messages; {scores}",
+                      found=found)
+    if here_close:
+        return chosen(Strategy.SEMANTIC_SEARCH, "recall_here" if recall else "closer_here",
+                      f"only this conversation holds close messages; {scores}", found=found)
     # Nothing close anywhere.
     if memory or recall or cues.dialog:
         target = Strategy.CROSS_CONVERSATION if found.elsewhere is not None else Strategy.SEMANTIC_SEARCH

@@ -1035,6 +1035,18 @@ class Store:
         with self.read("keyword") as conn:
             return conn.execute(sql, args).fetchall()
 
+    def any_keyword_match(self, match: str, owner_id: str, since_us: int | None = None) -> bool:
+        """Whether any of the owner's messages (from ``since_us``) matches the FTS5
+        ``match`` (built with ``keyword_query()``): the first match answers, unranked."""
+        sql = ("SELECT 1 FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+               " WHERE messages_fts MATCH ? AND m.owner_id = ?")
+        args: list[Any] = [match, owner_id]
+        if since_us is not None:
+            sql += " AND m.created_at >= ?"
+            args.append(since_us)
+        with self.read("keyword") as conn:
+            return conn.execute(sql + " LIMIT 1", args).fetchone() is not None
+
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, Row]:
         """Message rows by their integer id; missing ids are left out."""
         found: dict[int, Row] = {}

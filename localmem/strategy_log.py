@@ -38,8 +38,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -106,8 +105,7 @@ def log_path(db_path: str) -> str | None:
     return db_path + "-log"
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
+class LogEntry(NamedTuple):  # a NamedTuple: one per read, and a frozen dataclass costs µs to build
     """One ``get_memory`` call. ``strategy`` is the one that ran; ``chosen_by`` is
     ``"caller"`` or ``"auto"``; ``reason`` the selector's rule (auto only). Times in ms;
     the rerank figures are None when the reranker did not run. ``query`` is set only

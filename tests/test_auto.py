@@ -31,6 +31,12 @@ def pick(text: str, probe: Probe | None = None, pattern: Strategy | None = None)
     ("what did we decide about the budget earlier in this chat?", Strategy.SEMANTIC_SEARCH),
     ("do you remember my dog's name?", Strategy.CROSS_CONVERSATION),
     ("qual é minha comida favorita?", Strategy.CROSS_CONVERSATION),
+    ("vc lembra quanto eu ganho?", Strategy.CROSS_CONVERSATION),  # remember + "I": the person
+    ("lembra quando falamos sobre pizza hoje?", Strategy.SEMANTIC_SEARCH),  # ... today: this chat
+    ("quanto é 7 x 60?", Strategy.SESSION_ONLY),
+    ("What's 18% of 760?", Strategy.SESSION_ONLY),
+    ("pq baixar o som as 21h?", Strategy.RECENT_HISTORY),
+    ("can you put that in a table?", Strategy.RECENT_HISTORY),
 ])
 def test_the_text_decides_when_it_says_enough(text, strategy):
     got = pick(text)  # no probe: the text alone
@@ -46,13 +52,46 @@ def test_whole_words_only():
     assert read_cues("hi! which hotel did I book in Lisbon?").small_talk is False
 
 
+def test_accents_that_change_meaning_are_kept_where_it_matters():
+    # "é o" ("is the") does not open a message like "e o" ("and the").
+    assert read_cues("é obrigatório visto pra entrar em Portugal?").opening is False
+    assert read_cues("e o segundo?").opening is True
+    # "o primeiro" points at a list only when it opens the message.
+    assert read_cues("Quem foi o primeiro presidente do Brasil?").follow_up is False
+
+
+def test_what_the_assistant_said_is_searched_in_this_conversation():
+    probe = Probe(here=0.24, elsewhere=0.34, closeness=0.35, scope="owner")
+    got = pick("how much ice did you say I should buy?", probe)
+    assert got.strategy is Strategy.SEMANTIC_SEARCH and got.reason == "assistant_said"
+    # ... unless another conversation is clearly the closer one.
+    elsewhere = Probe(here=0.2, elsewhere=0.6, closeness=0.35, scope="owner")
+    assert pick("how much ice did you say I should buy?", elsewhere).strategy is Strategy.CROSS_CONVERSATION
+
+
+def test_an_impersonal_question_sharing_no_word_with_memory_needs_none():
+    probe = Probe(here=0.55, elsewhere=0.59, closeness=0.35, scope="owner", shares_words=False)
+    got = pick("me explica o que são juros compostos", probe)
+    assert got.strategy is Strategy.SESSION_ONLY and got.reason == "nothing_in_common"
+    # A person in it ("my", "I") or a shared word keeps the memory in play.
+    assert pick("what are my juros compostos?", probe).strategy is Strategy.CROSS_CONVERSATION
+    shared = Probe(here=0.55, elsewhere=0.59, closeness=0.35, scope="owner", shares_words=True)
+    assert pick("me explica o que são juros compostos", shared).strategy is Strategy.CROSS_CONVERSATION
+
+
 def test_the_probe_decides_the_scope_of_a_plain_question():
     question = "When did Caroline go to the support group?"  # no keyword of any rule
     elsewhere = pick(question, Probe(here=0.2, elsewhere=0.6, closeness=0.35, scope="owner"))
     assert elsewhere.strategy is Strategy.CROSS_CONVERSATION and elsewhere.reason == "closer_elsewhere"
     assert (elsewhere.here, elsewhere.elsewhere) == (0.2, 0.6) and "0.60" in elsewhere.detail
-    here = pick(question, Probe(here=0.7, elsewhere=0.4, closeness=0.35, scope="owner"))
+    here = pick(question, Probe(here=0.7, elsewhere=0.2, closeness=0.35, scope="owner"))
     assert here.strategy is Strategy.SEMANTIC_SEARCH and here.confident
+    # Close on both sides: the owner-wide search, whose scope holds this conversation too.
+    both = pick(question, Probe(here=0.7, elsewhere=0.4, closeness=0.35, scope="owner"))
+    assert both.strategy is Strategy.CROSS_CONVERSATION and both.reason == "close_elsewhere_too"
+    # A model with no calibrated closeness: the closer side decides.
+    assert pick(question, Probe(0.7, 0.2, None, "owner")).strategy is Strategy.SEMANTIC_SEARCH
+    assert pick(question, Probe(0.2, 0.7, None, "owner")).strategy is Strategy.CROSS_CONVERSATION
     tie = pick(question, Probe(here=0.6, elsewhere=0.62, closeness=0.35, scope="owner"))
     assert tie.strategy is Strategy.CROSS_CONVERSATION  # its scope holds this conversation too
 
