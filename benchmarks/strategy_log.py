@@ -22,6 +22,7 @@ its analytics answer over a million entries.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -167,15 +168,19 @@ def analytics_speed(folder: Path, n: int, rounds: int = 3) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="log entries for the analytics part")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a check that it runs, not a measurement)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    rounds = 2 if args.quick else 7
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print("1. read path, median per call (µs), alternating rounds on one file")
-        for kind, by in read_path(folder).items():
+        reads = read_path(folder, rounds=rounds, calls=50 if args.quick else 400)
+        for kind, by in reads.items():
             on, off = by["log on"], by["log off"]
             print(f"   {kind:34} log on {on:7.1f}   log off {off:7.1f}   cost {on - off:+6.1f} µs ({on / off:.2f}x)")
         print("2. add() median latency (µs) while a thread reads as fast as it can")
-        w = writers(folder)
+        w = writers(folder, rounds=2 if args.quick else 5, adds=50 if args.quick else 300)
         print(f"   log on {w['log on']:.0f}   log off {w['log off']:.0f}   ratio {w['log on'] / w['log off']:.2f}")
         print(f"3. analytics over {args.rows:,} entries (medians of 3)")
         a = analytics_speed(folder, args.rows)
@@ -186,6 +191,8 @@ def main() -> int:
               f"{a['baseline stats'] / a['stats, all owners']:.1f}x the columnar log")
         goal = a["stats, all owners"] < 1.0
         print(f"   goal stats < 1 s over {args.rows:,} rows: {'met' if goal else 'MISSED'}")
+    if args.json:
+        args.json.write_text(json.dumps({"read_path_us": reads, "add_us": w, "analytics_s": a, "rows": args.rows}, indent=2))
     return 0
 
 

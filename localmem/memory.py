@@ -186,6 +186,7 @@ class Memory:
             embedder = model_arg(embedder, "embedder", "embed")
             self._reranker_arg = model_arg(reranker, "reranker", "score")
             self._reranker: Any = None
+            self._examples: Any = None  # selector's example vectors (see _likeness)
             self._models_lock = threading.Lock()
             recorded = self._store.embedder_identity()
             wanted = model_name(embedder)
@@ -700,8 +701,12 @@ class Memory:
             before = time.perf_counter()
             searcher.vector(query)
             embedding_ms = (time.perf_counter() - before) * 1000
-            close = floor if isinstance(floor, float) else self._embedding.calibrated_floor()
+            calibrated = self._embedding.calibrated_floor()
+            close = floor if isinstance(floor, float) else calibrated
             found = self._probe(searcher, query, request, close)
+            if calibrated is not None:  # a measured model: its similarities to the examples mean something
+                small_talk, recent = self._likeness(searcher.vector(query))
+                found = replace(found, like_small_talk=small_talk, like_recent=recent)
             if cues.impersonal and cues.content and keyword:
                 match = keyword_query(" ".join(cues.content))
                 since = strategies.since_us(request.lookback_days)
@@ -718,6 +723,25 @@ class Memory:
         chosen = selector.choose(cues, probe, pattern, has_query=query is not None)
         choose_ms = (time.perf_counter() - started) * 1000 - embedding_ms
         return replace(chosen, choose_ms=choose_ms), searcher
+
+    def _likeness(self, vector: bytes) -> tuple[float, float]:
+        """The query's cosine to the closest small-talk and to the closest follow-up
+        example (their vectors made once per Memory, through the embedding cache)."""
+        with self._models_lock:
+            if self._examples is None:
+                import numpy as np
+
+                def unit(texts: tuple[str, ...]) -> Any:
+                    m = self._embedding.embed(texts, "query")
+                    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+                self._examples = (unit(selector.SMALL_TALK_EXAMPLES), unit(selector.RECENT_EXAMPLES))
+        import numpy as np
+
+        q = np.frombuffer(vector, dtype="<f4")
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        small, recent = self._examples
+        return float((small @ q).max()), float((recent @ q).max())
 
     def _probe(
         self, searcher: Searcher, query: str, request: strategies.Request, close: float | None,

@@ -219,9 +219,9 @@ ANAPHORA = _phrases(
 )
 # ... and these, only to open the message ("and if it rains?"; "e o segundo?", not "quando é o").
 OPENING_ANAPHORA = _phrases(
-    "and, and if, and what, what if, what about, how about, so, then, but, also, ok and, okay and, why, "
+    "and, and if, and what, what if, what about, how about, so, then, but, also, ok and, okay and, "
     "the first, the second, the third, the last, item",
-    "e, e se, e o, e a, e os, e as, e quanto, mas, entao, tipo, ok e, pq, por que, porque, "
+    "e, e se, e o, e a, e os, e as, e quanto, mas, entao, tipo, ok e, "
     "o primeiro, a primeira, o segundo, a segunda, o terceiro, a terceira, o item",
 )
 _DIALOG = _phrases("we, our, ours, my, mine, a gente, nosso, nossa, nossos, nossas, meu, minha, meus, minhas")
@@ -236,6 +236,31 @@ _FUNCTION_WORDS = frozenset(words(
     "eu ele ela eles elas meu minha seu sua foi ser sao qual quando onde como voce vc tu te mim nos "
     "esta estava era tem tinha ter vai vou ja ainda quanto quanta quantos quantas quais"
 ))
+
+
+# Examples of two closed kinds of message, compared by meaning with the query (for a model
+# whose similarity scale is measured: the thresholds below are all-MiniLM-L6-v2's). They
+# catch what no phrase list spells out ("you're a lifesaver", "say the last part again").
+SMALL_TALK_EXAMPLES = (
+    "hi", "hello there", "hey, how are you?", "good morning!", "good night", "thanks!", "thank you so much",
+    "that helped a lot", "you're the best", "awesome, thanks", "ok cool", "got it", "sounds good",
+    "bye, see you later", "have a nice day", "lol that's funny", "how is your day going?", "I'm so excited",
+    "nice to meet you", "no worries", "sorry about that", "talk to you tomorrow",
+    "oi, tudo bem?", "olá!", "bom dia", "boa noite", "obrigado!", "valeu, ajudou muito", "beleza", "show de bola",
+    "tchau, até mais", "adorei", "tô muito animado", "que legal", "de nada", "foi mal", "como vai você?",
+    "tudo ótimo por aqui", "até amanhã",
+)
+RECENT_EXAMPLES = (
+    "what did you just say?", "repeat your last answer", "say that again", "what did I just tell you?",
+    "can you repeat that?", "make it shorter", "put that in a table", "translate that to English",
+    "and the second one?", "why?", "can you explain that better?", "summarize what we said so far", "go on",
+    "continue", "what was your last message?", "the last part again, please",
+    "o que você acabou de dizer?", "repete a última resposta", "fala de novo", "o que eu acabei de falar?",
+    "deixa mais curto", "coloca isso numa tabela", "traduz pro inglês", "e o segundo?", "por quê?",
+    "explica melhor isso", "resume o que falamos até agora", "continua", "repete a última parte",
+)
+LIKE_SMALL_TALK = 0.70  # cosine to the closest example: on the 468 labelled queries, no false match from 0.65
+LIKE_RECENT = 0.75  # ... from 0.70
 
 
 def _find(tokens: list[str], phrases: frozenset[tuple[str, ...]]) -> list[tuple[int, int]]:
@@ -279,7 +304,8 @@ class Cues:
         """Short, and either nothing in it to search for or a pointer at the last turns,
         with no memory asked for."""
         short = len(self.words) <= _FOLLOW_UP_WORDS + (2 if self.opening else 0)
-        pointer = self.anaphora or self.opening
+        # An opening ("and", "e o") continues the last turns when little else is named.
+        pointer = self.anaphora or (self.opening and len(self.content) <= 2)
         return short and (not self.content or pointer) and not (self.recall or self.personal or self.past)
 
     @property
@@ -348,6 +374,8 @@ class Probe:
     closeness: float | None
     scope: str
     shares_words: bool | None = None  # a stored message holds a content word of the query (None: not checked)
+    like_small_talk: float | None = None  # cosine to the closest SMALL_TALK_EXAMPLES (None: not measured)
+    like_recent: float | None = None  # ... to the closest RECENT_EXAMPLES
 
 
 def _fmt(value: float | None) -> str:
@@ -398,6 +426,14 @@ def choose(
             return chosen(Strategy.SEMANTIC_SEARCH, "recall", "asks to remember something (this conversation first)")
         return _fallback(pattern, "no similarity to judge by (no embedding for this call)", None, chosen)
 
+    if not (memory or recall or cues.this_chat):
+        if found.like_small_talk is not None and found.like_small_talk >= LIKE_SMALL_TALK:
+            return chosen(Strategy.SESSION_ONLY, "like_small_talk",
+                          f"reads like small talk (similarity {found.like_small_talk:.2f} to an example)", found=found)
+        if found.like_recent is not None and found.like_recent >= LIKE_RECENT:
+            return chosen(Strategy.RECENT_HISTORY, "like_a_follow_up",
+                          f"reads like a follow-up of the last turns (similarity {found.like_recent:.2f} to an example)",
+                          found=found)
     if cues.impersonal and found.shares_words is False:
         return chosen(Strategy.SESSION_ONLY, "nothing_in_common",
                       "an impersonal question sharing no word with any stored message: general knowledge, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from hash_embedder import HashEmbedder
+from real_model import needs_minilm
 
 from localmem import Memory, Selection, Strategy
 from localmem.selector import Probe, choose, habit, read_cues
@@ -35,7 +36,7 @@ def pick(text: str, probe: Probe | None = None, pattern: Strategy | None = None)
     ("lembra quando falamos sobre pizza hoje?", Strategy.SEMANTIC_SEARCH),  # ... today: this chat
     ("quanto é 7 x 60?", Strategy.SESSION_ONLY),
     ("What's 18% of 760?", Strategy.SESSION_ONLY),
-    ("pq baixar o som as 21h?", Strategy.RECENT_HISTORY),
+    ("e o segundo item?", Strategy.RECENT_HISTORY),
     ("can you put that in a table?", Strategy.RECENT_HISTORY),
 ])
 def test_the_text_decides_when_it_says_enough(text, strategy):
@@ -194,3 +195,26 @@ def test_auto_learns_the_habit_from_explicit_calls_not_its_own(tmp_path):
         assert got.strategy is Strategy.SESSION_ONLY and got.selection.reason == "owner_pattern"
         other = mem.get_memory("auto", query="Who painted the Mona Lisa?", conversation_id="c", owner_id="v")
         assert other.selection.reason == "fallback"  # one owner's habit is not another's
+
+
+def test_examples_by_meaning_catch_what_the_lists_do_not():
+    probe = Probe(here=0.1, elsewhere=0.5, closeness=0.35, scope="owner", like_small_talk=0.75, like_recent=0.3)
+    got = pick("good night, talk tomorrow", probe)
+    assert got.strategy is Strategy.SESSION_ONLY and got.reason == "like_small_talk" and "0.75" in got.detail
+    follow = Probe(here=0.1, elsewhere=0.5, closeness=0.35, scope="owner", like_small_talk=0.2, like_recent=0.8)
+    assert pick("the doorman part once more", follow).strategy is Strategy.RECENT_HISTORY
+    # A memory asked for is not small talk, however it reads.
+    assert pick("do you remember my dog?", probe).strategy is Strategy.CROSS_CONVERSATION
+
+
+@needs_minilm
+def test_auto_with_the_real_model(tmp_path):
+    with Memory(tmp_path / "m.db", embed="sync") as mem:
+        mem.add("user", "My dog Thor is allergic to chicken", conversation_id="old", owner_id="u")
+        mem.add("user", "Let's plan the open house for Saturday", conversation_id="now", owner_id="u")
+        ask = {"conversation_id": "now", "owner_id": "u", "lookback_days": None}
+        night = mem.get_memory("auto", query="good night, talk tomorrow", **ask)
+        assert night.strategy is Strategy.SESSION_ONLY and night.selection.reason == "like_small_talk"
+        dog = mem.get_memory("auto", query="What is Thor allergic to?", **ask)
+        assert dog.strategy is Strategy.CROSS_CONVERSATION and dog.messages[0].conversation_id == "old"
+        assert dog.selection.elsewhere > dog.selection.here

@@ -123,3 +123,19 @@ def test_speed_quick_run(tmp_path):
         assert "Chroma not installed" in stdout
     else:
         assert rows["ingest: Chroma collection.add"]["bytes"] > 0
+
+
+def test_strategy_log_quick_run(tmp_path):
+    stdout, results = run_benchmark(tmp_path, "strategy_log.py", "--quick", "--rows", "20000", timeout=300)
+    assert "log on" in stdout and "baseline stats" in stdout
+    assert set(results["read_path_us"]) == {"recent_history (hot window)", "keyword search (query cache hit)"}
+    assert results["analytics_s"]["stats, all owners"] > 0 and results["rows"] == 20000
+
+
+@pytest.mark.slow
+@needs_minilm
+def test_auto_strategy_runs_every_labelled_set(tmp_path):
+    _, results = run_benchmark(tmp_path, "auto_strategy.py", timeout=900)
+    assert {"dev", "held_out", "confirm", "final", "test2"} <= set(results)
+    assert results["dev"]["queries"] == 169 and results["test2"]["queries"] >= 100
+    assert results["all"]["auto"] > results["all"]["seed"]  # the seed's rules are the baseline
