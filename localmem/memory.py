@@ -757,11 +757,12 @@ class Memory:
         homes = self._store.conversation_ids([row_id for row_id, _ in ranked])
         here = max((cos for row_id, cos in ranked if homes.get(row_id) == conversation), default=None)
         elsewhere = max((cos for row_id, cos in ranked if homes.get(row_id, conversation) != conversation), default=None)
+        recent = self._store.recent_similarity(searcher.vector(query), owner, conversation, selector.RECENT_TURNS)
         if since is not None and close is not None and (here is None or here < close) \
                 and (elsewhere is None or elsewhere < close):
             own = searcher.knn(query, depth, {"owner_id": owner, "conversation_id": conversation, "since_us": None})
             here = max((cos for _, cos in own), default=here)
-        return selector.Probe(here, elsewhere, close, "owner")
+        return selector.Probe(here, elsewhere, close, "owner", recent=recent)
 
     def _rerank_plan(self, threshold: float | None, min_keep: int) -> Rerank | None:
         """The reranking settings of a call, or None without a reranker (the model is

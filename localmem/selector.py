@@ -259,6 +259,7 @@ RECENT_EXAMPLES = (
     "deixa mais curto", "coloca isso numa tabela", "traduz pro inglês", "e o segundo?", "por quê?",
     "explica melhor isso", "resume o que falamos até agora", "continua", "repete a última parte",
 )
+RECENT_TURNS = 6  # the last turns whose closeness marks a message as about the current thread
 LIKE_SMALL_TALK = 0.70  # cosine to the closest example: on the 468 labelled queries, no false match from 0.65
 LIKE_RECENT = 0.75  # ... from 0.70
 
@@ -376,6 +377,7 @@ class Probe:
     shares_words: bool | None = None  # a stored message holds a content word of the query (None: not checked)
     like_small_talk: float | None = None  # cosine to the closest SMALL_TALK_EXAMPLES (None: not measured)
     like_recent: float | None = None  # ... to the closest RECENT_EXAMPLES
+    recent: float | None = None  # the best cosine among this conversation's last RECENT_TURNS messages
 
 
 def _fmt(value: float | None) -> str:
@@ -403,11 +405,9 @@ def choose(
         return chosen(Strategy.RECENT_HISTORY, "no_query", "no query to search with: the recent turns")
     if cues.small_talk:
         return chosen(Strategy.SESSION_ONLY, "small_talk", "small talk: no stored history needed")
-    if cues.long and not memory:
-        return chosen(Strategy.HYBRID, "long_request", "a long request: the recent turns and what relates to it")
     if (cues.recent or (cues.repeat and not cues.content)) and not cues.past:
         return chosen(Strategy.RECENT_HISTORY, "recent_reference", "refers to the last turns of this conversation")
-    if cues.this_chat and not cues.past:
+    if cues.this_chat and not cues.past and not cues.long:
         if cues.content:
             return chosen(Strategy.SEMANTIC_SEARCH, "this_chat_topic",
                           f"asks about {' '.join(cues.content[:4])!r} earlier in this conversation")
@@ -422,6 +422,8 @@ def choose(
     if found is None:  # the text alone: no similarity to judge by
         if memory:
             return chosen(Strategy.CROSS_CONVERSATION, "past_or_personal", "asks about the person or an earlier conversation")
+        if cues.long:
+            return chosen(Strategy.HYBRID, "long_request", "a long request: the recent turns and what relates to it")
         if recall:
             return chosen(Strategy.SEMANTIC_SEARCH, "recall", "asks to remember something (this conversation first)")
         return _fallback(pattern, "no similarity to judge by (no embedding for this call)", None, chosen)
@@ -450,11 +452,26 @@ def choose(
         close = found.closeness
         here_close, elsewhere_close = here >= close, elsewhere >= close
         scale = f"close from {close:.2f}"
-    scores = f"closest here {_fmt(found.here)}, in other conversations {_fmt(found.elsewhere)}, {scale}"
+    recent = -2.0 if found.recent is None else found.recent
+    here = max(here, recent)  # the conversation's best, its last turns included
+    scores = (f"closest here {_fmt(found.here)} (last turns {_fmt(found.recent)}), in other conversations "
+              f"{_fmt(found.elsewhere)}, {scale}")
     if memory and (elsewhere_close or found.elsewhere is not None):
         return chosen(Strategy.CROSS_CONVERSATION, "past_or_personal",
                       f"asks about the person or an earlier conversation; {scores}", confident=elsewhere_close,
                       found=found)
+    if cues.long:
+        # (Sending long requests whose closest messages are elsewhere to cross_conversation
+        # was measured and dropped: Portuguese text sits closer to everything Portuguese
+        # in all-MiniLM-L6-v2, and requests about the current task went elsewhere.)
+        return chosen(Strategy.HYBRID, "long_request",
+                      f"a long request: the recent turns and what relates to it; {scores}", found=found)
+    recent_close = recent >= close if found.closeness is not None else found.recent is not None
+    if recent_close and recent >= here - MARGIN and not elsewhere > recent + MARGIN:
+        # The thread itself: the conversation's closest messages are among its last turns.
+        return chosen(Strategy.HYBRID, "current_thread",
+                      f"the last turns of this conversation are the closest: them, and its related messages; "
+                      f"{scores}", found=found)
     if cues.assistant_said and not (elsewhere_close and elsewhere > here + MARGIN):
         return chosen(Strategy.SEMANTIC_SEARCH, "assistant_said",
                       f"asks what the assistant said: this conversation; {scores}", confident=here_close, found=found)
@@ -476,6 +493,10 @@ def choose(
     if memory or recall or cues.dialog:
         target = Strategy.CROSS_CONVERSATION if found.elsewhere is not None else Strategy.SEMANTIC_SEARCH
         return chosen(target, "memory_asked", f"asks about the user's own history, nothing close found; {scores}",
+                      confident=False, found=found)
+    if cues.person and len(cues.words) <= _FOLLOW_UP_WORDS:
+        return chosen(Strategy.RECENT_HISTORY, "addressed_nothing_close",
+                      f"a short request to the assistant, nothing stored close: the recent turns; {scores}",
                       confident=False, found=found)
     if max(here, elsewhere) < close - MARGIN:
         return chosen(Strategy.SESSION_ONLY, "nothing_close",

@@ -1035,6 +1035,24 @@ class Store:
         with self.read("keyword") as conn:
             return conn.execute(sql, args).fetchall()
 
+    def recent_similarity(self, vector: bytes, owner_id: str, conversation_id: str, n: int) -> float | None:
+        """The best cosine between ``vector`` and the newest ``n`` messages of the
+        conversation that have a vector (None: none has one yet)."""
+        if is_zero_vector(vector):
+            return None
+        with self.read() as conn:
+            if self._vector_table(conn) is None:
+                return None
+            ids = [i for (i,) in conn.execute(
+                "SELECT id FROM messages WHERE conversation_id = ? AND owner_id = ?"
+                " ORDER BY created_at DESC, id DESC LIMIT ?", (conversation_id, owner_id, n))]
+            if not ids:
+                return None
+            distances = [d for (d,) in conn.execute(
+                "SELECT vec_distance_cosine(v.embedding, ?) FROM json_each(?) j"
+                " JOIN message_vectors v ON v.rowid = j.value", (vector, json.dumps(ids))) if d is not None]
+        return 1.0 - min(distances) if distances else None
+
     def any_keyword_match(self, match: str, owner_id: str, since_us: int | None = None) -> bool:
         """Whether any of the owner's messages (from ``since_us``) matches the FTS5
         ``match`` (built with ``keyword_query()``): the first match answers, unranked."""

@@ -153,7 +153,9 @@ def test_auto_runs_the_chosen_strategy_and_says_how(chats):
     assert all(m.owner_id == "u" for m in got.messages)  # the probe never looks at other owners
     here = chats.get_memory(Strategy.AUTO, query="party guests pizza music", conversation_id="now",
                             owner_id="u", lookback_days=None)
-    assert here.strategy is Strategy.SEMANTIC_SEARCH and here.messages[0].conversation_id == "now"
+    # Its closest messages are this conversation's last turns: the thread itself.
+    assert here.strategy is Strategy.HYBRID and here.selection.reason == "current_thread"
+    assert {m.conversation_id for m in here.messages} == {"now"}
     talk = chats.get_memory(Strategy.AUTO, query="Oi, tudo bem?", conversation_id="now", owner_id="u")
     assert talk.strategy is Strategy.SESSION_ONLY and talk.messages == ()
     explicit = chats.get_memory(Strategy.HYBRID, query="party", conversation_id="now", owner_id="u")
@@ -218,3 +220,17 @@ def test_auto_with_the_real_model(tmp_path):
         dog = mem.get_memory("auto", query="What is Thor allergic to?", **ask)
         assert dog.strategy is Strategy.CROSS_CONVERSATION and dog.messages[0].conversation_id == "old"
         assert dog.selection.elsewhere > dog.selection.here
+
+
+def test_the_current_thread_and_a_short_request_to_the_assistant():
+    # The conversation's closest messages are among its last turns: the thread itself.
+    thread = Probe(here=0.5, elsewhere=0.45, closeness=0.35, scope="owner", recent=0.52)
+    got = pick("the butter amount for the minis", thread)
+    assert got.strategy is Strategy.HYBRID and got.reason == "current_thread"
+    # An older message of this conversation clearly closer: a topic search instead.
+    older = Probe(here=0.7, elsewhere=0.2, closeness=0.35, scope="owner", recent=0.4)
+    assert pick("the butter amount for the minis", older).strategy is Strategy.SEMANTIC_SEARCH
+    # Nothing close, but spoken to the assistant: the recent turns, not "no memory".
+    far = Probe(here=0.1, elsewhere=0.15, closeness=0.35, scope="owner", recent=0.1)
+    got = pick("can u add more emoji", far)
+    assert got.strategy is Strategy.RECENT_HISTORY and not got.confident

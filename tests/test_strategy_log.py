@@ -164,3 +164,23 @@ def test_cli_stats(tmp_path, run):
     assert "2 get_memory calls" in out and "session_only" in out and "why auto chose: small_talk 1" in out
     code, out, _ = run("--db", db, "stats", "--owner", "u", "--json")
     assert code == 0 and json.loads(out)["total_calls"] == 2
+
+
+def test_a_forked_child_logs_its_own_calls_once(tmp_path):
+    from forking import fork, wait_child
+
+    with Memory(tmp_path / "m.db", embed="off") as mem:
+        mem.add("user", "hello", conversation_id="c", owner_id="u")
+        for _ in range(3):  # buffered in the parent when it forks
+            mem.get_memory("recent_history", conversation_id="c", owner_id="parent")
+
+        def child() -> int:
+            for _ in range(2):
+                mem.get_memory("recent_history", conversation_id="c", owner_id="child")
+            mem.close()  # writes the child's entries, not the parent's buffer
+            return 0
+
+        pid = fork(child)
+        assert wait_child(pid, 60) == 0
+        stats = {o: mem.strategy_stats(owner_id=o).total_calls for o in ("parent", "child")}
+    assert stats == {"parent": 3, "child": 2}
