@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 from ._version import __version__ as __version__
+from .analytics import StrategyStats, StrategyUsage
 from .errors import (
     ClosedError,
     CorruptDatabaseError,
@@ -18,8 +19,14 @@ from .errors import (
     StrategyUnavailableError,
 )
 from .memory import Memory
-from .analytics import StrategyStats, StrategyUsage
-from .records import MemoryResult, Message, RetrievedMessage, SearchStages, Selection, Strategy
+from .records import (
+    MemoryResult,
+    Message,
+    RetrievedMessage,
+    SearchStages,
+    Selection,
+    Strategy,
+)
 
 if TYPE_CHECKING:  # what __getattr__ returns for these, so type checkers know them
     from .embed import load_embedder

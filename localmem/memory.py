@@ -686,7 +686,8 @@ class Memory:
     ) -> tuple[Selection, Searcher | None]:
         """Strategy.AUTO: the selection stage (``localmem.selector``), and the searcher
         holding what its probe computed (the query's vector and dense rankings), for the
-        chosen search to reuse. ``choose_ms`` excludes the query's embedding."""
+        chosen search to reuse. ``choose_ms`` excludes embedding: the query's, and the
+        selector's examples (once per Memory)."""
         started = time.perf_counter()
         query = self._search_query(request)
         cues = selector.read_cues(query or "")
@@ -700,8 +701,10 @@ class Memory:
             searcher = self._searcher(keyword, dense)
             before = time.perf_counter()
             searcher.vector(query)
-            embedding_ms = (time.perf_counter() - before) * 1000
             calibrated = self._embedding.calibrated_floor()
+            if calibrated is not None:
+                self._examples_ready()  # once per Memory: embedding work, not choosing
+            embedding_ms = (time.perf_counter() - before) * 1000
             close = floor if isinstance(floor, float) else calibrated
             found = self._probe(searcher, query, request, close)
             if calibrated is not None:  # a measured model: its similarities to the examples mean something
@@ -724,9 +727,9 @@ class Memory:
         choose_ms = (time.perf_counter() - started) * 1000 - embedding_ms
         return replace(chosen, choose_ms=choose_ms), searcher
 
-    def _likeness(self, vector: bytes) -> tuple[float, float]:
-        """The query's cosine to the closest small-talk and to the closest follow-up
-        example (their vectors made once per Memory, through the embedding cache)."""
+    def _examples_ready(self) -> Any:
+        """The selector's example vectors, unit length (made once per Memory, through the
+        embedding cache)."""
         with self._models_lock:
             if self._examples is None:
                 import numpy as np
@@ -736,11 +739,15 @@ class Memory:
                     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
                 self._examples = (unit(selector.SMALL_TALK_EXAMPLES), unit(selector.RECENT_EXAMPLES))
+            return self._examples
+
+    def _likeness(self, vector: bytes) -> tuple[float, float]:
+        """The query's cosine to the closest small-talk and to the closest follow-up example."""
         import numpy as np
 
         q = np.frombuffer(vector, dtype="<f4")
         q = q / max(float(np.linalg.norm(q)), 1e-12)
-        small, recent = self._examples
+        small, recent = self._examples_ready()
         return float((small @ q).max()), float((recent @ q).max())
 
     def _probe(

@@ -97,16 +97,18 @@ class SearchStages:
 class Selection:
     """How ``Strategy.AUTO`` chose (``MemoryResult.selection``).
 
-    ``strategy``: the one that ran; ``reason``: the rule that decided (``small_talk``,
-    ``recent_reference``, ``this_chat_topic``, ``this_chat``, ``follow_up``,
-    ``past_or_personal``, ``closer_elsewhere``, ``close_elsewhere_too``, ``closer_here``,
-    ``assistant_said``, ``arithmetic``,
-    ``long_request``, ``recall``, ``recall_here``, ``memory_asked``, ``nothing_close``,
-    ``nothing_in_common``, ``owner_pattern``, ``fallback``, ``no_query``); ``detail``: the same in words, with the scores; ``confident``: False
-    when nothing settled it and a tie-break or the safe default chose; ``choose_ms``: what
-    choosing cost beyond the query's embedding; ``here`` and ``elsewhere``: the best cosine
-    of the query in this conversation and in the owner's others (None: not measured, or
-    nothing there).
+    ``strategy``: the one that ran. ``reason``: the rule that decided: from the text,
+    ``small_talk``, ``recent_reference``, ``this_chat_topic``, ``this_chat``, ``follow_up``,
+    ``arithmetic``, ``no_query`` (and without an embedding ``recall``); from the memory, ``like_small_talk``,
+    ``like_a_follow_up``, ``nothing_in_common``, ``past_or_personal``, ``long_request``,
+    ``current_thread``, ``assistant_said``, ``closer_elsewhere``, ``close_elsewhere_too``,
+    ``closer_here``, ``recall_here``, ``memory_asked``, ``addressed_nothing_close``,
+    ``nothing_close``; undecided, ``owner_pattern`` or ``fallback``. ``detail``: the same in
+    words, with the scores. ``confident``: False when nothing settled it and a tie-break
+    or the safe default chose. ``choose_ms``: what choosing cost beyond embedding (the
+    query's, and once per Memory the selector's examples). ``here`` and ``elsewhere``: the
+    best cosine of the query in this conversation and in the owner's others (None: not
+    measured, or nothing there).
     """
 
     strategy: Strategy

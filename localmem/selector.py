@@ -9,12 +9,15 @@ Two kinds of evidence, cheapest first:
    nothing to search for need the last turns (``recent_history``); "earlier in this chat"
    keeps the search in the conversation. No model runs for these.
 2. **The memory** (``Probe``): for a query with something to search for, the owner's
-   messages nearest the query by meaning (the query's embedding and dense ranking, which
-   the chosen search then reuses). Where the closest messages live decides the scope: the
-   owner's other conversations clearly closer, or as close, means ``cross_conversation``
-   (its scope holds this conversation too); this conversation clearly closer means
-   ``semantic_search`` (``hybrid`` for a long request). "Close" is the relevance floor
-   of the call (a cosine measured per model: 0.35 for all-MiniLM-L6-v2).
+   messages nearest the query by meaning (the query's embedding and the owner's dense
+   ranking, which the chosen search then reuses), its similarity to this conversation's
+   last turns, to two short lists of examples (small talk, follow-ups), and whether any
+   stored message shares a content word with it. Where the closest messages live decides
+   the scope: among the conversation's last turns, the thread itself (``hybrid``); close
+   ones in other conversations, ``cross_conversation`` (its scope holds this
+   conversation too); only in this one, ``semantic_search``. An impersonal question
+   sharing no word with anything stored is general knowledge. "Close" is the relevance
+   floor of the call (a cosine measured per model: 0.35 for all-MiniLM-L6-v2).
 
 When neither settles it (nothing close anywhere, or no way to measure), the choice is not
 confident: the owner's own habit breaks the tie when there is one (the strategy they
