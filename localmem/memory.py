@@ -620,15 +620,20 @@ class Memory:
         """How ``get_memory`` with these arguments chooses its answer, stage by stage: the
         first stage's ranking, what the relevance floor and the rerank threshold dropped,
         the order after reranking and how each message moved (``Explanation.render()``
-        prints it). A searching strategy only (for ``hybrid``, its semantic part); the
-        query cache is neither read nor written."""
+        prints it). A searching strategy only (for ``hybrid``, its semantic part; with
+        ``auto``, the one it chooses, if it searches); the query cache is neither read nor
+        written."""
         strategy = check_strategy(strategy)
-        if strategy not in strategies.SEARCHING:
+        if strategy not in strategies.SEARCHING and strategy is not Strategy.AUTO:
             raise InvalidInputError(f"explain needs a strategy that searches; {strategy.value} does not")
-        strategy, request, recall, _ = self._recall(
+        strategy, request, recall, selection = self._recall(
             strategy, conversation_id, owner_id, query, limit, lookback_days, keyword, dense,
             min_relevance, rerank, rerank_threshold, rerank_min_keep, use_cache=False,
         )
+        if selection is not None and strategy not in strategies.SEARCHING:
+            raise InvalidInputError(
+                f"auto chose {strategy.value} ({selection.reason}: {selection.detail}), which does not "
+                "search: there is no ranking to explain")
         searched = [m.msg_id for m in recall.messages if m.source != "recent"]
         return explain(self._store, strategy, request.query, request.limit, recall.stages, recall.trace, searched)
 

@@ -423,8 +423,9 @@ def choose(
     recall = cues.recall or cues.repeat  # a memory asked for, scope unsaid
     found = probe()
     if found is None:  # the text alone: no similarity to judge by
-        if memory:
-            return chosen(Strategy.CROSS_CONVERSATION, "past_or_personal", "asks about the person or an earlier conversation")
+        if memory or (cues.dialog and cues.content and not cues.long):
+            return chosen(Strategy.CROSS_CONVERSATION, "past_or_personal",
+                          "asks about the person ('my ...') or an earlier conversation")
         if cues.long:
             return chosen(Strategy.HYBRID, "long_request", "a long request: the recent turns and what relates to it")
         if recall:

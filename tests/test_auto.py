@@ -7,7 +7,7 @@ import pytest
 from hash_embedder import HashEmbedder
 from real_model import needs_minilm
 
-from localmem import Memory, Selection, Strategy
+from localmem import InvalidInputError, Memory, Selection, Strategy
 from localmem.selector import Probe, choose, habit, read_cues
 
 
@@ -234,3 +234,21 @@ def test_the_current_thread_and_a_short_request_to_the_assistant():
     far = Probe(here=0.1, elsewhere=0.15, closeness=0.35, scope="owner", recent=0.1)
     got = pick("can u add more emoji", far)
     assert got.strategy is Strategy.RECENT_HISTORY and not got.confident
+
+
+def test_explain_follows_what_auto_chose(chats):
+    ask = {"conversation_id": "now", "owner_id": "u", "lookback_days": None}
+    shown = chats.explain("auto", query="Rex beach chicken allergic", **ask)
+    assert "cross_conversation" in shown.render()
+    with pytest.raises(InvalidInputError, match="auto chose session_only"):
+        chats.explain("auto", query="Oi, tudo bem?", **ask)
+
+
+def test_without_embeddings_a_question_about_the_user_searches_their_memory(tmp_path):
+    with Memory(tmp_path / "m.db", embed="off") as mem:
+        mem.add("user", "I have a severe peanut allergy", conversation_id="old", owner_id="u")
+        mem.add("user", "plan a Thai dinner", conversation_id="now", owner_id="u")
+        got = mem.get_memory("auto", query="Hang on, what about my allergy?", conversation_id="now",
+                             owner_id="u", dense=False, lookback_days=None)
+        assert got.strategy is Strategy.CROSS_CONVERSATION
+        assert [m.conversation_id for m in got.messages] == ["old"]  # found by keywords
