@@ -20,16 +20,18 @@ __all__ = ["LOG_TABLE", "STATS_COLUMNS", "StrategyStats", "StrategyUsage", "conn
 LOG_TABLE = "strategy_log"
 
 # The log's columns as SQL values: "none" markers (NaN, -1, hash 0) become NULL, the
-# time a UTC timestamp, the query hash a 16-digit hex string.
+# time a UTC timestamp, the query hash a 16-digit hex string, and every text column
+# VARCHAR (a column of None alone would otherwise come out typed NULL).
 _SELECT = """
-    SELECT make_timestamp(at_us)::TIMESTAMPTZ AS called_at, owner_id, conversation_id, strategy, chosen_by,
-           reason, results, latency_ms::DOUBLE AS latency_ms, cache_hit::BOOLEAN AS cache_hit,
+    SELECT make_timestamp(at_us)::TIMESTAMPTZ AS called_at, owner_id::VARCHAR AS owner_id,
+           conversation_id::VARCHAR AS conversation_id, strategy::VARCHAR AS strategy,
+           chosen_by::VARCHAR AS chosen_by, reason::VARCHAR AS reason, results, latency_ms::DOUBLE AS latency_ms, cache_hit::BOOLEAN AS cache_hit,
            CASE WHEN isnan(selection_ms) THEN NULL ELSE selection_ms::DOUBLE END AS selection_ms,
            CASE WHEN isnan(rerank_ms) THEN NULL ELSE rerank_ms::DOUBLE END AS rerank_ms,
            CASE WHEN reranked < 0 THEN NULL ELSE reranked END AS reranked,
            CASE WHEN rerank_dropped < 0 THEN NULL ELSE rerank_dropped END AS rerank_dropped,
            CASE WHEN query_hash = 0 THEN NULL ELSE lpad(lower(hex(query_hash)), 16, '0') END AS query_hash,
-           query
+           query::VARCHAR AS query
     FROM {source}
 """
 

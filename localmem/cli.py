@@ -101,7 +101,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_recent(args: argparse.Namespace) -> int:
     lookback = None if args.all else args.lookback_days
-    with _open_existing(args, embed="off", query_cache_ttl=0) as mem:
+    # A look from the command line, not an agent's call: not in the strategy log.
+    with _open_existing(args, embed="off", query_cache_ttl=0, strategy_log=False) as mem:
         result = mem.get_memory(
             Strategy.RECENT_HISTORY, conversation_id=args.conversation, owner_id=args.owner,
             limit=args.limit, lookback_days=lookback,
@@ -112,8 +113,6 @@ def cmd_recent(args: argparse.Namespace) -> int:
     for m in result.messages:
         print(f"{_iso(m.created_at)}  [{m.role}] {m.content}")
     print(result.context_summary)
-    if result.selection is not None:
-        print(f"auto chose {result.strategy.value} ({result.selection.reason}): {result.selection.detail}")
     return 0
 
 
@@ -127,6 +126,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     who = "all owners" if stats.owner_id is None else f"owner {stats.owner_id}"
     period = "all time" if stats.days is None else f"last {stats.days:g} days"
+    if not stats.total_calls:
+        print(f"no get_memory calls logged ({who}, {period})")
+        return 0
     print(f"{stats.total_calls} get_memory calls, {who}, {period}: latency p50 {stats.latency_p50_ms:.2f} ms, "
           f"p95 {stats.latency_p95_ms:.2f} ms, cache hits {stats.cache_hit_rate:.0%}, chosen by auto {stats.auto_share:.0%}")
     if stats.strategies:
@@ -182,7 +184,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         ask["min_relevance"] = _setting(args.min_relevance, "--min-relevance", auto=True)
     if args.rerank_threshold is not None:
         ask["rerank_threshold"] = _setting(args.rerank_threshold, "--rerank-threshold", auto=False)
-    with _open_existing(args, **options) as mem:
+    with _open_existing(args, strategy_log=False, **options) as mem:  # a look, not an agent's call
         mem.flush()  # messages added by `localmem add` get their vectors first
         if args.explain:
             print(mem.explain(args.strategy, **ask).render(), end="")
@@ -195,6 +197,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         score = "" if m.score is None else f"{m.score:.4f}"
         print(f"{score:>8}  {_iso(m.created_at)}  {m.conversation_id}  [{m.role}] {m.content}")
     print(result.context_summary)
+    if result.selection is not None:
+        print(f"auto chose {result.strategy.value} ({result.selection.reason}): {result.selection.detail}")
     return 0
 
 

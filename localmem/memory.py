@@ -329,22 +329,23 @@ class Memory:
         retry); with different fields it raises ``InvalidInputError``.
         """
         self._check_open()
-        m = new_message(
-            role, content, conversation_id=conversation_id, owner_id=owner_id, feature=feature,
-            msg_id=msg_id, metadata=metadata, created_at=created_at,
-            max_content_bytes=self.max_content_bytes,
-        )
         try:
-            stored = self._store.insert(m)
+            m = new_message(
+                role, content, conversation_id=conversation_id, owner_id=owner_id, feature=feature,
+                msg_id=msg_id, metadata=metadata, created_at=created_at,
+                max_content_bytes=self.max_content_bytes,
+            )
+            stored, new = self._store.insert(m)
+            if new:
+                if self._metrics is not None:
+                    self._metrics.messages_added(1)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("message added", extra={"event": "message_added", "msg_id": stored.msg_id,
+                                                      "conversation_id": stored.conversation_id, "role": stored.role})
+            self._after_write(message=stored, added=1)
         except LocalMemError as exc:
             self._count_error("add", exc)
             raise
-        if self._metrics is not None:
-            self._metrics.messages_added(1)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("message added", extra={"event": "message_added", "msg_id": stored.msg_id,
-                                              "conversation_id": stored.conversation_id, "role": stored.role})
-        self._after_write(message=stored, added=1)
         return stored
 
     def _after_write(self, *, message: Message | None = None, added: int = 0) -> None:
@@ -394,22 +395,22 @@ class Memory:
         defaults = {"conversation_id": conversation_id, "owner_id": owner_id}
         items = iter(messages)
         index = added = 0
-        while chunk := list(itertools.islice(items, chunk_size)):
-            checked = []
-            for item in chunk:
-                checked.append(self._check_item(item, index, defaults))
-                index += 1
-            try:
+        try:
+            while chunk := list(itertools.islice(items, chunk_size)):
+                checked = []
+                for item in chunk:
+                    checked.append(self._check_item(item, index, defaults))
+                    index += 1
                 new = self._store.insert_many(checked)
-            except LocalMemError as exc:
-                self._count_error("add_many", exc)
-                raise
-            added += new
-            if self._metrics is not None:
-                self._metrics.messages_added(new)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("messages added", extra={"event": "message_added", "count": new})
-            self._after_write(added=added)
+                added += new
+                if self._metrics is not None:
+                    self._metrics.messages_added(new)
+                if new and log.isEnabledFor(logging.DEBUG):
+                    log.debug("messages added", extra={"event": "message_added", "count": new})
+                self._after_write(added=added)
+        except LocalMemError as exc:
+            self._count_error("add_many", exc)
+            raise
         return added
 
     def _check_item(self, item: Any, index: int, defaults: dict[str, Any]) -> Any:
@@ -465,6 +466,11 @@ class Memory:
           (``source="semantic"``), ``limit`` in all.
         * ``cross_conversation``: the owner's messages from every conversation inside the
           lookback window most related to ``query``, best first.
+        * ``auto``: one of the five, chosen for this query (``localmem.selector``: the
+          text, then where the closest stored messages are); ``result.strategy`` is the
+          one that ran and ``result.selection`` says why, with the scores and
+          ``choose_ms``. The query's vector and the owner's ranking the choice read are
+          reused by the search it chooses.
 
         Searching by meaning fuses the dense (cosine) ranking with FTS5 BM25 by reciprocal
         rank fusion; ``score`` is then the fused score, sum of ``1 / (10 + rank)`` over the
@@ -514,7 +520,7 @@ class Memory:
             selection=selection,
         )
         if self._log is not None:
-            self._log_call(request, result)
+            self._log_call(request, result, query)
         if self._metrics is not None:
             self._measure_call(result)
         if log.isEnabledFor(logging.DEBUG):
@@ -582,11 +588,12 @@ class Memory:
         text: str = self._metrics.text()
         return text
 
-    def _log_call(self, request: strategies.Request, result: MemoryResult) -> None:
-        """One strategy-log entry for an answered call (a few µs: the log writes later)."""
+    def _log_call(self, request: strategies.Request, result: MemoryResult, query: str | None) -> None:
+        """One strategy-log entry for an answered call (a few µs: the log writes, and
+        hashes the query, later). ``query`` is the caller's own (None: none given), never
+        the message a search used in its place."""
         log = self._log
         assert log is not None
-        query = request.query
         stages, selection = result.stages, result.selection
         reranked = stages is not None and stages.reranked > 0
         log.append(LogEntry(
@@ -597,8 +604,7 @@ class Memory:
             stages.rerank_ms if reranked and stages is not None else None,
             stages.reranked if reranked and stages is not None else None,
             stages.below_threshold if reranked and stages is not None else None,
-            None if query is None else log.query_hash(query),
-            query if self.log_queries else None,
+            None, query if query is not None and query.strip() else None,
         ))
 
     def explain(
@@ -660,7 +666,10 @@ class Memory:
         threshold = self.rerank_threshold if rerank_threshold is _MEMORY_SETTING else check_threshold(rerank_threshold)
         min_keep = (self.rerank_min_keep if rerank_min_keep is _MEMORY_SETTING
                     else check_count(rerank_min_keep, "rerank_min_keep", low=0, high=_MAX_RERANK))
-        request = strategies.Request(owner_id, conversation_id, query, limit, lookback)
+        # The window's start, once: the selector's probe and the search it chooses then
+        # scan the same scope (the Searcher's memo matches), and every part agrees.
+        request = strategies.Request(owner_id, conversation_id, query, limit, lookback,
+                                     since_us=strategies.since_us(lookback))
         selection = searcher = None
         if strategy is Strategy.AUTO:
             selection, searcher = self._choose(request, keyword, dense, floor)
@@ -717,8 +726,8 @@ class Memory:
                 found = replace(found, like_small_talk=small_talk, like_recent=recent)
             if cues.impersonal and cues.content and keyword:
                 match = keyword_query(" ".join(cues.content))
-                since = strategies.since_us(request.lookback_days)
-                shares = match is not None and self._store.any_keyword_match(match, request.owner_id, since)
+                since = request.since_us
+                shares = False if match is None else self._store.any_keyword_match(match, request.owner_id, since)
                 found = replace(found, shares_words=shares)
             return found
 
@@ -735,6 +744,8 @@ class Memory:
     def _examples_ready(self) -> Any:
         """The selector's example vectors, unit length (made once per Memory, through the
         embedding cache)."""
+        if self._examples is not None:
+            return self._examples
         with self._models_lock:
             if self._examples is None:
                 import numpy as np
@@ -764,7 +775,7 @@ class Memory:
         messages of this conversation, its all-time ranking too (semantic_search's)."""
         owner, conversation = request.owner_id, request.conversation_id
         depth = searcher.depth(request.limit, None)
-        since = strategies.since_us(request.lookback_days)
+        since = request.since_us
         ranked = searcher.knn(query, depth, {"owner_id": owner, "conversation_id": None, "since_us": since})
         homes = self._store.conversation_ids([row_id for row_id, _ in ranked])
         here = max((cos for row_id, cos in ranked if homes.get(row_id) == conversation), default=None)
@@ -855,8 +866,10 @@ class Memory:
             owner_id = check_id(owner_id, "owner_id")
         if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0):
             raise InvalidInputError(f"days must be a number > 0 or None; got {days!r}")
+        if days is not None and days >= 10**6:
+            days = None  # longer than any log: all of it
         log.flush()
-        since = None if days is None or days >= 10**6 else now_us() - int(days * _US_PER_DAY)
+        since = None if days is None else now_us() - int(days * _US_PER_DAY)
         columns = log.columns(since_us=since, owner_id=owner_id, names=analytics.STATS_COLUMNS)
         return analytics.strategy_stats(columns, owner_id=owner_id, days=days)
 

@@ -211,7 +211,7 @@ FOLLOW_UP = frozenset(words(
 # ("any cheaper option for the first item?", "e se chover?").
 ANAPHORA = _phrases(
     "those ones, these ones, that one, this one, the last one, the other one, "
-    "instead, tho, though, any cheaper, cheaper, more detail, too early, too late, too much, too expensive, number, "
+    "instead, tho, though, any cheaper, cheaper, more detail, too early, too late, too much, too expensive, "
     "put that, put it, make that, make it, do that, do it, turn that, turn it, send that, send it, "
     "write that, write it, explain that, explain it, that in, it in, that into, it into, translate that, "
     "translate it, shorten that, shorten it, rewrite that, rewrite it, format that, format it, paste that, "
@@ -270,12 +270,15 @@ LIKE_RECENT = 0.75  # ... from 0.70
 def _find(tokens: list[str], phrases: frozenset[tuple[str, ...]]) -> list[tuple[int, int]]:
     """Every (start, end) word span of ``tokens`` that is one of ``phrases``."""
     spans = []
-    longest = max(len(p) for p in phrases)
+    longest = _LONGEST.get(id(phrases)) or _LONGEST.setdefault(id(phrases), max(len(p) for p in phrases))
     for start in range(len(tokens)):
         for size in range(1, min(longest, len(tokens) - start) + 1):
             if tuple(tokens[start:start + size]) in phrases:
                 spans.append((start, start + size))
     return spans
+
+
+_LONGEST: dict[int, int] = {}  # the longest phrase of each list (the lists live as long as the module)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,15 +326,20 @@ class Cues:
 def _plain(word: str) -> str:
     """A word as the small-talk list spells it: laughter ("kkkk", "hahaha", "rsrs") as
     "haha", a doubled last letter ("obrigadoo", "valeuu") undone."""
-    if re.fullmatch(r"k{3,}|(?:ha){2,}h?|(?:rs)+|(?:he){2,}", word):
+    if _LAUGHTER.fullmatch(word):
         return "haha"
-    while len(word) > 2 and word[-1] == word[-2]:
-        word = word[:-1]
-    return word
+    return _REPEATED_END.sub(r"\1", word)
+
+
+_LAUGHTER = re.compile(r"k{3,}|(?:ha){2,}h?|(?:rs)+|(?:he){2,}")
+_REPEATED_END = re.compile(r"(\w)\1+$")
+MAX_WORDS = 200  # the cues of a longer message are read from its first words
 
 
 def read_cues(text: str) -> Cues:
     tokens = words(text)
+    if len(tokens) > MAX_WORDS:  # long enough to be a request whatever follows; bounded work
+        tokens = tokens[:MAX_WORDS]
     covered: set[int] = set()
     found: dict[str, bool] = {}
     for name, phrases in (("recent", RECENT), ("repeat", REPEAT), ("this_chat", THIS_CHAT), ("past", PAST),
@@ -341,7 +349,7 @@ def read_cues(text: str) -> Cues:
         if name != "anaphora":
             covered.update(i for start, end in spans for i in range(start, end))
     # On the words with their accents: "é o" ("is the") does not open like "e o" ("and the").
-    accented = re.findall(r"\w+", unicodedata.normalize("NFC", text.casefold()))
+    accented = re.findall(r"\w+", unicodedata.normalize("NFC", text[:200].casefold()))
     opening = any(tuple(accented[:n]) in OPENING_ANAPHORA for n in (1, 2, 3))
     said = bool(_find(tokens, ASSISTANT_SAID))
     first_person = bool(_find(tokens, _FIRST_PERSON))
@@ -349,7 +357,8 @@ def read_cues(text: str) -> Cues:
     # buy?" is what the assistant said, not the person. "Lembra ... hoje?": this chat.
     found["personal"] |= found["recall"] and first_person and not said
     found["this_chat"] |= found["recall"] and bool(_find(tokens, _TODAY))
-    plain = [t if (t,) in SMALL_TALK else _plain(t) for t in tokens]
+    # "obrigadoo" reads as "obrigado", "kkkk" as laughter; "all" stays "all".
+    plain = [t if (t,) in SMALL_TALK or (_plain(t),) not in SMALL_TALK else _plain(t) for t in tokens]
     talk = _find(plain, SMALL_TALK)
     talk_words = {i for start, end in talk for i in range(start, end)}
     small_talk = bool(talk) and len(tokens) <= 12 and all(

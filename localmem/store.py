@@ -1053,17 +1053,24 @@ class Store:
                 " JOIN message_vectors v ON v.rowid = j.value", (vector, json.dumps(ids))) if d is not None]
         return 1.0 - min(distances) if distances else None
 
-    def any_keyword_match(self, match: str, owner_id: str, since_us: int | None = None) -> bool:
+    def any_keyword_match(self, match: str, owner_id: str, since_us: int | None = None,
+                          scan: int = 5_000) -> bool | None:
         """Whether any of the owner's messages (from ``since_us``) matches the FTS5
-        ``match`` (built with ``keyword_query()``): the first match answers, unranked."""
-        sql = ("SELECT 1 FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
-               " WHERE messages_fts MATCH ? AND m.owner_id = ?")
-        args: list[Any] = [match, owner_id]
+        ``match`` (built with ``keyword_query()``). The index is not partitioned by owner,
+        so the work is bounded: None (unknown) when the first ``scan`` matches of the
+        whole file hold none of the owner's."""
+        sql = ("SELECT 1 FROM (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? LIMIT ?) f"
+               " JOIN messages m ON m.id = f.rowid WHERE m.owner_id = ?")
+        args: list[Any] = [match, scan, owner_id]
         if since_us is not None:
             sql += " AND m.created_at >= ?"
             args.append(since_us)
         with self.read("keyword") as conn:
-            return conn.execute(sql + " LIMIT 1", args).fetchone() is not None
+            if conn.execute(sql + " LIMIT 1", args).fetchone() is not None:
+                return True
+            seen = conn.execute("SELECT count(*) FROM (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?"
+                                " LIMIT ?)", (match, scan)).fetchone()[0]
+        return False if seen < scan else None
 
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, Row]:
         """Message rows by their integer id; missing ids are left out."""
@@ -1109,8 +1116,9 @@ class Store:
 
     # -- writes -----------------------------------------------------------------------
 
-    def insert(self, m: NewMessage) -> Message:
-        """Store one message; a retry of an existing msg_id returns the stored message."""
+    def insert(self, m: NewMessage) -> tuple[Message, bool]:
+        """Store one message: (it, whether it is new). A retry of an existing msg_id
+        returns the stored message and False."""
         with self.write() as conn:
             cur = conn.execute(_INSERT + " ON CONFLICT (msg_id) DO NOTHING", _params(m))
             if cur.rowcount == 1:
@@ -1121,11 +1129,11 @@ class Store:
                     f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (m.msg_id,)
                 ).fetchone()
         if stored is None:
-            return row_to_message(_params(m))
+            return row_to_message(_params(m)), True
         row = Row._make(stored)
         if not _same(row, m):
             raise _conflict(m)
-        return row_to_message(row)
+        return row_to_message(row), False
 
     def insert_many(self, chunk: Sequence[NewMessage]) -> int:
         """Store a chunk in one transaction; returns how many were new.

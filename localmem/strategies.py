@@ -46,6 +46,7 @@ class Request:
     lookback_days: float | None
     min_relevance: float | None = None  # the relevance floor (retrieval.floor); None: off
     rerank: Rerank | None = None  # the reranker's settings; None: no reranking
+    since_us: int | None = None  # the lookback window's start, fixed once per call (None: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ def session_only(sources: Sources, request: Request) -> Recall:
 def recent_history(sources: Sources, request: Request) -> Recall:
     """The last ``limit`` messages of the conversation inside the lookback window, oldest
     first. Served from the hot window when it holds them at the current version."""
-    since = since_us(request.lookback_days)
+    since = request.since_us
     rows, hit = _recent_rows(sources.store, sources.hot, request.owner_id, request.conversation_id,
                              request.limit, since)
     messages = tuple(_retrieved(r, "recent") for r in rows)
@@ -257,7 +258,7 @@ def cross_conversation(sources: Sources, request: Request) -> Recall:
     if request.query is None:
         return _no_query("Found 0 relevant messages across all conversations")
     result = _search(sources, request, request.query, request.limit,
-                     conversation_id=None, since=since_us(request.lookback_days))
+                     conversation_id=None, since=request.since_us)
     messages = _rows(sources.store, result.found, "cross_conversation")
     note = _floor_note(result, request)
     summary = f"Found {len(messages)} relevant messages across all conversations{note}"

@@ -3,24 +3,29 @@ automatic selector's per-owner pattern.
 
 Rules it keeps (a lost log line is acceptable; a slower or failed read is not):
 
-* ``append()`` is all a read pays: an entry goes to an in-process buffer (a few µs). A
-  daemon thread writes the buffer out about once a second (at once from 512 entries), and
-  ``close()`` writes what is left.
+* ``append()`` is all a read pays: an entry goes to an in-process buffer (a few µs), with
+  the query's text. A daemon thread writes the buffer out about once a second (at once
+  from 512 entries), hashing the queries there, and ``close()`` writes what is left. A
+  read never opens, waits for or locks the log file: the owner's habit is read on a
+  read-only connection of its own (WAL readers wait for no writer).
 * The entries go to a file of their own beside the database (``<path>-log``, WAL), never to
   the database: a log write never waits for, nor holds up, a message writer. Processes
   sharing a database share its log file; SQLite serialises their writes.
 * If the log file cannot be opened or written (read-only folder, disk full, held by another
-  writer past ``BUSY_MS``), entries wait in the buffer for the next try; past
-  ``MAX_BUFFER`` the oldest are dropped and counted (``dropped``), and one warning is
-  logged per minute at most. Nothing of it reaches the caller of ``get_memory``.
+  writer past ``BUSY_MS``), entries wait in the buffer and the writer retries after a
+  pause that doubles up to ``MAX_BACKOFF``; past ``MAX_BUFFER`` the oldest are dropped
+  and counted (``dropped``), and one warning is logged per minute at most. Nothing of it
+  reaches the caller of ``get_memory``.
 * Entries are stored by columns, in batches of up to ``BATCH_ROWS`` (one SQLite row per
   batch: a numpy structured array and a JSON list of each string column's distinct
   values), so analytics over a million entries reads a few hundred rows, not a million.
-  Each write appends to the last batch until it is full.
+  Each write adds a batch of what it holds; once ``COMPACT_AT`` batches are not full,
+  the next write merges them into full ones (so a write never rewrites a big batch).
 * Queries are user content: an entry holds a keyed hash of the query (BLAKE2b, 8 bytes,
   keyed with a random secret of this log file, so equal queries match within the file and
-  a guessed text cannot be checked against a hash without the file), and its text only
-  when the Memory was opened with ``log_queries=True``.
+  a guessed text cannot be checked against a hash without the file), and its text (the
+  first ``QUERY_CHARS`` characters, as the original design's column) only when the Memory
+  was opened with ``log_queries=True``.
 * The owner's explicitly chosen strategies are also counted per day (``explicit_choices``):
   the selector's per-owner pattern reads them in one indexed lookup, and never learns from
   its own automatic choices.
@@ -37,13 +42,15 @@ import os
 import secrets
 import threading
 import time
+import urllib.parse
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import driver
-from .errors import ClosedError
+from .errors import ClosedError, LockTimeoutError, StoreError
 from .validate import now_us
 
 __all__ = ["BATCH_ROWS", "CHOSEN_BY", "COLUMNS", "LogEntry", "StrategyLog", "log_path"]
@@ -56,6 +63,9 @@ FLUSH_AT = 512  # entries that start a write at once
 MAX_BUFFER = 50_000  # entries held while the file cannot be written; then the oldest go
 PRUNE_EVERY = 86_400.0  # seconds between retention passes of one process (the first write does one)
 BUSY_MS = 200  # how long a log write waits for another process's (it is never a reader's wait)
+MAX_BACKOFF = 60.0  # seconds between tries of a log file that keeps failing
+COMPACT_AT = 32  # batches that are not full, merged by the next write
+QUERY_CHARS = 500  # of a query's text kept with log_queries=True
 _US_PER_DAY = 86_400 * 1_000_000
 _FORMAT = 1  # the layout of a batch; a batch in another one is skipped when read
 CHOSEN_BY = ("caller", "auto")
@@ -108,8 +118,9 @@ def log_path(db_path: str) -> str | None:
 class LogEntry(NamedTuple):  # a NamedTuple: one per read, and a frozen dataclass costs µs to build
     """One ``get_memory`` call. ``strategy`` is the one that ran; ``chosen_by`` is
     ``"caller"`` or ``"auto"``; ``reason`` the selector's rule (auto only). Times in ms;
-    the rerank figures are None when the reranker did not run. ``query`` is set only
-    with ``log_queries=True``; ``query_hash`` whenever there was a query."""
+    the rerank figures are None when the reranker did not run. Appended, ``query`` is the
+    caller's query (None: none given) and ``query_hash`` None: the writer sets the hash
+    and keeps the text only with ``log_queries=True``."""
 
     at_us: int
     owner_id: str
@@ -128,10 +139,9 @@ class LogEntry(NamedTuple):  # a NamedTuple: one per read, and a frozen dataclas
     query: str | None = None
 
 
-def _encode(entries: Sequence[LogEntry], seed: dict[str, list[Any]] | None = None) -> tuple[np.ndarray, dict[str, list[Any]]]:
+def _encode(entries: Sequence[LogEntry]) -> tuple[np.ndarray, dict[str, list[Any]]]:
     """Entries as a batch's columns: the numbers, and each string column's distinct values
-    (its codes index those). ``seed``: the distinct values of a batch these entries are
-    appended to, whose codes stay valid."""
+    (its codes index those)."""
     numbers = np.zeros(len(entries), dtype=_NUMBERS)
     numbers["at_us"] = [e.at_us for e in entries]
     numbers["latency_ms"] = [e.latency_ms for e in entries]
@@ -144,14 +154,14 @@ def _encode(entries: Sequence[LogEntry], seed: dict[str, list[Any]] | None = Non
     numbers["query_hash"] = [e.query_hash or 0 for e in entries]
     strings: dict[str, list[Any]] = {}
     for name in _STRINGS:
-        codes: dict[Any, int] = {value: i for i, value in enumerate(seed[name])} if seed else {}
+        codes: dict[Any, int] = {}
         numbers[name] = [codes.setdefault(getattr(e, name), len(codes)) for e in entries]
         strings[name] = list(codes)
     return numbers, strings
 
 
 def _decode(numbers: bytes, strings: str) -> list[LogEntry]:
-    """A stored batch back as entries (to append to it, or to rewrite it without some)."""
+    """A stored batch back as entries (to merge it with others, or rewrite it without some)."""
     array = np.frombuffer(numbers, dtype=_NUMBERS)
     values = json.loads(strings)
     out = []
@@ -177,14 +187,17 @@ class StrategyLog:
         self.keep_queries = keep_queries
         self.retention_days = retention_days
         self._pruned_at: float | None = None  # monotonic time of the last retention pass
-        self.dropped = 0  # entries lost to MAX_BUFFER
-        self._buffer: list[LogEntry] = []
+        self.dropped = 0  # entries lost: past MAX_BUFFER, or unwritable at close()
+        self._buffer: deque[LogEntry] = deque()
         self._lock = threading.Lock()  # the buffer
-        self._file_lock = threading.Lock()  # the connection
+        self._file_lock = threading.Lock()  # the write connection (the writer's, flush(), prune()...)
+        self._read_lock = threading.Lock()  # the read connection
         self._wake = threading.Condition(self._lock)
         self._conn: Any = None
+        self._reader: Any = None
         self._key: bytes | None = None
         self._thread: threading.Thread | None = None
+        self._backoff = 0.0  # seconds to wait before the next try, after a failed write
         self._closed = False  # no more entries taken
         self._finished = False  # closed, and the file too
         self._warned_at = 0.0
@@ -193,35 +206,29 @@ class StrategyLog:
 
     def reset_locks_after_fork(self) -> None:
         # The child neither writes its parent's buffer (the parent does) nor uses its
-        # connection or thread (gone): it starts afresh on first use.
+        # connections or thread (gone): it starts afresh on first use.
         self._lock = threading.Lock()
         self._file_lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._buffer = []
+        self._buffer = deque()
         self._thread = None
-        if self._conn is not None:
-            driver.abandon(self._conn)
-            self._conn = None
+        for conn in (self._conn, self._reader):
+            if conn is not None:
+                driver.abandon(conn)
+        self._conn = self._reader = None
         self._pid = os.getpid()
 
     # -- the read path ----------------------------------------------------------------
 
-    def query_hash(self, query: str) -> int:
-        """The keyed hash an entry keeps of its query (nonzero, 64 bits)."""
-        key = self._key
-        if key is None:
-            key = self._load_key()
-        digest = hashlib.blake2b(query.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
-        return int.from_bytes(digest, "little") or 1
-
     def append(self, entry: LogEntry) -> None:
-        """Queue one entry; never raises, never waits for the file."""
+        """Queue one entry; never raises, never touches the file."""
         with self._lock:
             if self._closed:
                 return
             self._buffer.append(entry)
             if len(self._buffer) > MAX_BUFFER:
-                del self._buffer[0]
+                self._buffer.popleft()
                 self.dropped += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="localmem-strategy-log", daemon=True)
@@ -231,12 +238,17 @@ class StrategyLog:
 
     def _run(self) -> None:
         """The writer: sleeps while the buffer is empty, then lets entries gather for up to
-        ``FLUSH_EVERY`` seconds (or until ``FLUSH_AT`` of them) and writes them."""
+        ``FLUSH_EVERY`` seconds (or until ``FLUSH_AT`` of them) and writes them; after a
+        failed write it waits ``_backoff`` first, whatever the buffer holds."""
         while True:
             with self._lock:
                 while not self._buffer and not self._closed:
                     self._wake.wait()
-                if len(self._buffer) < FLUSH_AT and not self._closed:
+                if self._backoff:
+                    deadline = time.monotonic() + self._backoff
+                    while not self._closed and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)
+                elif len(self._buffer) < FLUSH_AT and not self._closed:
                     self._wake.wait(FLUSH_EVERY)
                 if self._closed:
                     return
@@ -249,20 +261,21 @@ class StrategyLog:
         could not take them."""
         with self._file_lock:
             with self._lock:
-                entries, self._buffer = self._buffer, []
+                entries, self._buffer = list(self._buffer), deque()
             if not entries:
                 return True
             try:
                 self._write(entries)
             except Exception as exc:  # noqa: BLE001 - a log must never fail a read
                 with self._lock:
-                    self._buffer[:0] = entries
-                    over = len(self._buffer) - MAX_BUFFER
-                    if over > 0:
-                        del self._buffer[:over]
-                        self.dropped += over
+                    self._buffer.extendleft(reversed(entries))
+                    while len(self._buffer) > MAX_BUFFER:
+                        self._buffer.popleft()
+                        self.dropped += 1
+                self._backoff = min(MAX_BACKOFF, max(FLUSH_EVERY, self._backoff * 2))
                 self._warn(f"could not write the strategy log {self.path or ':memory:'}: {exc}")
                 return False
+            self._backoff = 0.0
         if self.retention_days is not None and (
                 self._pruned_at is None or time.monotonic() - self._pruned_at >= PRUNE_EVERY):
             self._pruned_at = time.monotonic()
@@ -285,8 +298,8 @@ class StrategyLog:
             log.warning("%s (entries wait in memory; %d dropped so far)", message, self.dropped)
 
     def _connection(self) -> Any:
-        """The log file's connection (opened, and the schema made, on first use). Caller
-        holds ``_file_lock``."""
+        """The log file's write connection (opened, and the schema made, on first use).
+        Caller holds ``_file_lock``; only writes run here."""
         if self._conn is None:
             if self._finished:
                 raise ClosedError("the strategy log is closed")
@@ -301,41 +314,41 @@ class StrategyLog:
                     for statement in _SCHEMA:
                         conn.execute(statement)
                     conn.execute("INSERT OR IGNORE INTO meta VALUES ('hash_key', ?)", (secrets.token_hex(16),))
+                (value,) = conn.execute("SELECT value FROM meta WHERE key = 'hash_key'").fetchone()
+                self._key = bytes.fromhex(value)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
 
-    def _load_key(self) -> bytes:
-        with self._file_lock:
-            if self._key is None:
-                try:
-                    (value,) = self._connection().execute("SELECT value FROM meta WHERE key = 'hash_key'").fetchone()
-                    self._key = bytes.fromhex(value)
-                except Exception as exc:  # noqa: BLE001 - hash with a process key instead
-                    self._warn(f"could not read the strategy log's key from {self.path}: {exc}")
-                    self._key = secrets.token_bytes(16)
-            return self._key
+    def _hashed(self, entries: list[LogEntry]) -> list[LogEntry]:
+        """Entries as stored: the query's keyed hash, its text only with ``keep_queries``.
+        Caller holds ``_file_lock`` and has opened the connection (which read the key)."""
+        key = self._key
+        assert key is not None
+        out = []
+        for e in entries:
+            if e.query is not None and e.query_hash is None:
+                digest = hashlib.blake2b(e.query.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
+                e = e._replace(query_hash=int.from_bytes(digest, "little") or 1,
+                               query=e.query[:QUERY_CHARS] if self.keep_queries else None)
+            elif not self.keep_queries and e.query is not None:
+                e = e._replace(query=None)
+            out.append(e)
+        return out
 
     def _write(self, entries: list[LogEntry]) -> None:
-        """Append ``entries`` to the last batch (if it is the newest and not full), then
-        to new ones; count the explicit choices among them. One transaction."""
+        """Add ``entries`` as new batches and count the explicit choices among them; merge
+        the batches that are not full once there are ``COMPACT_AT``. One transaction."""
         conn = self._connection()
+        entries = self._hashed(entries)
         explicit: dict[tuple[str, int, str], int] = {}
         for e in entries:
             if e.chosen_by == "caller":
                 key = (e.owner_id, e.at_us // _US_PER_DAY, e.strategy)
                 explicit[key] = explicit.get(key, 0) + 1
         with _transaction(conn):
-            last = conn.execute("SELECT id, format, rows, numbers, strings FROM batches ORDER BY id DESC LIMIT 1").fetchone()
-            if last is not None and last[1] == _FORMAT and last[2] < BATCH_ROWS:
-                room = BATCH_ROWS - last[2]
-                seed = json.loads(last[4])
-                numbers, strings = _encode(entries[:room], seed)
-                numbers = np.concatenate([np.frombuffer(last[3], dtype=_NUMBERS), numbers])
-                self._store_batch(conn, numbers, strings, last[0])
-                entries = entries[room:]
             for start in range(0, len(entries), BATCH_ROWS):
                 self._store_batch(conn, *_encode(entries[start:start + BATCH_ROWS]), None)
             conn.executemany(
@@ -343,6 +356,15 @@ class StrategyLog:
                 " ON CONFLICT DO UPDATE SET calls = calls + excluded.calls",
                 [(*key, n) for key, n in explicit.items()],
             )
+            small = conn.execute("SELECT id, numbers, strings FROM batches WHERE format = ? AND rows < ?"
+                                 " ORDER BY id", (_FORMAT, BATCH_ROWS)).fetchall() \
+                if conn.execute("SELECT count(*) FROM batches WHERE format = ? AND rows < ?",
+                                (_FORMAT, BATCH_ROWS)).fetchone()[0] >= COMPACT_AT else []
+            if small:
+                merged = [e for _, numbers, strings in small for e in _decode(numbers, strings)]
+                conn.executemany("DELETE FROM batches WHERE id = ?", [(batch_id,) for batch_id, _, _ in small])
+                for start in range(0, len(merged), BATCH_ROWS):
+                    self._store_batch(conn, *_encode(merged[start:start + BATCH_ROWS]), None)
 
     @staticmethod
     def _store_batch(conn: Any, numbers: np.ndarray, strings: dict[str, list[Any]], replace_id: int | None) -> None:
@@ -364,13 +386,22 @@ class StrategyLog:
         """The stored entries from ``since_us`` on (None: all), of one owner or all, as
         one numpy array per name of ``names`` (of ``COLUMNS``; strings as object arrays,
         "none" as NaN or -1, a missing hash as 0). Call ``flush()`` first to include the
-        buffer."""
+        buffer. Reads on the read-only connection; a file it cannot read raises
+        ``StoreError``."""
         unknown = set(names) - set(COLUMNS)
         if unknown:
             raise ValueError(f"not columns of the strategy log: {sorted(unknown)}")
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         since = -(2**63) if since_us is None else since_us
-        for numbers, strings in self._batches(since):
+        try:
+            batches = self._read(
+                "SELECT numbers, strings FROM batches WHERE format = ? AND last_us >= ? ORDER BY id",
+                (_FORMAT, since))
+        except driver.dbapi().Error as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            raise (LockTimeoutError if busy else StoreError)(
+                f"could not read the strategy log {self.path}: {exc}") from exc
+        for numbers, strings in batches:
             array = np.frombuffer(numbers, dtype=_NUMBERS)
             values = json.loads(strings)
             mask = array["at_us"] >= since
@@ -393,87 +424,100 @@ class StrategyLog:
         empty = {name: np.empty(0, dtype=object if name in _STRINGS else _NUMBERS[name]) for name in names}
         return {name: np.concatenate(chunks) if chunks else empty[name] for name, chunks in parts.items()}
 
-    def _batches(self, since_us: int) -> list[tuple[bytes, str]]:
-        if self.path is not None and self._conn is None and not os.path.exists(self.path):
-            return []  # nothing logged yet: do not create the file for a read
-        with self._file_lock:
-            return self._connection().execute(
-                "SELECT numbers, strings FROM batches WHERE format = ? AND last_us >= ? ORDER BY id",
-                (_FORMAT, since_us),
-            ).fetchall()
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """Rows of a read, on a read-only connection of its own (in WAL mode a reader waits
+        for no writer), never creating the file nor its schema: no file, or no schema
+        yet, reads as no rows. An in-memory log reads on its one connection."""
+        if self.path is None:
+            with self._file_lock:
+                return list(self._connection().execute(sql, args).fetchall())
+        with self._read_lock:
+            if self._reader is None:
+                if not os.path.exists(self.path):
+                    return []
+                uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+                conn = driver.dbapi().connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+                self._reader = conn
+            try:
+                return list(self._reader.execute(sql, args).fetchall())
+            except driver.dbapi().OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []  # another process is making the file right now
+                raise
 
     def explicit_counts(self, owner_id: str, since_us: int) -> dict[str, int]:
         """How often ``owner_id`` named each strategy itself (``chosen_by="caller"``)
-        since the day of ``since_us``: stored counts plus the buffer's. Never raises: a
-        log that cannot be read counts nothing."""
+        since the day of ``since_us``: stored counts plus the buffer's (read in that order:
+        an entry written meanwhile may be missed, never counted twice). Never raises nor
+        waits for the writer: a log that cannot be read counts only the buffer."""
         counts: dict[str, int] = {}
+        try:
+            rows = self._read("SELECT strategy, sum(calls) FROM explicit_choices WHERE owner_id = ? AND day >= ?"
+                              " GROUP BY strategy", (owner_id, since_us // _US_PER_DAY))
+        except Exception as exc:  # noqa: BLE001 - a log must never fail a read
+            self._warn(f"could not read the strategy log {self.path}: {exc}")
+            rows = []
+        for strategy, calls in rows:
+            counts[strategy] = counts.get(strategy, 0) + int(calls)
         with self._lock:
             for e in self._buffer:
                 if e.chosen_by == "caller" and e.owner_id == owner_id and e.at_us >= since_us:
                     counts[e.strategy] = counts.get(e.strategy, 0) + 1
-        try:
-            if self.path is not None and self._conn is None and not os.path.exists(self.path):
-                return counts
-            with self._file_lock:
-                rows = self._connection().execute(
-                    "SELECT strategy, sum(calls) FROM explicit_choices WHERE owner_id = ? AND day >= ?"
-                    " GROUP BY strategy", (owner_id, since_us // _US_PER_DAY),
-                ).fetchall()
-        except Exception as exc:  # noqa: BLE001 - a log must never fail a read
-            self._warn(f"could not read the strategy log {self.path}: {exc}")
-            return counts
-        for strategy, calls in rows:
-            counts[strategy] = counts.get(strategy, 0) + int(calls)
         return counts
 
     def prune(self, before_us: int) -> int:
         """Drop the entries older than ``before_us`` (retention); returns how many."""
-        return self._rewrite(lambda e: e.at_us < before_us, "last_us < ?", "first_us < ?", (before_us,),
-                             ("DELETE FROM explicit_choices WHERE day < ?", (before_us // _US_PER_DAY,)))
+        with self._file_lock:
+            return self._rewrite(lambda e: e.at_us < before_us, "last_us < ?", "first_us < ?", (before_us,),
+                                 ("DELETE FROM explicit_choices WHERE day < ?", (before_us // _US_PER_DAY,)))
 
     def forget(self, owner_id: str, conversation_id: str | None = None) -> int:
-        """Drop an owner's entries (or one conversation's); returns how many."""
-        with self._lock:
-            self._buffer = [e for e in self._buffer if not _of(e, owner_id, conversation_id)]
-        self.flush()
-        also = None if conversation_id is not None else (
-            "DELETE FROM explicit_choices WHERE owner_id = ?", (owner_id,))
-        return self._rewrite(lambda e: _of(e, owner_id, conversation_id), None, "1", (), also)
+        """Drop an owner's entries (or one conversation's), buffered and stored; returns
+        how many stored ones went. Holds the file while it works, so no write in flight
+        can put forgotten entries back."""
+        with self._file_lock:
+            with self._lock:
+                self._buffer = deque(e for e in self._buffer if not _of(e, owner_id, conversation_id))
+            also = None if conversation_id is not None else (
+                "DELETE FROM explicit_choices WHERE owner_id = ?", (owner_id,))
+            return self._rewrite(lambda e: _of(e, owner_id, conversation_id), None, "1", (), also)
 
     def _rewrite(self, drop: Any, whole: str | None, partial: str, args: tuple[Any, ...],
                  also: tuple[str, tuple[Any, ...]] | None) -> int:
         """Remove the entries ``drop(entry)`` selects: batches matching SQL ``whole``
-        go at once; the ones matching ``partial`` are decoded and rewritten without them."""
+        go at once; the ones matching ``partial`` are decoded and rewritten without them.
+        Caller holds ``_file_lock``."""
         if self.path is not None and self._conn is None and not os.path.exists(self.path):
             return 0
         removed = 0
-        with self._file_lock:
-            conn = self._connection()
-            with _transaction(conn):
-                if whole is not None:
-                    removed += conn.execute(f"SELECT coalesce(sum(rows), 0) FROM batches WHERE {whole}",
-                                            args).fetchone()[0]
-                    conn.execute(f"DELETE FROM batches WHERE {whole}", args)
-                rows = conn.execute(f"SELECT id, format, numbers, strings FROM batches WHERE {partial}",
-                                    args).fetchall()
-                for batch_id, fmt, numbers, strings in rows:
-                    if fmt != _FORMAT:
-                        continue
-                    entries = _decode(numbers, strings)
-                    kept = [e for e in entries if not drop(e)]
-                    if len(kept) == len(entries):
-                        continue
-                    removed += len(entries) - len(kept)
-                    if kept:
-                        self._store_batch(conn, *_encode(kept), batch_id)
-                    else:
-                        conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-                if also is not None:
-                    conn.execute(*also)
+        conn = self._connection()
+        with _transaction(conn):
+            if whole is not None:
+                removed += conn.execute(f"SELECT coalesce(sum(rows), 0) FROM batches WHERE {whole}",
+                                        args).fetchone()[0]
+                conn.execute(f"DELETE FROM batches WHERE {whole}", args)
+            rows = conn.execute(f"SELECT id, format, numbers, strings FROM batches WHERE {partial}",
+                                args).fetchall()
+            for batch_id, fmt, numbers, strings in rows:
+                if fmt != _FORMAT:
+                    continue
+                entries = _decode(numbers, strings)
+                kept = [e for e in entries if not drop(e)]
+                if len(kept) == len(entries):
+                    continue
+                removed += len(entries) - len(kept)
+                if kept:
+                    self._store_batch(conn, *_encode(kept), batch_id)
+                else:
+                    conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            if also is not None:
+                conn.execute(*also)
         return removed
 
     def close(self) -> None:
-        """Write what is buffered (waiting at most ``BUSY_MS`` for the file) and stop."""
+        """Write what is buffered (waiting at most ``BUSY_MS`` for the file) and stop;
+        entries that cannot be written then are counted in ``dropped``, with a warning."""
         with self._lock:
             if self._closed:
                 return
@@ -484,15 +528,20 @@ class StrategyLog:
             thread.join()
         if self._pid == os.getpid():
             with self._lock:
-                entries, self._buffer = self._buffer, []
-            if entries:
-                with self._file_lock, contextlib.suppress(Exception):
-                    self._write(entries)
+                entries, self._buffer = list(self._buffer), deque()
             with self._file_lock:
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        self._conn.close()
-                    self._conn = None
+                if entries:
+                    try:
+                        self._write(entries)
+                    except Exception as exc:  # noqa: BLE001 - a lost log line is acceptable; said
+                        self.dropped += len(entries)
+                        self._warned_at = 0.0
+                        self._warn(f"could not write the strategy log {self.path or ':memory:'} at close: {exc}")
+                for conn in (self._conn, self._reader):
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                self._conn = self._reader = None
                 self._finished = True
 
 

@@ -252,3 +252,23 @@ def test_without_embeddings_a_question_about_the_user_searches_their_memory(tmp_
                              owner_id="u", dense=False, lookback_days=None)
         assert got.strategy is Strategy.CROSS_CONVERSATION
         assert [m.conversation_id for m in got.messages] == ["old"]  # found by keywords
+
+
+def test_the_probe_and_the_search_scan_the_owner_once_with_a_lookback(chats, monkeypatch):
+    calls = []
+    real_knn = chats._store.knn
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("conversation_id"))
+        return real_knn(*args, **kwargs)
+
+    monkeypatch.setattr(chats._store, "knn", counted)
+    got = chats.get_memory("auto", query="Rex beach chicken allergic", conversation_id="now", owner_id="u",
+                           lookback_days=7)
+    assert got.strategy is Strategy.CROSS_CONVERSATION
+    assert calls == [None]  # one owner-wide scan, the probe's, reused by the search
+
+
+def test_a_fact_with_number_in_it_is_not_a_follow_up():
+    elsewhere = Probe(here=0.2, elsewhere=0.8, closeness=0.35, scope="owner")
+    assert pick("dentist phone number?", elsewhere).strategy is Strategy.CROSS_CONVERSATION

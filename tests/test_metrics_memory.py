@@ -83,3 +83,19 @@ def test_structured_events(tmp_path, caplog):
         mem.get_memory(Strategy.SEMANTIC_SEARCH, query="pizza", conversation_id="c", owner_id="u")
     events = [getattr(r, "event", None) for r in caplog.records if r.name == "localmem.memory"]
     assert {"message_added", "strategy_auto_selected", "strategy_used", "cache_miss", "rerank_done"} <= set(events)
+
+
+def test_retries_are_not_counted_as_added_and_bad_input_is_an_error(tmp_path):
+    with Memory(tmp_path / "m.db", embed="off", metrics=True) as mem:
+        for _ in range(3):
+            mem.add("user", "hello", conversation_id="c", owner_id="u", msg_id="m-1")
+        mem.add_many([{"role": "user", "content": "hello", "conversation_id": "c", "owner_id": "u",
+                       "msg_id": "m-1"}])
+        with pytest.raises(InvalidInputError):
+            mem.add("nobody", "hello", conversation_id="c", owner_id="u")
+        with pytest.raises(InvalidInputError):
+            mem.add_many([{"role": "user"}])
+        got = samples(mem.metrics_text())
+    assert got[("localmem_messages_added_total", ())] == 1
+    assert got[("localmem_errors_total", (("error_type", "InvalidInputError"), ("operation", "add")))] == 1
+    assert got[("localmem_errors_total", (("error_type", "InvalidInputError"), ("operation", "add_many")))] == 1

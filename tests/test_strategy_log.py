@@ -184,3 +184,91 @@ def test_a_forked_child_logs_its_own_calls_once(tmp_path):
         assert wait_child(pid, 60) == 0
         stats = {o: mem.strategy_stats(owner_id=o).total_calls for o in ("parent", "child")}
     assert stats == {"parent": 3, "child": 2}
+
+
+def test_a_log_that_cannot_be_written_backs_off_instead_of_spinning(tmp_path):
+    log = StrategyLog(str(tmp_path / "missing" / "m.db-log"))  # its folder does not exist
+    attempts = []
+    real_write = log._write
+
+    def counted(entries):
+        attempts.append(len(entries))
+        return real_write(entries)
+
+    log._write = counted
+    now = time.time_ns() // 1000
+    for i in range(600):  # more than FLUSH_AT: the writer must still pause between tries
+        log.append(entry(now - i))
+    time.sleep(0.5)
+    assert 1 <= len(attempts) <= 2  # spinning made thousands of tries in this time
+    assert log._backoff >= 1.0
+    before = log._backoff
+    assert log.flush() is False and log._backoff == min(60.0, before * 2)
+    log.close()
+    assert log.dropped == 600  # unwritable at close: counted, not silently gone
+
+
+def test_reads_never_touch_the_log_file(tmp_path):
+    log = StrategyLog(str(tmp_path / "m.db-log"))
+
+    def no_file():
+        raise AssertionError("a read opened the log's write connection")
+
+    log._connection = no_file
+    log.append(entry(time.time_ns() // 1000, query="what did I say about the budget?"))
+    assert log.explicit_counts("u", 0) == {"hybrid": 1}  # the buffer's, no file yet
+    assert log._buffer[0].query_hash is None  # hashed by the writer, not on the read path
+
+
+def test_the_callers_query_is_logged_never_the_message_searched_with(tmp_path):
+    with Memory(tmp_path / "m.db", embedder=HashEmbedder(), embed="sync", log_queries=True) as mem:
+        mem.add("user", "my secret diagnosis is X", conversation_id="c", owner_id="u")
+        mem.get_memory("hybrid", conversation_id="c", owner_id="u")  # searches with that message
+        mem.get_memory("hybrid", query="  ", conversation_id="c", owner_id="u")
+        mem.get_memory("hybrid", query="x" * 2000, conversation_id="c", owner_id="u")
+        rows = mem.analytics().execute("SELECT query, query_hash FROM strategy_log").fetchall()
+    assert rows[0] == (None, None) and rows[1] == (None, None)
+    assert rows[2][0] == "x" * 500 and rows[2][1] is not None  # the original design's 500 characters
+
+
+def test_small_writes_are_merged_into_full_batches(tmp_path):
+    import sqlite3
+
+    from localmem.strategy_log import COMPACT_AT
+
+    log = StrategyLog(str(tmp_path / "x-log"))
+    now = time.time_ns() // 1000
+    for i in range(100):  # a write a second of a quiet agent
+        log.write([entry(now - i)])
+    batches = sqlite3.connect(tmp_path / "x-log").execute("SELECT count(*), sum(rows) FROM batches").fetchone()
+    assert batches[1] == 100 and batches[0] < COMPACT_AT
+    assert len(log.columns()["at_us"]) == 100
+    log.close()
+
+
+def test_stats_read_while_another_process_writes_the_log(tmp_path):
+    import sqlite3
+
+    with Memory(tmp_path / "m.db", embed="off") as mem:
+        mem.add("user", "hello", conversation_id="c", owner_id="u")
+        mem.get_memory("recent_history", conversation_id="c", owner_id="u")
+        mem._log.flush()
+        other = sqlite3.connect(tmp_path / "m.db-log", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's write in progress
+        try:
+            mem.get_memory("recent_history", conversation_id="c", owner_id="u")
+            got = mem.strategy_stats()  # its flush waits, gives up, and the read goes on
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    assert got.total_calls >= 1
+
+
+def test_cli_reads_do_not_create_a_log(tmp_path, run):
+    db = str(tmp_path / "m.db")
+    with Memory(db, embed="off", strategy_log=False) as mem:
+        mem.add("user", "hello", conversation_id="c", owner_id="u")
+    for argv in (["recent", "--conversation", "c", "--owner", "u"], ["stats"], ["metrics"]):
+        code, _, err = run("--db", db, *argv)
+        assert code in (0, 1), err
+    assert not os.path.exists(db + "-log")
