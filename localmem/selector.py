@@ -73,7 +73,8 @@ SMALL_TALK = _phrases(
     "im fine, doing well, not bad, you re the best, you rock, bye for now, for now, night night, nite, gn, "
     "that helped, helped a lot, this helped, very helpful, so helpful, love you, xoxo, see you soon, "
     "talk later, ttyl, brb, good to know, noted, will do, gotta run, gotta go, got to go, have to go, "
-    "how s your day going, how is your day going, hows your day going, how s your day been, that helps, this helps, it helps, helps a lot",
+    "how s your day going, how is your day going, hows your day going, how s your day been, nice one, "
+    "good one, that helps, this helps, it helps, helps a lot",
     # Portuguese
     "oi, oie, ola, e ai, eai, opa, salve, tudo bem, tudo bom, tudo certo, td bem, tb, beleza, blz, "
     "bom dia, boa tarde, boa noite, como vai, como vai voce, como voce esta, como vc ta, como vc esta, "
@@ -131,11 +132,12 @@ THIS_CHAT = _phrases(
     "this chat, this conversation, this thread, this session, in here, earlier today, earlier on, "
     "at the start, at the beginning, start of our, beginning of our, earlier we, we discussed earlier, "
     "you said earlier, i said earlier, mentioned earlier, earlier you, earlier i, earlier, going back to, "
-    "back to the, you said before, you mentioned before, i said before, we said before",
+    "back to the, you said before, you mentioned before, i said before, we said before, at the very start, "
+    "at the very beginning, very start, very beginning, further up, way back",
     "nesta conversa, nessa conversa, neste chat, nesse chat, nessa sessao, nesta sessao, aqui mesmo, "
     "mais cedo, hoje cedo, no comeco, no inicio, la no inicio, la no comeco, comeco da conversa, "
     "inicio da conversa, falamos antes, voce disse antes, vc disse antes, eu disse antes, antes, voltando, "
-    "voltando pro, voltando pra, voltando ao, voltando a",
+    "voltando pro, voltando pra, voltando ao, voltando a, la atras, mais pra cima, bem no comeco, bem no inicio",
 )
 # Another, older conversation.
 PAST = _phrases(
@@ -160,6 +162,7 @@ ASSISTANT_SAID = _phrases(
 )
 _FIRST_PERSON = _phrases("i, i m, im, my, mine, eu, meu, minha, meus, minhas, mim")
 _TODAY = _phrases("today, hoje, hj, agora")
+_REMEMBER = _phrases("remember, recall, remind me, lembra, lembras, lembrar, se lembra, lembre, recorda")
 _MATH = frozenset(words("x times plus minus divided by percent of vezes mais menos dividido por porcento de sobre"))
 # A memory being asked for, scope unsaid: the similarity decides where.
 RECALL = _phrases(
@@ -226,6 +229,20 @@ OPENING_ANAPHORA = _phrases(
     "the first, the second, the third, the last, item",
     "e, e se, e o, e a, e os, e as, e quanto, mas, entao, tipo, ok e, "
     "o primeiro, a primeira, o segundo, a segunda, o terceiro, a terceira, o item",
+)
+# An edit of what the assistant just produced, as the message opens ("bold the times",
+# "coloca em ordem alfabética", "now in Portuguese"): a short one works on the last turns.
+EDIT_OPENING = _phrases(
+    "bold, cut, trim, shorten, lengthen, expand, swap, move, remove, drop, delete, add, insert, put, make, change, "
+    "turn, convert, translate, rewrite, rephrase, reword, reorder, sort, format, split, merge, combine, rename, "
+    "replace, fix, simplify, summarize, summarise, highlight, too long, too short, now in, now make, now add, now remove, "
+    "ok now, okay now, can you make, can you put, can you add, can you remove, could you make, pls make, "
+    "please make, please remove, please add",
+    "coloca, coloque, poe, põe, bota, tira, tire, troca, troque, muda, mude, corta, corte, encurta, aumenta, "
+    "adiciona, acrescenta, inclui, remove, apaga, junta, separa, ordena, organiza, traduz, traduza, reescreve, "
+    "reescreva, resume, resuma, formata, destaca, negrita, deixa, deixe, faz em, faça em, agora em, agora faz, "
+    "agora coloca, agora tira, pode colocar, pode tirar, pode trocar, pode mudar, pode deixar, muito longo, "
+    "muito grande, ta longo, ta grande, ficou longo, ficou grande",
 )
 _DIALOG = _phrases("we, our, ours, my, mine, a gente, nosso, nossa, nossos, nossas, meu, minha, meus, minhas")
 # The user or the assistant in person ("I", "you"): a question without them is impersonal,
@@ -295,7 +312,8 @@ class Cues:
     recall: bool
     personal: bool
     anaphora: bool  # points back at the last turns ("put that in a table")
-    opening: bool  # opens as a continuation ("and if it rains?", "e o segundo?", "why ...")
+    opening: bool  # opens as a continuation ("and if it rains?", "e o segundo?")
+    edit: bool  # opens as an edit of what was just produced ("bold the times", "coloca em ordem")
     assistant_said: bool  # asks what the assistant said ("how much ice did you say?")
     dialog: bool  # speaks of "we", "our", "my": the user's own history
     person: bool  # speaks to or as a person: "I", "you"
@@ -310,9 +328,10 @@ class Cues:
     def follow_up(self) -> bool:
         """Short, and either nothing in it to search for or a pointer at the last turns,
         with no memory asked for."""
-        short = len(self.words) <= _FOLLOW_UP_WORDS + (2 if self.opening else 0)
-        # An opening ("and", "e o") continues the last turns when little else is named.
-        pointer = self.anaphora or (self.opening and len(self.content) <= 2)
+        short = len(self.words) <= _FOLLOW_UP_WORDS + (2 if self.opening or self.edit else 0)
+        # An opening ("and", "e o") continues the last turns when little else is named; an
+        # edit ("cut it to 8 items") works on them whatever it names.
+        pointer = self.anaphora or (self.edit and not self.dialog) or (self.opening and len(self.content) <= 2)
         return short and (not self.content or pointer) and not (self.recall or self.personal or self.past)
 
     @property
@@ -320,7 +339,7 @@ class Cues:
         """No cue of memory and no person in it: a general question, unless something
         stored shares a word with it (``Probe.shares_words``)."""
         return not (self.recall or self.repeat or self.personal or self.past or self.dialog or self.person
-                    or self.this_chat or self.recent or self.anaphora or self.opening)
+                    or self.this_chat or self.recent or self.anaphora or self.opening or self.edit)
 
 
 def _plain(word: str) -> str:
@@ -351,11 +370,13 @@ def read_cues(text: str) -> Cues:
     # On the words with their accents: "é o" ("is the") does not open like "e o" ("and the").
     accented = re.findall(r"\w+", unicodedata.normalize("NFC", text[:200].casefold()))
     opening = any(tuple(accented[:n]) in OPENING_ANAPHORA for n in (1, 2, 3))
+    edit = any(tuple(tokens[:n]) in EDIT_OPENING for n in (1, 2, 3))
     said = bool(_find(tokens, ASSISTANT_SAID))
     first_person = bool(_find(tokens, _FIRST_PERSON))
-    # "Do you remember what I weigh?": a memory of the person. "What did you say I should
-    # buy?" is what the assistant said, not the person. "Lembra ... hoje?": this chat.
-    found["personal"] |= found["recall"] and first_person and not said
+    # "Do you remember what I weigh?": a memory of the person ("what did I say about the
+    # chairs?" is not: only remembering counts). "What did you say I should buy?" is what
+    # the assistant said, not the person. "Lembra ... hoje?": this chat.
+    found["personal"] |= bool(_find(tokens, _REMEMBER)) and first_person and not said
     found["this_chat"] |= found["recall"] and bool(_find(tokens, _TODAY))
     # "obrigadoo" reads as "obrigado", "kkkk" as laughter; "all" stays "all".
     plain = [t if (t,) in SMALL_TALK or (_plain(t),) not in SMALL_TALK else _plain(t) for t in tokens]
@@ -370,7 +391,7 @@ def read_cues(text: str) -> Cues:
     )
     arithmetic = bool(content) and all(w.isdigit() or w in _MATH for w in content)
     return Cues(tuple(tokens), small_talk, found["recent"], found["repeat"], found["this_chat"], found["past"],
-                found["recall"], found["personal"], found["anaphora"], opening, said,
+                found["recall"], found["personal"], found["anaphora"], opening, edit, said,
                 bool(_find(tokens, _DIALOG)), bool(_find(tokens, _PERSON)), arithmetic, content)
 
 

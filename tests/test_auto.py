@@ -37,6 +37,9 @@ def pick(text: str, probe: Probe | None = None, pattern: Strategy | None = None)
     ("quanto é 7 x 60?", Strategy.SESSION_ONLY),
     ("What's 18% of 760?", Strategy.SESSION_ONLY),
     ("e o segundo item?", Strategy.RECENT_HISTORY),
+    ("bold the times pls", Strategy.RECENT_HISTORY),  # an edit of what was just produced
+    ("coloca em ordem alfabética", Strategy.RECENT_HISTORY),
+    ("too long, cut it to 8 items", Strategy.RECENT_HISTORY),
     ("can you put that in a table?", Strategy.RECENT_HISTORY),
 ])
 def test_the_text_decides_when_it_says_enough(text, strategy):
@@ -272,3 +275,8 @@ def test_the_probe_and_the_search_scan_the_owner_once_with_a_lookback(chats, mon
 def test_a_fact_with_number_in_it_is_not_a_follow_up():
     elsewhere = Probe(here=0.2, elsewhere=0.8, closeness=0.35, scope="owner")
     assert pick("dentist phone number?", elsewhere).strategy is Strategy.CROSS_CONVERSATION
+    # An edit of the user's own things is not an edit of the last answer.
+    assert pick("list my allergies", elsewhere).strategy is Strategy.CROSS_CONVERSATION
+    # Only remembering makes a question about the person: "eu falei ..." (I said) may be this chat.
+    assert read_cues("eu falei algo sobre o tom da palestra?").personal is False
+    assert read_cues("do you remember what I weigh?").personal is True
