@@ -136,6 +136,6 @@ def test_strategy_log_quick_run(tmp_path):
 @needs_minilm
 def test_auto_strategy_runs_every_labelled_set(tmp_path):
     _, results = run_benchmark(tmp_path, "auto_strategy.py", timeout=900)
-    assert {"dev", "held_out", "confirm", "final", "test2", "test3"} <= set(results)
-    assert results["dev"]["queries"] == 169 and results["test3"]["queries"] == 150
+    assert {"dev", "held_out", "confirm", "final", "test2", "test3", "test4"} <= set(results)
+    assert results["dev"]["queries"] == 169 and results["test4"]["queries"] == 150
     assert results["all"]["auto"] > results["all"]["seed"]  # the seed's rules are the baseline
