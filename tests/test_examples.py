@@ -44,3 +44,28 @@ def test_the_readme_example_runs_and_finds_the_pizza_messages(tmp_path):
         "Best pizza in town", "I love pizza napolitana",
     ]
     assert lines[3].startswith("Loaded 1 recent + 2 semantic messages")
+
+
+def run_auto_example(tmp_path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "auto_strategy.py"), *args], capture_output=True, text=True,
+        encoding="utf-8", timeout=300, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)}, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_auto_example_without_a_model(tmp_path):
+    out = run_auto_example(tmp_path, "--no-model")
+    assert '"thanks, that helps!" -> session_only (small_talk' in out
+    assert '"what did you just suggest?" -> recent_history (recent_reference' in out
+    assert '"Hang on, what about my allergy?" -> cross_conversation' in out
+    assert "[meal-prep] I'm pescatarian, and I have a severe peanut allergy." in out
+    assert "4 calls logged; chosen by auto: 75%" in out and "('recent_history', 'caller', 1)" in out
+
+
+@needs_minilm
+def test_auto_example_with_the_model(tmp_path):
+    out = run_auto_example(tmp_path)
+    assert '"Hang on, what about my allergy?" -> cross_conversation (closer_elsewhere, confident)' in out
+    assert "why auto chose:" in out and "closer_elsewhere (1)" in out
