@@ -199,8 +199,11 @@ def test_a_log_that_cannot_be_written_backs_off_instead_of_spinning(tmp_path):
     now = time.time_ns() // 1000
     for i in range(600):  # more than FLUSH_AT: the writer must still pause between tries
         log.append(entry(now - i))
-    time.sleep(0.5)
-    assert 1 <= len(attempts) <= 2  # spinning made thousands of tries in this time
+    deadline = time.monotonic() + 30
+    while not attempts and time.monotonic() < deadline:  # the writer's first try (and failure)
+        time.sleep(0.01)
+    time.sleep(0.3)  # a spinning writer made thousands of tries in this time; a slow machine makes fewer
+    assert 1 <= len(attempts) <= 2
     assert log._backoff >= 1.0
     before = log._backoff
     assert log.flush() is False and log._backoff == min(60.0, before * 2)
