@@ -785,7 +785,7 @@ class Memory:
                 and (elsewhere is None or elsewhere < close):
             own = searcher.knn(query, depth, {"owner_id": owner, "conversation_id": conversation, "since_us": None})
             here = max((cos for _, cos in own), default=here)
-        return selector.Probe(here, elsewhere, close, "owner", recent=recent)
+        return selector.Probe(here, elsewhere, close, recent=recent)
 
     def _rerank_plan(self, threshold: float | None, min_keep: int) -> Rerank | None:
         """The reranking settings of a call, or None without a reranker (the model is

@@ -401,12 +401,11 @@ class Probe:
     cosine in this conversation (``here``) and in the owner's other conversations
     (``elsewhere``), None where nothing was found; ``closeness`` is the cosine that counts
     as close (None: the model's is not known, and then the closer side, or both within
-    ``MARGIN``, counts as close). ``scope`` names what was searched (for the reason)."""
+    ``MARGIN``, counts as close)."""
 
     here: float | None
     elsewhere: float | None
     closeness: float | None
-    scope: str
     shares_words: bool | None = None  # a stored message holds a content word of the query (None: not checked)
     like_small_talk: float | None = None  # cosine to the closest SMALL_TALK_EXAMPLES (None: not measured)
     like_recent: float | None = None  # ... to the closest RECENT_EXAMPLES
@@ -475,19 +474,20 @@ def choose(
                       "an impersonal question sharing no word with any stored message: general knowledge, "
                       f"no stored history needed (closest by meaning {_fmt(found.here)} here, "
                       f"{_fmt(found.elsewhere)} elsewhere)", found=found)
-    here = -2.0 if found.here is None else found.here  # below any cosine
+    recent = -2.0 if found.recent is None else found.recent  # below any cosine
+    # This conversation's best: its part of the owner's ranking, or its last turns.
+    here = max(-2.0 if found.here is None else found.here, recent)
     elsewhere = -2.0 if found.elsewhere is None else found.elsewhere
     if found.closeness is None:  # an uncalibrated model: only the two sides compare
         close = -1.0
-        here_close = found.here is not None and here >= elsewhere - MARGIN
+        here_close = here > -2.0 and here >= elsewhere - MARGIN
         elsewhere_close = found.elsewhere is not None and elsewhere >= here - MARGIN
+        recent_close = found.recent is not None and recent >= elsewhere - MARGIN
         scale = "no calibrated closeness for this model"
     else:
         close = found.closeness
-        here_close, elsewhere_close = here >= close, elsewhere >= close
+        here_close, elsewhere_close, recent_close = here >= close, elsewhere >= close, recent >= close
         scale = f"close from {close:.2f}"
-    recent = -2.0 if found.recent is None else found.recent
-    here = max(here, recent)  # the conversation's best, its last turns included
     scores = (f"closest here {_fmt(found.here)} (last turns {_fmt(found.recent)}), in other conversations "
               f"{_fmt(found.elsewhere)}, {scale}")
     if memory and (elsewhere_close or found.elsewhere is not None):
@@ -500,7 +500,6 @@ def choose(
         # in all-MiniLM-L6-v2, and requests about the current task went elsewhere.)
         return chosen(Strategy.HYBRID, "long_request",
                       f"a long request: the recent turns and what relates to it; {scores}", found=found)
-    recent_close = recent >= close if found.closeness is not None else found.recent is not None
     if recent_close and recent >= here - MARGIN and not elsewhere > recent + MARGIN:
         # The thread itself: the conversation's closest messages are among its last turns.
         return chosen(Strategy.HYBRID, "current_thread",

@@ -65,58 +65,58 @@ def test_accents_that_change_meaning_are_kept_where_it_matters():
 
 
 def test_what_the_assistant_said_is_searched_in_this_conversation():
-    probe = Probe(here=0.24, elsewhere=0.34, closeness=0.35, scope="owner")
+    probe = Probe(here=0.24, elsewhere=0.34, closeness=0.35)
     got = pick("how much ice did you say I should buy?", probe)
     assert got.strategy is Strategy.SEMANTIC_SEARCH and got.reason == "assistant_said"
     # ... unless another conversation is clearly the closer one.
-    elsewhere = Probe(here=0.2, elsewhere=0.6, closeness=0.35, scope="owner")
+    elsewhere = Probe(here=0.2, elsewhere=0.6, closeness=0.35)
     assert pick("how much ice did you say I should buy?", elsewhere).strategy is Strategy.CROSS_CONVERSATION
 
 
 def test_an_impersonal_question_sharing_no_word_with_memory_needs_none():
-    probe = Probe(here=0.55, elsewhere=0.59, closeness=0.35, scope="owner", shares_words=False)
+    probe = Probe(here=0.55, elsewhere=0.59, closeness=0.35, shares_words=False)
     got = pick("me explica o que são juros compostos", probe)
     assert got.strategy is Strategy.SESSION_ONLY and got.reason == "nothing_in_common"
     # A person in it ("my", "I") or a shared word keeps the memory in play.
     assert pick("what are my juros compostos?", probe).strategy is Strategy.CROSS_CONVERSATION
-    shared = Probe(here=0.55, elsewhere=0.59, closeness=0.35, scope="owner", shares_words=True)
+    shared = Probe(here=0.55, elsewhere=0.59, closeness=0.35, shares_words=True)
     assert pick("me explica o que são juros compostos", shared).strategy is Strategy.CROSS_CONVERSATION
 
 
 def test_the_probe_decides_the_scope_of_a_plain_question():
     question = "When did Caroline go to the support group?"  # no keyword of any rule
-    elsewhere = pick(question, Probe(here=0.2, elsewhere=0.6, closeness=0.35, scope="owner"))
+    elsewhere = pick(question, Probe(here=0.2, elsewhere=0.6, closeness=0.35))
     assert elsewhere.strategy is Strategy.CROSS_CONVERSATION and elsewhere.reason == "closer_elsewhere"
     assert (elsewhere.here, elsewhere.elsewhere) == (0.2, 0.6) and "0.60" in elsewhere.detail
-    here = pick(question, Probe(here=0.7, elsewhere=0.2, closeness=0.35, scope="owner"))
+    here = pick(question, Probe(here=0.7, elsewhere=0.2, closeness=0.35))
     assert here.strategy is Strategy.SEMANTIC_SEARCH and here.confident
     # Close on both sides: the owner-wide search, whose scope holds this conversation too.
-    both = pick(question, Probe(here=0.7, elsewhere=0.4, closeness=0.35, scope="owner"))
+    both = pick(question, Probe(here=0.7, elsewhere=0.4, closeness=0.35))
     assert both.strategy is Strategy.CROSS_CONVERSATION and both.reason == "close_elsewhere_too"
     # A model with no calibrated closeness: the closer side decides.
-    assert pick(question, Probe(0.7, 0.2, None, "owner")).strategy is Strategy.SEMANTIC_SEARCH
-    assert pick(question, Probe(0.2, 0.7, None, "owner")).strategy is Strategy.CROSS_CONVERSATION
-    tie = pick(question, Probe(here=0.6, elsewhere=0.62, closeness=0.35, scope="owner"))
+    assert pick(question, Probe(0.7, 0.2, None)).strategy is Strategy.SEMANTIC_SEARCH
+    assert pick(question, Probe(0.2, 0.7, None)).strategy is Strategy.CROSS_CONVERSATION
+    tie = pick(question, Probe(here=0.6, elsewhere=0.62, closeness=0.35))
     assert tie.strategy is Strategy.CROSS_CONVERSATION  # its scope holds this conversation too
 
 
 def test_nothing_close_is_said_and_falls_back_safely():
-    far = pick("Who painted the Mona Lisa?", Probe(here=0.1, elsewhere=0.15, closeness=0.35, scope="owner"))
+    far = pick("Who painted the Mona Lisa?", Probe(here=0.1, elsewhere=0.15, closeness=0.35))
     assert far.strategy is Strategy.SESSION_ONLY and far.reason == "nothing_close"
-    near = pick("Who painted the Mona Lisa?", Probe(here=0.1, elsewhere=0.33, closeness=0.35, scope="owner"))
+    near = pick("Who painted the Mona Lisa?", Probe(here=0.1, elsewhere=0.33, closeness=0.35))
     assert near.strategy is Strategy.RECENT_HISTORY and near.reason == "fallback" and not near.confident
     assert "safe default" in near.detail
-    mine = pick("where is the dinner we reserved?", Probe(here=0.2, elsewhere=0.3, closeness=0.35, scope="owner"))
+    mine = pick("where is the dinner we reserved?", Probe(here=0.2, elsewhere=0.3, closeness=0.35))
     assert mine.strategy is Strategy.CROSS_CONVERSATION and not mine.confident
 
 
 def test_the_owner_habit_breaks_ties_only():
-    probe = Probe(here=0.1, elsewhere=0.33, closeness=0.35, scope="owner")
+    probe = Probe(here=0.1, elsewhere=0.33, closeness=0.35)
     got = pick("Who painted the Mona Lisa?", probe, pattern=Strategy.HYBRID)
     assert got.strategy is Strategy.HYBRID and got.reason == "owner_pattern" and not got.confident
     # A confident choice ignores it.
     assert pick("oi", pattern=Strategy.HYBRID).strategy is Strategy.SESSION_ONLY
-    clear = Probe(here=0.2, elsewhere=0.6, closeness=0.35, scope="owner")
+    clear = Probe(here=0.2, elsewhere=0.6, closeness=0.35)
     assert pick("when did Caroline move?", clear, Strategy.HYBRID).strategy is Strategy.CROSS_CONVERSATION
 
 
@@ -203,10 +203,10 @@ def test_auto_learns_the_habit_from_explicit_calls_not_its_own(tmp_path):
 
 
 def test_examples_by_meaning_catch_what_the_lists_do_not():
-    probe = Probe(here=0.1, elsewhere=0.5, closeness=0.35, scope="owner", like_small_talk=0.75, like_recent=0.3)
+    probe = Probe(here=0.1, elsewhere=0.5, closeness=0.35, like_small_talk=0.75, like_recent=0.3)
     got = pick("good night, talk tomorrow", probe)
     assert got.strategy is Strategy.SESSION_ONLY and got.reason == "like_small_talk" and "0.75" in got.detail
-    follow = Probe(here=0.1, elsewhere=0.5, closeness=0.35, scope="owner", like_small_talk=0.2, like_recent=0.8)
+    follow = Probe(here=0.1, elsewhere=0.5, closeness=0.35, like_small_talk=0.2, like_recent=0.8)
     assert pick("the doorman part once more", follow).strategy is Strategy.RECENT_HISTORY
     # A memory asked for is not small talk, however it reads.
     assert pick("do you remember my dog?", probe).strategy is Strategy.CROSS_CONVERSATION
@@ -227,14 +227,14 @@ def test_auto_with_the_real_model(tmp_path):
 
 def test_the_current_thread_and_a_short_request_to_the_assistant():
     # The conversation's closest messages are among its last turns: the thread itself.
-    thread = Probe(here=0.5, elsewhere=0.45, closeness=0.35, scope="owner", recent=0.52)
+    thread = Probe(here=0.5, elsewhere=0.45, closeness=0.35, recent=0.52)
     got = pick("the butter amount for the minis", thread)
     assert got.strategy is Strategy.HYBRID and got.reason == "current_thread"
     # An older message of this conversation clearly closer: a topic search instead.
-    older = Probe(here=0.7, elsewhere=0.2, closeness=0.35, scope="owner", recent=0.4)
+    older = Probe(here=0.7, elsewhere=0.2, closeness=0.35, recent=0.4)
     assert pick("the butter amount for the minis", older).strategy is Strategy.SEMANTIC_SEARCH
     # Nothing close, but spoken to the assistant: the recent turns, not "no memory".
-    far = Probe(here=0.1, elsewhere=0.15, closeness=0.35, scope="owner", recent=0.1)
+    far = Probe(here=0.1, elsewhere=0.15, closeness=0.35, recent=0.1)
     got = pick("can u add more emoji", far)
     assert got.strategy is Strategy.RECENT_HISTORY and not got.confident
 
@@ -273,7 +273,7 @@ def test_the_probe_and_the_search_scan_the_owner_once_with_a_lookback(chats, mon
 
 
 def test_a_fact_with_number_in_it_is_not_a_follow_up():
-    elsewhere = Probe(here=0.2, elsewhere=0.8, closeness=0.35, scope="owner")
+    elsewhere = Probe(here=0.2, elsewhere=0.8, closeness=0.35)
     assert pick("dentist phone number?", elsewhere).strategy is Strategy.CROSS_CONVERSATION
     # An edit of the user's own things is not an edit of the last answer.
     assert pick("list my allergies", elsewhere).strategy is Strategy.CROSS_CONVERSATION
