@@ -46,6 +46,7 @@ from .validate import (
     check_limit,
     check_lookback_days,
     check_min_relevance,
+    check_positive,
     check_query,
     check_strategy,
     check_threshold,
@@ -164,10 +165,7 @@ class Memory:
         check_flag(strategy_log, "strategy_log")
         check_flag(metrics, "metrics")
         self.log_queries = check_flag(log_queries, "log_queries")
-        if log_retention_days is not None and (
-                isinstance(log_retention_days, bool) or not isinstance(log_retention_days, (int, float))
-                or not 0 < log_retention_days < 10**6):
-            raise InvalidInputError(f"log_retention_days must be days > 0 or None; got {log_retention_days!r}")
+        retention = check_positive(log_retention_days, "log_retention_days", below=10**6, none=True)
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         check_flag(reembed, "reembed")
@@ -222,13 +220,13 @@ class Memory:
                 )
             self._log = StrategyLog(
                 log_path(self.path), keep_queries=self.log_queries,
-                retention_days=None if log_retention_days is None else float(log_retention_days),
+                retention_days=retention,
             ) if strategy_log else None
             self._metrics: Any = None
             if metrics:
                 from .metrics import Metrics
 
-                self._metrics = Metrics(active_conversations=self._active_conversations)
+                self._metrics = Metrics(active_conversations=self.active_conversations)
                 self._embedding.observe = self._observe_embedding
             self._indexer = Indexer(
                 self._store, None if in_memory else self._open_store,
@@ -568,16 +566,13 @@ class Memory:
         else:
             self._metrics.embedding(seconds)
 
-    def _active_conversations(self) -> int:
-        return self.active_conversations()
-
     def active_conversations(self, hours: float = 1.0) -> int:
         """How many conversations have a message created in the last ``hours`` hours
         (the metrics' ``localmem_active_conversations`` gauge: the last hour)."""
         self._check_open()
-        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours < 10**7:
-            raise InvalidInputError(f"hours must be a number > 0; got {hours!r}")
-        return self._store.active_conversations(now_us() - int(hours * 3_600_000_000))
+        span = check_positive(hours, "hours", below=10**7)
+        assert span is not None
+        return self._store.active_conversations(now_us() - int(span * 3_600_000_000))
 
     def metrics_text(self) -> str:
         """The Prometheus text exposition of this Memory's metrics (of every process's,
@@ -594,16 +589,16 @@ class Memory:
         the message a search used in its place."""
         log = self._log
         assert log is not None
-        stages, selection = result.stages, result.selection
-        reranked = stages is not None and stages.reranked > 0
+        selection = result.selection
+        reranked = result.stages if result.stages is not None and result.stages.reranked else None
         log.append(LogEntry(
             now_us(), request.owner_id, request.conversation_id, result.strategy.value,
             "caller" if selection is None else "auto", None if selection is None else selection.reason,
             len(result.messages), result.latency_ms, result.cache_hit,
             None if selection is None else selection.choose_ms,
-            stages.rerank_ms if reranked and stages is not None else None,
-            stages.reranked if reranked and stages is not None else None,
-            stages.below_threshold if reranked and stages is not None else None,
+            None if reranked is None else reranked.rerank_ms,
+            None if reranked is None else reranked.reranked,
+            None if reranked is None else reranked.below_threshold,
             None, query if query is not None and query.strip() else None,
         ))
 
@@ -864,8 +859,7 @@ class Memory:
         log = self._strategy_log()
         if owner_id is not None:
             owner_id = check_id(owner_id, "owner_id")
-        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0):
-            raise InvalidInputError(f"days must be a number > 0 or None; got {days!r}")
+        check_positive(days, "days", none=True)
         if days is not None and days >= 10**6:
             days = None  # longer than any log: all of it
         log.flush()

@@ -287,6 +287,16 @@ def check_flag(value: Any, name: str) -> bool:
     return value
 
 
+def check_positive(value: Any, name: str, *, below: float | None = None, none: bool = False) -> float | None:
+    """A number > 0 (under ``below`` when given; None too when ``none``), as a float."""
+    if value is None and none:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            or (below is not None and not value < below)):
+        raise InvalidInputError(f"{name} must be a number > 0{' or None' if none else ''}; got {value!r}")
+    return float(value)
+
+
 def check_count(value: Any, name: str, *, low: int, high: int) -> int:
     """An int from ``low`` to ``high``."""
     if type(value) is not int or not low <= value <= high:
