@@ -98,5 +98,38 @@ def _reset_in_child() -> None:
         obj.reset_locks_after_fork()
 
 
+# fork() while a background worker is inside SQLite or ONNX Runtime would copy their
+# internal mutexes (and SQLite's record of the locks this process holds on a file) held,
+# and the child's first open would wait forever or find the file locked. So fork() first
+# waits for each worker registered here to leave its gate (an RLock it holds whenever it is
+# inside SQLite or a model) and holds the gates until the fork is done.
+_GATED: weakref.WeakSet[Any] = weakref.WeakSet()
+_HELD: list[Any] = []
+
+
+def gate_fork(worker: Any) -> None:
+    """Have fork() wait for ``worker._gate`` (read at fork time: a worker may replace it)."""
+    _GATED.add(worker)
+
+
+def _before_fork() -> None:
+    for worker in list(_GATED):
+        gate = worker._gate
+        gate.acquire()
+        _HELD.append(gate)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD:
+        _HELD.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _HELD.clear()  # the child's workers get fresh gates (their reset_locks_after_fork)
+    _reset_in_child()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

@@ -16,10 +16,8 @@ for good: ``flush()`` retries at once (and raises if that attempt fails too), th
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,34 +38,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 64
 
-# fork() while a worker is inside SQLite or ONNX Runtime would copy their internal mutexes
-# held, and the child's first open would wait forever. So fork() first waits for every
-# worker to finish its batch (each batch runs under its indexer's gate) and holds the
-# gates until the fork is done.
-_LIVE: weakref.WeakSet[Indexer] = weakref.WeakSet()
-_HELD: list[threading.RLock] = []
-
-
-def _before_fork() -> None:
-    for indexer in list(_LIVE):
-        gate = indexer._gate
-        gate.acquire()
-        _HELD.append(gate)
-
-
-def _after_fork_in_parent() -> None:
-    while _HELD:
-        _HELD.pop().release()
-
-
-def _after_fork_in_child() -> None:
-    _HELD.clear()  # the child's indexers get fresh gates (reset_locks_after_fork)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-    )
 
 
 def check_vectors(vectors: Any, count: int, dim: int | None, who: str) -> np.ndarray:
@@ -132,7 +102,7 @@ class Indexer:
         self._init_thread_state()
         self._gate = threading.RLock()  # reentrant: an embedder may fork inside a batch
         driver.reset_locks_after_fork(self)
-        _LIVE.add(self)
+        driver.gate_fork(self)  # fork() waits for the batch in progress
 
     def _init_thread_state(self) -> None:
         self._cond = threading.Condition()
