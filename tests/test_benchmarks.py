@@ -139,3 +139,25 @@ def test_auto_strategy_runs_every_labelled_set(tmp_path):
     assert {"dev", "held_out", "confirm", "final", "test2", "test3", "test4"} <= set(results)
     assert results["dev"]["queries"] == 169 and results["test4"]["queries"] == 150
     assert results["all"]["auto"] > results["all"]["seed"]  # the seed's rules are the baseline
+
+
+@needs_minilm
+@pytest.mark.skipif(not sorted(LOCOMO.glob("*.json")),
+                    reason=f"needs the LoCoMo files (set LOCALMEM_LOCOMO_DIR; .ci/run does): none in {LOCOMO}")
+def test_token_count_quick_run_against_wordpiece(tmp_path):
+    """Only the MiniLM tokenizer as the reference, so it runs without tiktoken."""
+    stdout, results = run_benchmark(tmp_path, "token_count.py", "--quick", "--reference", "wordpiece",
+                                    "--data", str(LOCOMO))
+    assert "Content only" in stdout and results["overhead_excluded"] is True
+    assert results["references"] == ["wordpiece"] and results["skipped"] == {}
+    datasets = {"locomo", "portuguese", "fixtures, other"}
+    assert set(results["datasets"]) == datasets and all(n > 0 for n in results["datasets"].values())
+    rows = {(r["estimator"], r["dataset"]): r for r in results["rows"]}
+    assert set(rows) == {(e, d) for e in ("pieces (localmem)", "chars/4 (LangChain)") for d in datasets}
+    for row in rows.values():
+        assert row["reference"] == "wordpiece" and row["reference_tokens"] > 0
+        assert 0 <= row["median_abs_err"] <= row["p95_abs_err"] and 0 <= row["under_share"] <= 1
+        assert row["worst_under"] <= 0 and row["max_under_tokens"] <= 0 and row["total_ratio"] > 0
+    # One LoCoMo conversation holds far more than 4000 tokens: every run ratio is there.
+    locomo = rows["pieces (localmem)", "locomo"]
+    assert all(locomo[k] > 0 for k in ("min_run_ratio_500", "min_run_ratio_4000", "min_run_ratio_500_with_overhead"))
