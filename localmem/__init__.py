@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__ as __version__
 from .analytics import StrategyStats, StrategyUsage
+from .context import Context
 from .errors import (
     ClosedError,
     CorruptDatabaseError,
@@ -17,9 +18,11 @@ from .errors import (
     StorageFullError,
     StoreError,
     StrategyUnavailableError,
+    SummaryError,
 )
 from .memory import Memory
 from .records import (
+    ConversationSummary,
     MemoryResult,
     Message,
     RetrievedMessage,
@@ -27,6 +30,7 @@ from .records import (
     Selection,
     Strategy,
 )
+from .summaries import SummaryPolicy
 
 if TYPE_CHECKING:  # what __getattr__ returns for these, so type checkers know them
     from .embed import load_embedder
@@ -46,6 +50,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ClosedError",
+    "Context",
+    "ConversationSummary",
     "CorruptDatabaseError",
     "InvalidInputError",
     "LocalMemError",
@@ -66,6 +72,8 @@ __all__ = [
     "StrategyStats",
     "StrategyUnavailableError",
     "StrategyUsage",
+    "SummaryError",
+    "SummaryPolicy",
     "load_embedder",
     "load_reranker",
 ]

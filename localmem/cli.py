@@ -17,7 +17,7 @@ from typing import Any
 from ._version import __version__
 from .demo import run_demo
 from .errors import InvalidInputError, LocalMemError
-from .memory import Memory, default_path
+from .memory import DEFAULT_MEMORY_SHARE, Memory, default_path
 from .models import (
     DEFAULT_EMBEDDER,
     DEFAULT_RERANKER,
@@ -199,6 +199,34 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(result.context_summary)
     if result.selection is not None:
         print(f"auto chose {result.strategy.value} ({result.selection.reason}): {result.selection.detail}")
+    return 0
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    # The recency strategies need no model: open without one, so they work offline.
+    recency = args.strategy in (Strategy.SESSION_ONLY.value, Strategy.RECENT_HISTORY.value)
+    options: dict[str, Any] = {"embed": "off"} if recency else {}
+    with _open_existing(args, strategy_log=False, **options) as mem:  # a look, not an agent's call
+        if not recency:
+            mem.flush()  # vectors of messages added by `localmem add` first
+        # The summary up to date now: `localmem add` exits before its worker would fold.
+        mem.fold_summary(conversation_id=args.conversation, owner_id=args.owner)
+        ctx = mem.build_context(
+            conversation_id=args.conversation, owner_id=args.owner, query=args.query,
+            max_tokens=args.max_tokens, strategy=args.strategy, instructions=args.instructions,
+            memory_share=args.memory_share, history_limit=args.history_limit,
+            lookback_days=args.lookback_days,
+        )
+    if args.format == "openai":
+        _print_json(ctx.to_openai())
+    elif args.format == "anthropic":
+        _print_json(ctx.to_anthropic())
+    else:
+        print(ctx.to_text())
+        t = ctx.tokens
+        print(f"\n-- {t.total} of {t.max_tokens} tokens: system {t.system} (summary {t.summary}, "
+              f"history {t.history}), turns {t.turns} ({len(ctx.turns)}); {len(ctx.dropped)} left out or cut"
+              + ("" if ctx.strategy is None else f"; history by {ctx.strategy.value}"))
     return 0
 
 
@@ -488,6 +516,27 @@ def _parser() -> argparse.ArgumentParser:
     window.add_argument("--lookback-days", type=float, default=7, metavar="D",
                         help="recent part and cross_conversation: the last D days (default: 7)")
     window.add_argument("--all", action="store_true", help="no time limit")
+
+    context = command("context", cmd_context,
+                      "print the context for a conversation's next reply, within a token budget")
+    for flag in ("--conversation", "--owner"):
+        context.add_argument(flag, required=True, metavar="ID",
+                             help="conversation id" if flag == "--conversation" else "owner (user) id")
+    context.add_argument("--max-tokens", type=int, default=4000, metavar="N", help="the budget (default: 4000)")
+    context.add_argument("--format", choices=("text", "openai", "anthropic"), default="text", metavar="FORMAT",
+                         help="text | openai (the chat messages, JSON) | anthropic (system + messages, JSON)"
+                              " (default: text)")
+    context.add_argument("--query", metavar="TEXT", help="what to retrieve history for"
+                                                        " (default: the conversation's latest user message)")
+    context.add_argument("--strategy", default=Strategy.AUTO.value, choices=strategies, metavar="STRATEGY",
+                         help="how history is retrieved (default: auto)")
+    context.add_argument("--instructions", metavar="TEXT", help="a system prompt to put first (counted)")
+    context.add_argument("--memory-share", type=float, default=DEFAULT_MEMORY_SHARE, metavar="X",
+                         help=f"share of the budget reserved for summary + history (default: {DEFAULT_MEMORY_SHARE})")
+    context.add_argument("--history-limit", type=int, default=10, metavar="N",
+                         help="retrieved messages at most (default: 10)")
+    context.add_argument("--lookback-days", type=float, default=None, metavar="D",
+                         help="retrieve from the last D days only (default: all time)")
 
     reembed = command("reembed", cmd_reembed,
                       "drop every vector and rebuild them all (with another embedder, if given)")

@@ -12,6 +12,7 @@ Every error is a ``LocalMemError``; catch that to catch them all::
     ├── ModelError                              a model could not be found or loaded
     │   └── ModelNotFoundError                  no copy of the model anywhere it looked
     ├── NotEmbeddedError                        embed="sync": stored, but not embedded
+    ├── SummaryError                            the summariser failed; the fold is retried
     ├── StrategyUnavailableError                the strategy needs a layer this build lacks
     └── ClosedError                             the Memory was used after close()
 
@@ -37,6 +38,7 @@ __all__ = [
     "ModelError",
     "ModelNotFoundError",
     "NotEmbeddedError",
+    "SummaryError",
     "StrategyUnavailableError",
     "ClosedError",
 ]
@@ -99,6 +101,13 @@ class NotEmbeddedError(LocalMemError):
         super().__init__(text)
         self.message = message
         self.added = added
+
+
+class SummaryError(LocalMemError):
+    """Folding messages into a conversation's summary failed: the summariser raised or
+    returned something other than a str. Nothing is lost: the summary stays as it was,
+    the messages stay unfolded, and the fold is retried (``flush()`` retries at once and
+    raises this when it fails again). ``__cause__`` is the summariser's own exception."""
 
 
 class StrategyUnavailableError(LocalMemError):

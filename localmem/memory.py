@@ -15,7 +15,7 @@ from typing import Any
 
 import platformdirs
 
-from . import analytics, driver, selector, strategies
+from . import analytics, context, driver, selector, strategies
 from .cache import (
     CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
@@ -34,10 +34,12 @@ from .errors import (
 )
 from .explain import Explanation, explain
 from .indexer import Indexer
-from .records import MemoryResult, Message, Selection, Strategy
+from .records import ConversationSummary, MemoryResult, Message, Selection, Strategy
 from .retrieval import Rerank, Searcher, keyword_query
-from .store import EXACT_SEARCH_MAX, Store, model_mismatch
+from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch
 from .strategy_log import LogEntry, StrategyLog, log_path
+from .summaries import Folder, SummaryPolicy, summarizer_name
+from .tokens import MESSAGE_OVERHEAD, check_counter
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_count,
@@ -48,8 +50,11 @@ from .validate import (
     check_min_relevance,
     check_positive,
     check_query,
+    check_share,
     check_strategy,
+    check_text,
     check_threshold,
+    from_utc_us,
     new_message,
     now_us,
 )
@@ -61,6 +66,10 @@ DEFAULT_RERANK_CANDIDATES = 30  # what the reranker sees (never fewer than the l
 DEFAULT_RERANK_THRESHOLD = 0.5  # the original design's minimum rerank score
 DEFAULT_RERANK_MIN_KEEP = 3  # kept when fewer pass the threshold (the original design's)
 DEFAULT_LOG_RETENTION_DAYS = 90.0
+DEFAULT_SUMMARIES = SummaryPolicy()
+DEFAULT_MEMORY_SHARE = 0.35  # of a context's budget reserved for the summary and retrieved history
+_CONTEXT_PAGE = 64  # messages read at a time by build_context
+DEFAULT_SUMMARY_SHARE = 0.6  # of the memory block the summary may take when history competes
 _US_PER_DAY = 86_400 * 1_000_000
 _MAX_RERANK = 4096  # rerank_candidates / rerank_min_keep: sqlite-vec's largest k
 _MEMORY_SETTING: Any = object()  # a get_memory() setting not given: the Memory's is used
@@ -117,6 +126,11 @@ class Memory:
     with ``log_queries=True``) to ``<path>-log`` for ``strategy_stats()``, ``analytics()``
     and the automatic selector's per-owner pattern; entries older than
     ``log_retention_days`` are dropped (None: kept).
+    ``summaries``: how each conversation's running summary is kept (a ``SummaryPolicy``:
+    its recent window, when to fold, the summariser; None: no summaries). The messages
+    that slide out of the window are folded into it in the background
+    (``localmem.summaries``); ``build_context`` shows it, ``get_conversation_summary``
+    returns it.
     ``metrics``: record Prometheus metrics (``metrics_text()``; needs the ``metrics``
     extra, prometheus_client). Off by default, and then nothing is recorded.
 
@@ -148,6 +162,7 @@ class Memory:
         strategy_log: bool = True,
         log_queries: bool = False,
         log_retention_days: float | None = DEFAULT_LOG_RETENTION_DAYS,
+        summaries: SummaryPolicy | None = DEFAULT_SUMMARIES,
         metrics: bool = False,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
@@ -166,6 +181,8 @@ class Memory:
         check_flag(metrics, "metrics")
         self.log_queries = check_flag(log_queries, "log_queries")
         retention = check_positive(log_retention_days, "log_retention_days", below=10**6, none=True)
+        if summaries is not None and not isinstance(summaries, SummaryPolicy):
+            raise InvalidInputError(f"summaries must be a SummaryPolicy or None; got {summaries!r}")
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         check_flag(reembed, "reembed")
@@ -233,6 +250,9 @@ class Memory:
                 self._embedding.documents, self._embedding.identity,
                 thread_exit=self._embedding.release_thread,
             )
+            self._folder: Folder | None = None
+            if summaries is not None:
+                self._folder = self._make_folder(summaries)
             if switch:
                 self._embedding.prove()  # before dropping a single vector of the old model
                 self._store.reset_vectors()
@@ -260,7 +280,7 @@ class Memory:
         """Stop the worker, then close caches and store (whatever was opened)."""
         with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
             stack.callback(self._store.close)
-            for name in ("_log", "_embedding", "_queries", "_hot", "_indexer"):
+            for name in ("_log", "_embedding", "_queries", "_hot", "_indexer", "_folder"):
                 part = getattr(self, name, None)
                 if part is not None:
                     stack.callback(part.close)
@@ -340,6 +360,8 @@ class Memory:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("message added", extra={"event": "message_added", "msg_id": stored.msg_id,
                                                       "conversation_id": stored.conversation_id, "role": stored.role})
+            if new and self._folder is not None:
+                self._folder.written({(stored.owner_id, stored.conversation_id): [stored.content]})
             self._after_write(message=stored, added=1)
         except LocalMemError as exc:
             self._count_error("add", exc)
@@ -361,6 +383,14 @@ class Memory:
                 ) from exc
         elif self.embed_mode == "background":
             self._indexer.notify()
+
+    def _make_folder(self, policy: SummaryPolicy) -> Folder:
+        summarizer = policy.summarizer
+        if summarizer is None:
+            from .summarize import ExtractiveSummarizer
+
+            summarizer = ExtractiveSummarizer(policy.max_tokens, count_tokens=policy.count_tokens)
+        return Folder(self._store, policy, summarizer, policy.name or summarizer_name(summarizer))
 
     def _embed_now(self) -> None:
         """Embed everything queued before returning (``embed="sync"``)."""
@@ -393,6 +423,9 @@ class Memory:
         defaults = {"conversation_id": conversation_id, "owner_id": owner_id}
         items = iter(messages)
         index = added = 0
+        # What the summary worker is told, once the import is done (or every 10,000
+        # conversations): told chunk by chunk, it would fold while the import runs.
+        written: dict[tuple[str, str], int] = {}
         try:
             while chunk := list(itertools.islice(items, chunk_size)):
                 checked = []
@@ -400,6 +433,8 @@ class Memory:
                     checked.append(self._check_item(item, index, defaults))
                     index += 1
                 new = self._store.insert_many(checked)
+                if new and self._folder is not None:
+                    self._gather_writes(checked, written)
                 added += new
                 if self._metrics is not None:
                     self._metrics.messages_added(new)
@@ -409,7 +444,24 @@ class Memory:
         except LocalMemError as exc:
             self._count_error("add_many", exc)
             raise
+        finally:  # (the chunks committed before an error too)
+            if written and self._folder is not None:
+                self._folder.noted(written)
         return added
+
+    def _gather_writes(self, chunk: list[Any], written: dict[tuple[str, str], int]) -> None:
+        """Add a committed chunk's tokens per conversation to ``written`` (for the summary
+        worker: retries of stored messages count too, which only makes a look likelier)."""
+        assert self._folder is not None
+        writes: dict[tuple[str, str], list[str]] = {}
+        for m in chunk:
+            writes.setdefault((m.owner_id, m.conversation_id), []).append(m.content)
+        for key, tokens in self._folder.measure(writes).items():
+            before = written.get(key, 0)
+            written[key] = -1 if tokens < 0 or before < 0 else before + tokens
+        if len(written) >= 10_000:
+            self._folder.noted(written)
+            written.clear()
 
     def _check_item(self, item: Any, index: int, defaults: dict[str, Any]) -> Any:
         if not isinstance(item, Mapping):
@@ -878,16 +930,154 @@ class Memory:
     # -- background work --------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every message in the file has its vector.
+        """Wait until every message in the file has its vector, and the summaries of the
+        conversations written to are folded.
 
         Raises the background worker's error if embedding failed (the messages stay
-        queued), ``TimeoutError`` after ``timeout`` seconds, and ``StrategyUnavailableError``
-        when opened with ``embed="off"``.
+        queued), ``SummaryError`` if the summariser failed, ``TimeoutError`` after
+        ``timeout`` seconds, and ``StrategyUnavailableError`` when opened with
+        ``embed="off"`` and ``summaries=None`` (nothing to wait for).
         """
         self._check_open()
-        if self.embed_mode == "off":
-            raise StrategyUnavailableError("this Memory was opened with embed='off': nothing to flush")
-        self._indexer.flush(timeout)
+        if self.embed_mode == "off" and self._folder is None:
+            raise StrategyUnavailableError("this Memory was opened with embed='off' and no summaries: nothing to flush")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.embed_mode != "off":
+            self._indexer.flush(timeout)
+        if self._folder is not None:
+            self._folder.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    # -- context ----------------------------------------------------------------------
+
+    def build_context(
+        self,
+        *,
+        conversation_id: str,
+        owner_id: str,
+        query: str | None = None,
+        max_tokens: int = 4000,
+        count_tokens: Any = None,
+        strategy: Strategy | str = Strategy.AUTO,
+        instructions: str | None = None,
+        memory_share: float = DEFAULT_MEMORY_SHARE,
+        history_limit: int = 10,
+        lookback_days: float | None = None,
+    ) -> context.Context:
+        """The prompt's memory for the conversation's next reply, within ``max_tokens``.
+
+        Returns a ``Context``: the system text (``instructions``, then a memory block with
+        the conversation's running summary and the messages ``strategy`` retrieved for
+        ``query``, each labelled with its time and where it comes from), the recent turns
+        as chat messages, the tokens of each part, and what was left out and why.
+        ``ctx.to_openai()``, ``ctx.to_anthropic()`` and ``ctx.to_text()`` render it.
+
+        The whole never exceeds ``max_tokens`` as counted by ``count_tokens`` (any
+        ``callable(str) -> int``; None: ``localmem.tokens.count_tokens``, an offline
+        estimate that errs high; see its docstring for its error against real
+        tokenizers), each chat message costing ``MESSAGE_OVERHEAD`` more. The budget
+        policy (``localmem.context``): ``memory_share`` of it is reserved for the memory
+        block; the recent turns are the newest run that fits and start on a user turn; a
+        newest turn too long for the budget is cut at its beginning, with a marker.
+
+        ``strategy`` (default ``auto``), ``query`` (None: the conversation's latest user
+        message), ``history_limit`` and ``lookback_days`` (None: all time) are passed to
+        ``get_memory`` for the retrieved history (by keywords alone when opened with
+        ``embed="off"``); retrieved messages already among the recent turns are not repeated. ``history_limit=0`` or ``session_only`` retrieves
+        nothing. To have the user's new message counted in the budget, ``add()`` it
+        first; else pass it to ``to_openai``/``to_anthropic`` as ``user_message``.
+        """
+        self._check_open()
+        conversation_id = check_id(conversation_id, "conversation_id")
+        owner_id = check_id(owner_id, "owner_id")
+        max_tokens = check_count(max_tokens, "max_tokens", low=1, high=10**7)
+        count = check_counter(count_tokens)
+        memory_share = check_share(memory_share, "memory_share")
+        history_limit = check_count(history_limit, "history_limit", low=0, high=1000)
+        instructions = check_text(instructions, "instructions")
+        strategy = check_strategy(strategy)
+        query = check_query(query)
+        lookback_days = check_lookback_days(lookback_days)
+        summary = self._store.summary(owner_id, conversation_id)
+        candidates, uncovered = self._context_candidates(owner_id, conversation_id, summary, count, max_tokens)
+        result = None
+        if history_limit and strategy is not Strategy.SESSION_ONLY and candidates:
+            result = self.get_memory(
+                strategy, conversation_id=conversation_id, owner_id=owner_id, query=query,
+                limit=history_limit, lookback_days=lookback_days,
+                dense=self.embed_mode != "off",  # no vectors: retrieve by keywords
+            )
+        built = context.assemble(
+            max_tokens=max_tokens, count=count, instructions=instructions, candidates=candidates,
+            summary=summary.text if summary else "", summary_version=summary.version if summary else None,
+            history=context.best_first(result.messages) if result else (), conversation_id=conversation_id,
+            memory_share=memory_share, summary_share=DEFAULT_SUMMARY_SHARE, unsummarized=uncovered,
+            strategy=result.strategy if result else None, selection=result.selection if result else None,
+        )
+        if self._folder is not None and candidates:
+            if summary is not None and not summary.text:  # emptied by a delete or a backdated write
+                self._folder.request(owner_id, conversation_id)
+            else:  # looks if not written to since the open (a restart may have left a fold due)
+                self._folder.note(owner_id, conversation_id, 0)
+        return built
+
+    def _context_candidates(
+        self, owner_id: str, conversation_id: str, summary: SummaryRow | None, count: Any, max_tokens: int,
+    ) -> tuple[list[context.Candidate], int]:
+        """The conversation's newest messages, newest first, until they cost more than the
+        whole budget (none older could be shown), each with its cost; and how many older
+        ones the summary does not cover."""
+        mark = NO_MARK if summary is None else (summary.through_us, summary.through_id)
+        candidates: list[context.Candidate] = []
+        used = 0
+        before: tuple[int, int] | None = None
+        more = True
+        while more and used <= max_tokens:
+            rows = self._store.rows_after(owner_id, conversation_id, NO_MARK, before=before,
+                                          newest_first=True, limit=_CONTEXT_PAGE)
+            more = len(rows) == _CONTEXT_PAGE
+            for row_id, row in rows:
+                cost = count(row.content) + MESSAGE_OVERHEAD
+                candidates.append(context.Candidate(
+                    row.role, row.content, row.msg_id, from_utc_us(row.created_us),
+                    summarized=(row.created_us, row_id) <= mark, cost=cost,
+                ))
+                used += cost
+                before = (row.created_us, row_id)
+                if used > max_tokens:
+                    break
+        if before is None:
+            return candidates, 0
+        return candidates, self._store.count_between(owner_id, conversation_id, mark, before)
+
+    def fold_summary(self, *, conversation_id: str, owner_id: str) -> int:
+        """Fold all that lies beyond the conversation's window into its summary now, in
+        this thread, however little (``flush()`` does it in the background worker for the
+        conversations this Memory wrote to or built a context for). Returns how many
+        messages were folded. For a script or a command that starts, asks and ends before
+        the worker would look. Raises ``SummaryError`` if the summariser fails and
+        ``StrategyUnavailableError`` when opened with ``summaries=None``."""
+        self._check_open()
+        conversation_id = check_id(conversation_id, "conversation_id")
+        owner_id = check_id(owner_id, "owner_id")
+        if self._folder is None:
+            raise StrategyUnavailableError("this Memory was opened with summaries=None")
+        return self._folder.fold(owner_id, conversation_id, complete=True)
+
+    def get_conversation_summary(self, *, conversation_id: str, owner_id: str) -> ConversationSummary | None:
+        """The conversation's running summary, or None before its first fold (and while
+        a deletion's rebuild is due). Folding runs in the background: ``flush()`` first
+        for one that includes the latest messages."""
+        self._check_open()
+        conversation_id = check_id(conversation_id, "conversation_id")
+        owner_id = check_id(owner_id, "owner_id")
+        row = self._store.summary(owner_id, conversation_id)
+        if row is None or not row.text:
+            return None
+        return ConversationSummary(
+            conversation_id=conversation_id, owner_id=owner_id, text=row.text, version=row.version,
+            covers_until=from_utc_us(row.through_us), folded=row.folded, summarizer=row.summarizer,
+            updated_at=from_utc_us(row.updated_us),
+        )
 
     def reembed(self) -> int:
         """Drop every vector and rebuild them all with this Memory's embedder, in the
@@ -918,6 +1108,8 @@ class Memory:
         if self._queries is not None:
             self._queries.forget_group(deleted.owner_id)
         self._embedding.forget(deleted.content)
+        if self._folder is not None:  # a summary that covered it was emptied: rebuild it
+            self._folder.request(deleted.owner_id, deleted.conversation_id)
         return True
 
     def embedding_cache_stats(self) -> dict[str, Any]:

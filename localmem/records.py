@@ -121,6 +121,26 @@ class Selection:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A conversation's running summary (``Memory.get_conversation_summary``).
+
+    ``text``: the summary; ``version``: grows with every fold (and when a deletion or a
+    backdated message empties it); ``covers_until``: the time of the newest message folded
+    in (every message of the conversation up to it is covered); ``folded``: how many
+    messages were folded in; ``summarizer``: who wrote it; ``updated_at``: when.
+    """
+
+    conversation_id: str
+    owner_id: str
+    text: str
+    version: int
+    covers_until: datetime
+    folded: int
+    summarizer: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryResult:
     """The answer of ``Memory.get_memory``. ``messages`` are oldest first for recency.
     ``strategy`` is the strategy that ran (never ``AUTO``)."""

@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import driver
 from .errors import (
@@ -68,6 +68,15 @@ _NEIGHBOUR = (
 _STAMP = "(SELECT value FROM write_stamp)"
 _INSERTED = f"(({_STAMP} | new.id) - ({_STAMP} & new.id))"
 _DELETED = f"(({_STAMP} | -old.id) - ({_STAMP} & -old.id))"
+
+# Empties the summary of message ``m``'s conversation (the caller adds the condition): a
+# new version, no text, nothing covered.
+_EMPTY_SUMMARY = (
+    "UPDATE summaries SET version = version + 1, text = '', through_us = -9223372036854775808,"
+    " through_id = 0, folded = 0,"
+    " updated_us = CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"
+    " WHERE owner_id = {m}.owner_id AND conversation_id = {m}.conversation_id"
+)
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: messages, FTS5, conversations, meta.
@@ -213,6 +222,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UPDATE owners SET version = {_DELETED}, message_count = message_count - 1
                 WHERE owner_id = old.owner_id;
             DELETE FROM zero_vectors WHERE id = old.id;
+        END""",
+    ),
+    # 3 -> 4: each conversation's running summary (localmem/summaries.py folds the messages
+    # that slid out of the recent window into it). One row per conversation: ``version``
+    # grows with every fold and is what a fold compares before it writes, so two folders
+    # (threads, processes) never both apply theirs; the summary covers every message at or
+    # before (through_us, through_id) in the conversation's (created_at, id) order.
+    (
+        """CREATE TABLE summaries (
+            owner_id        TEXT NOT NULL,
+            conversation_id TEXT NOT NULL,
+            version         INTEGER NOT NULL,
+            text            TEXT NOT NULL,
+            through_us      INTEGER NOT NULL,
+            through_id      INTEGER NOT NULL,
+            folded          INTEGER NOT NULL,  -- messages folded in since it was last emptied
+            summarizer      TEXT NOT NULL,
+            updated_us      INTEGER NOT NULL,
+            PRIMARY KEY (owner_id, conversation_id)
+        ) WITHOUT ROWID""",
+        # A summary must not outlive what it summarises: deleting a message it covers empties
+        # it (the next fold rebuilds it from the messages left), and so does a message
+        # written with a time it covers, which it never saw. Triggers, so no path forgets.
+        f"""CREATE TRIGGER summaries_after_delete AFTER DELETE ON messages BEGIN
+            {_EMPTY_SUMMARY.format(m="old")}
+                AND (old.created_at, old.id) <= (through_us, through_id);
+        END""",
+        f"""CREATE TRIGGER summaries_after_insert AFTER INSERT ON messages BEGIN
+            {_EMPTY_SUMMARY.format(m="new")}
+                AND new.created_at < through_us;
         END""",
     ),
 )
@@ -409,6 +448,24 @@ class ConversationState:
 
     version: int
     message_count: int
+
+
+class SummaryRow(NamedTuple):
+    """A conversation's summary row. It covers every message at or before
+    (``through_us``, ``through_id``) in (created_at, id) order; an emptied summary covers
+    nothing (``through_us`` below every time)."""
+
+    version: int
+    text: str
+    through_us: int
+    through_id: int
+    folded: int
+    summarizer: str
+    updated_us: int
+
+
+NO_MARK = (-(2**63), 0)  # (created_us, id) before every message: a summary covering nothing
+_SUMMARY_COLUMNS = "version, text, through_us, through_id, folded, summarizer, updated_us"  # a SummaryRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -1216,6 +1273,79 @@ class Store:
             ).fetchall()
         return ConversationState(state[0], state[1]), [Row._make(r) for r in reversed(rows)]
 
+    # -- summaries --------------------------------------------------------------------
+
+    def summary(self, owner_id: str, conversation_id: str) -> SummaryRow | None:
+        """The conversation's summary row (None before its first fold)."""
+        rows = self._query(
+            f"SELECT {_SUMMARY_COLUMNS} FROM summaries WHERE owner_id = ? AND conversation_id = ?",
+            (owner_id, conversation_id),
+        )
+        return SummaryRow._make(rows[0]) if rows else None
+
+    def rows_after(
+        self, owner_id: str, conversation_id: str, after: tuple[int, int], *,
+        before: tuple[int, int] | None = None, newest_first: bool, limit: int,
+    ) -> list[tuple[int, Row]]:
+        """(id, row) of the conversation's messages after ``after`` (and before ``before``),
+        positions being (created_us, id) in its (created_at, id) order: the newest
+        ``limit`` of them newest first, or the oldest ``limit`` oldest first."""
+        order = "DESC" if newest_first else "ASC"
+        end = (MAX_US + 1, 0) if before is None else before
+        rows = self._query(
+            f"SELECT id, {_COLUMNS} FROM messages WHERE conversation_id = ? AND owner_id = ?"
+            " AND (created_at, id) > (?, ?) AND (created_at, id) < (?, ?)"
+            f" ORDER BY created_at {order}, id {order} LIMIT ?",
+            (conversation_id, owner_id, *after, *end, limit),
+        )
+        return [(r[0], Row._make(r[1:])) for r in rows]
+
+    def count_between(
+        self, owner_id: str, conversation_id: str, after: tuple[int, int], before: tuple[int, int]
+    ) -> int:
+        """How many of the conversation's messages lie strictly between two positions
+        (created_us, id) in its (created_at, id) order."""
+        return int(self._query(
+            "SELECT count(*) FROM messages WHERE conversation_id = ? AND owner_id = ?"
+            " AND (created_at, id) > (?, ?) AND (created_at, id) < (?, ?)",
+            (conversation_id, owner_id, *after, *before),
+        )[0][0])
+
+    def save_summary(
+        self, owner_id: str, conversation_id: str, *, expected_version: int, text: str,
+        after: tuple[int, int], through: tuple[int, int], ids: Sequence[int], folded: int, summarizer: str,
+    ) -> bool:
+        """Write the conversation's summary, now covering up to ``through``, if nothing
+        changed since the fold read it: its version is still ``expected_version`` (0: no
+        row yet) and the messages folded (``ids``) are still all there is between ``after``
+        and ``through``: as many, and none newer (ids only grow, so a message written
+        meanwhile at a time in that span has a larger id, even if another was deleted from
+        it). Else a message would be skipped, or a deleted one kept. False when something
+        changed."""
+        values = (text, through[0], through[1], folded, summarizer, now_us(), owner_id, conversation_id)
+        with self.write() as conn:
+            present, newest = conn.execute(
+                "SELECT count(*), max(id) FROM messages WHERE conversation_id = ? AND owner_id = ?"
+                " AND (created_at, id) > (?, ?) AND (created_at, id) <= (?, ?)",
+                (conversation_id, owner_id, *after, *through),
+            ).fetchone()
+            if present != len(ids) or newest != max(ids):
+                return False
+            if expected_version == 0:
+                cur = conn.execute(
+                    "INSERT INTO summaries (text, through_us, through_id, folded, summarizer,"
+                    " updated_us, owner_id, conversation_id, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)"
+                    " ON CONFLICT DO NOTHING", values,
+                )
+            else:
+                cur = conn.execute(
+                    "UPDATE summaries SET text = ?, through_us = ?, through_id = ?, folded = ?,"
+                    " summarizer = ?, updated_us = ?, version = version + 1"
+                    " WHERE owner_id = ? AND conversation_id = ? AND version = ?",
+                    (*values, expected_version),
+                )
+        return bool(cur.rowcount == 1)
+
     def get(self, msg_id: str) -> Message | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (msg_id,))
         return row_to_message(Row._make(rows[0])) if rows else None
@@ -1359,4 +1489,4 @@ def _vector_problems(conn: Any) -> list[str]:
         )
     return problems
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ConversationState", "Scope", "Store"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ConversationState", "Scope", "Store", "SummaryRow"]

@@ -304,6 +304,13 @@ def check_count(value: Any, name: str, *, low: int, high: int) -> int:
     return value
 
 
+def check_share(value: Any, name: str) -> float:
+    """A share of something: a number from 0 to 1, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise InvalidInputError(f"{name} must be a number from 0 to 1; got {value!r}")
+    return float(value)
+
+
 def check_threshold(value: Any) -> float | None:
     """A rerank threshold: None (none) or a score from 0 to 1."""
     if value is None:
@@ -312,6 +319,16 @@ def check_threshold(value: Any) -> float | None:
         value = float(value)
     if type(value) is not float or not 0.0 <= value <= 1.0:
         raise InvalidInputError(f"rerank_threshold must be None or a score from 0 to 1; got {value!r}")
+    return value
+
+
+def check_text(value: Any, name: str) -> str | None:
+    """None or a str that is valid Unicode (no lone surrogate, no NUL)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a str or None, not {type(value).__name__}")
+    _check_utf8(value, name, nul=True)
     return value
 
 

@@ -268,6 +268,48 @@ def test_recent_of_an_unknown_conversation_is_empty(run, db_path):
     assert out == "Loaded 0 recent messages from last 7 days\n"
 
 
+# -- context -----------------------------------------------------------------------------
+
+
+def context(run, db, *argv: str) -> tuple[int, str, str]:
+    return run("--db", str(db), "context", "--conversation", "c1", "--owner", "u1",
+               "--strategy", "recent_history", *argv)
+
+
+def test_context_prints_the_turns_and_the_budget(run, db_path):
+    for i, role in enumerate(["user", "assistant", "user"]):
+        add(run, db_path, "--role", role, f"message number {i} about the trip")
+    code, out, _ = context(run, db_path, "--max-tokens", "100")
+    assert code == 0
+    blocks = out.split("\n\n")
+    assert blocks[:3] == [f"{role}: message number {i} about the trip"
+                          for i, role in enumerate(["user", "assistant", "user"])]
+    assert re.search(r"-- (\d+) of 100 tokens: system 0 .*turns \1 \(3\); 0 left out or cut", out)
+
+
+def test_context_formats_are_the_chat_payloads(run, db_path):
+    for i, role in enumerate(["user", "assistant", "assistant", "user", "assistant"]):
+        add(run, db_path, "--role", role, f"turn {i}")
+    code, out, _ = context(run, db_path, "--format", "openai", "--instructions", "Be brief.")
+    assert code == 0
+    assert json.loads(out)[0] == {"role": "system", "content": "Be brief."}
+    assert [m["role"] for m in json.loads(out)[1:]] == ["user", "assistant", "assistant", "user", "assistant"]
+    code, out, _ = context(run, db_path, "--format", "anthropic")
+    payload = json.loads(out)
+    assert code == 0 and "system" not in payload  # nothing to say there: no instructions, no memory
+    assert payload["messages"] == [
+        {"role": "user", "content": "turn 0"}, {"role": "assistant", "content": "turn 1\n\nturn 2"},
+        {"role": "user", "content": "turn 3"}, {"role": "assistant", "content": "turn 4"},
+    ]
+
+
+def test_context_refuses_a_budget_the_instructions_do_not_fit(run, db_path):
+    add(run, db_path, "hello")
+    code, _, err = context(run, db_path, "--max-tokens", "3", "--instructions", "You are a careful assistant.")
+    assert code == 1 and "the instructions alone take" in err
+    assert context(run, db_path, "--memory-share", "1.5")[0] == 1
+
+
 # -- info --------------------------------------------------------------------------------
 
 
@@ -380,6 +422,8 @@ def test_bad_limit_and_lookback_are_error_1(run, db_path):
     ["recent", "--conversation", "c1"],
     ["recent", "--conversation", "c1", "--owner", "u1", "--all", "--lookback-days", "3"],
     ["recent", "--conversation", "c1", "--owner", "u1", "--limit", "many"],
+    ["context", "--conversation", "c1", "--owner", "u1", "--format", "yaml"],
+    ["context", "--conversation", "c1", "--owner", "u1", "--max-tokens", "lots"],
     ["nonsense"],
 ])
 def test_usage_errors_exit_2(capsys, tmp_path, argv):
