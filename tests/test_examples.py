@@ -46,9 +46,10 @@ def test_the_readme_example_runs_and_finds_the_pizza_messages(tmp_path):
     assert lines[3].startswith("Loaded 1 recent + 2 semantic messages")
 
 
-def run_auto_example(tmp_path, *args: str) -> str:
+def run_example(tmp_path, script: str, *args: str) -> str:
+    """examples/<script>'s output (it must succeed), run in its own temporary folder."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "auto_strategy.py"), *args], capture_output=True, text=True,
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
         encoding="utf-8", timeout=300, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)}, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -56,7 +57,7 @@ def run_auto_example(tmp_path, *args: str) -> str:
 
 
 def test_auto_example_without_a_model(tmp_path):
-    out = run_auto_example(tmp_path, "--no-model")
+    out = run_example(tmp_path, "auto_strategy.py", "--no-model")
     assert '"thanks, that helps!" -> session_only (small_talk' in out
     assert '"what did you just suggest?" -> recent_history (recent_reference' in out
     assert '"Hang on, what about my allergy?" -> cross_conversation' in out
@@ -66,6 +67,31 @@ def test_auto_example_without_a_model(tmp_path):
 
 @needs_minilm
 def test_auto_example_with_the_model(tmp_path):
-    out = run_auto_example(tmp_path)
+    out = run_example(tmp_path, "auto_strategy.py")
     assert '"Hang on, what about my allergy?" -> cross_conversation (closer_elsewhere, confident)' in out
     assert "why auto chose:" in out and "closer_elsewhere (1)" in out
+
+
+def check_chat_loop(out: str) -> None:
+    turns = re.findall(r"^turn +(\d+): +(\d+)/700 tokens", out, re.M)
+    assert [int(n) for n, _ in turns] == list(range(1, 11))
+    assert all(0 < int(total) <= 700 for _, total in turns)  # never over the budget
+    assert int(turns[-1][1]) > 600  # and the budget is used once the chat is long
+    folded = int(re.search(r"running summary v\d+, (\d+) messages folded in", out).group(1))
+    assert folded >= 8
+    assert "user: Flights from Berlin to Lisbon cost 180 euros in May" in out.split("running summary", 1)[1]
+    assert "alternating turns, first user, last user" in out
+    assert out.rstrip().endswith('{"role": "user", "content": "Where can I stay in Porto?"}')
+
+
+def test_chat_loop_example_without_a_model(tmp_path):
+    out = run_example(tmp_path, "chat_loop.py", "--no-model")
+    check_chat_loop(out)
+
+
+@needs_minilm
+def test_chat_loop_example_with_the_model_recalls_the_earlier_chat(tmp_path):
+    out = run_example(tmp_path, "chat_loop.py")
+    check_chat_loop(out)
+    turn9 = out.split("turn  9:", 1)[1].split("turn 10:", 1)[0]
+    assert "by cross_conversation" in turn9 and "a free place to stay in Porto" in turn9
