@@ -25,10 +25,10 @@ def run_benchmark(tmp_path, script: str, *args: str, timeout: int = 600, env=Non
 
 def test_core_speed_quick_run_prints_every_row(tmp_path):
     stdout, results = run_benchmark(tmp_path, "core_speed.py", "--quick", timeout=300)
-    for row in ("floor", "schema SQL", "add()", "recent_history (hot window)", "add_many"):
+    for row in ("floor", "schema SQL", "add()", "recent_history (hot window)", "add_many", "add_many, summaries=None"):
         assert row in stdout
     assert {op["name"] for op in results["ops"]} >= {"floor", "add()"}
-    assert results["add_many"]["n"] > 0 and len(results["goals"]) == 3
+    assert results["add_many"]["n"] == results["add_many_plain"]["n"] > 0 and len(results["goals"]) == 3
 
 
 @pytest.mark.slow
@@ -161,3 +161,17 @@ def test_token_count_quick_run_against_wordpiece(tmp_path):
     # One LoCoMo conversation holds far more than 4000 tokens: every run ratio is there.
     locomo = rows["pieces (localmem)", "locomo"]
     assert all(locomo[k] > 0 for k in ("min_run_ratio_500", "min_run_ratio_4000", "min_run_ratio_500_with_overhead"))
+
+
+@pytest.mark.skipif(not sorted(LOCOMO.glob("*.json")),
+                    reason=f"needs the LoCoMo files (set LOCALMEM_LOCOMO_DIR; .ci/run does): none in {LOCOMO}")
+def test_context_summary_quick_run(tmp_path):
+    """Two conversations, no model: the running summary puts more evidence in the context
+    than the same budget spent on recent turns alone (issue 12's measure)."""
+    stdout, result = run_benchmark(tmp_path, "context_summary.py", "--quick", "--data", str(LOCOMO))
+    rows = result["rows"]
+    assert set(rows) == {"window alone", "summary + window"} and result["conversations"] == 2
+    assert rows["window alone"]["questions"] == rows["summary + window"]["questions"] > 100
+    assert rows["summary + window"]["evidence_inside"] > rows["window alone"]["evidence_inside"]
+    assert all(0 < n <= 800 + 10 for n in result["summary_tokens_at_end"])  # max_tokens, and a header
+    assert "summary + window / window alone:" in stdout
