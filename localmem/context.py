@@ -19,7 +19,7 @@ a guarantee neither gives: the result never exceeds ``max_tokens`` with the coun
   over the budget, its end is kept, behind a marker that says how much was cut.
 * In the memory block, the summary takes up to ``summary_share`` of it when retrieved
   messages compete for room (its oldest lines go first), and retrieved messages go in
-  best first, each cut to at most a quarter of the block. Retrieved messages already
+  best first, each cut to at most half of the block. Retrieved messages already
   among the recent turns are not repeated.
 * A chat message costs its content's tokens plus ``MESSAGE_OVERHEAD``; the system message
   (instructions + memory block) is one message. ``tokens.total`` is that sum, counted on
@@ -436,7 +436,7 @@ class _MemoryBlock:
         room = budget - used
         items: list[tuple[RetrievedMessage, str]] = []
         h_used = count(HISTORY_HEADER) if history else 0
-        item_cap = max(_MIN_ITEM_TOKENS, budget // 4)
+        item_cap = max(_MIN_ITEM_TOKENS, budget // 2)  # one long message may not fill the block
         for m in history:  # best first; the worst go
             line = history_line(m, self._conversation, m.content)
             cost = count(line)
