@@ -199,7 +199,7 @@ def history_line(m: RetrievedMessage, conversation_id: str, content: str) -> str
     return f"- [{m.created_at:%Y-%m-%d %H:%M} UTC, {where}, {m.source}] {m.role}: {content}"
 
 
-def truncate_tail(text: str, budget: int, count: Callable[[str], int]) -> tuple[str, int] | None:
+def cut_keeping_end(text: str, budget: int, count: Callable[[str], int]) -> tuple[str, int] | None:
     """The longest end of ``text`` that, behind a marker saying how much was cut, costs at
     most ``budget``; with the number of tokens cut. None if not even the marker fits."""
     total = count(text)
@@ -338,7 +338,7 @@ class _Window:
             # The newest turn alone is over the budget: the user's message is cut, keeping
             # its end (an assistant's or system's could not open the window anyway).
             newest = self._candidates[0]
-            cut = truncate_tail(newest.content, budget - MESSAGE_OVERHEAD, self._count)
+            cut = cut_keeping_end(newest.content, budget - MESSAGE_OVERHEAD, self._count)
             if cut is not None:
                 turns.append(Turn(newest.role, cut[0], newest.msg_id, newest.created_at, truncated=True))
                 used = self._count(cut[0]) + MESSAGE_OVERHEAD
@@ -440,15 +440,18 @@ class _MemoryBlock:
         for m in history:  # best first; the worst go
             line = history_line(m, self._conversation, m.content)
             cost = count(line)
+            whole = cost
+            cut = None
             if cost > item_cap:
-                cut = truncate_tail_head(m.content, item_cap - (cost - count(m.content)), count)
+                cut = cut_keeping_start(m.content, item_cap - (cost - count(m.content)), count)
                 if cut is not None:
-                    self.dropped.append(Dropped("history", m.msg_id, cut[1], "truncated"))
                     line = history_line(m, self._conversation, cut[0])
                     cost = count(line)
             if h_used + cost > room:
-                self.dropped.append(Dropped("history", m.msg_id, cost, "budget"))
+                self.dropped.append(Dropped("history", m.msg_id, whole, "budget"))
                 continue
+            if cut is not None:
+                self.dropped.append(Dropped("history", m.msg_id, cut[1], "truncated"))
             items.append((m, line))
             h_used += cost
         if not items:
@@ -469,10 +472,10 @@ class _MemoryBlock:
         return False
 
 
-def truncate_tail_head(text: str, budget: int, count: Callable[[str], int]) -> tuple[str, int] | None:
+def cut_keeping_start(text: str, budget: int, count: Callable[[str], int]) -> tuple[str, int] | None:
     """The longest beginning of ``text`` that, followed by a marker of what was cut, costs at
     most ``budget``; with the tokens cut. None if not even the marker fits. (A retrieved
-    message keeps its beginning; a turn keeps its end: see ``truncate_tail``.)"""
+    message keeps its beginning; a turn keeps its end: see ``cut_keeping_end``.)"""
     total = count(text)
 
     def marked(end: int) -> str:

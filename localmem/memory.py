@@ -930,8 +930,9 @@ class Memory:
     # -- background work --------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every message in the file has its vector, and the summaries of the
-        conversations written to are folded.
+        """Wait until every message in the file has its vector, and all that lies beyond
+        the windows of the conversations this Memory wrote to or built a context for is
+        folded into their summaries (``fold_summary`` folds any one).
 
         Raises the background worker's error if embedding failed (the messages stay
         queued), ``SummaryError`` if the summariser failed, ``TimeoutError`` after
@@ -982,9 +983,15 @@ class Memory:
         ``strategy`` (default ``auto``), ``query`` (None: the conversation's latest user
         message), ``history_limit`` and ``lookback_days`` (None: all time) are passed to
         ``get_memory`` for the retrieved history (by keywords alone when opened with
-        ``embed="off"``); retrieved messages already among the recent turns are not repeated. ``history_limit=0`` or ``session_only`` retrieves
-        nothing. To have the user's new message counted in the budget, ``add()`` it
-        first; else pass it to ``to_openai``/``to_anthropic`` as ``user_message``.
+        ``embed="off"``); retrieved messages already among the recent turns are not
+        repeated. ``history_limit=0`` or ``session_only`` retrieves nothing. To have the
+        user's new message counted in the budget, ``add()`` it first; else pass it to
+        ``to_openai``/``to_anthropic`` as ``user_message``.
+
+        The summary shown is the one stored: folding runs in the background
+        (``flush()`` or ``fold_summary()`` bring it up to date first). Messages older than
+        the turns shown and not yet in the summary are listed in ``dropped`` as
+        ``"not_summarized"`` (see ``SummaryPolicy`` for when that happens).
         """
         self._check_open()
         conversation_id = check_id(conversation_id, "conversation_id")

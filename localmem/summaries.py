@@ -119,9 +119,9 @@ class _Look(NamedTuple):
 class Folder:
     """The background summary worker of one ``Memory``.
 
-    ``written(owner, conversation, content)`` after a write: the worker looks once the
-    writes since its last look could have pushed ``fold_tokens`` out of the window (and
-    0.25 s after the first of them: see SETTLE_SECONDS); ``request(...)`` to have it look
+    ``written({(owner, conversation): [contents]})`` after a write: the worker looks once
+    the writes since its last look could have pushed ``fold_tokens`` out of the window
+    (and 0.25 s after the first of them: see SETTLE_SECONDS); ``request(...)`` to have it look
     regardless; ``flush()`` to fold all that lies beyond the windows of the conversations
     this Memory wrote to or asked about; ``fold(...)`` to fold one now, in this thread.
     """
