@@ -99,8 +99,9 @@ class Context:
     ``summary``: the summary text shown (possibly trimmed), ``summary_version`` its stored
     version (None: no summary); ``history``: the retrieved messages shown, best first;
     ``tokens``: per part; ``dropped``: what was left out or cut, and why;
-    ``unsummarized``: messages older than those read that the summary does not cover yet
-    (folding runs in the background: ``Memory.flush()`` waits for it); ``strategy`` and
+    ``unsummarized``: messages older than those read that the summary does not cover
+    (folding runs in the background, and leaves fewer than ``fold_tokens`` beyond the
+    window: see ``SummaryPolicy``); ``strategy`` and
     ``selection``: how the history was retrieved (None when nothing was searched).
     """
 

@@ -38,7 +38,7 @@ from .records import ConversationSummary, MemoryResult, Message, Selection, Stra
 from .retrieval import Rerank, Searcher, keyword_query
 from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch
 from .strategy_log import LogEntry, StrategyLog, log_path
-from .summaries import Folder, SummaryPolicy, summarizer_name
+from .summaries import Folder, SummaryPolicy, Written, summarizer_name
 from .tokens import MESSAGE_OVERHEAD, check_counter
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
@@ -361,7 +361,7 @@ class Memory:
                     log.debug("message added", extra={"event": "message_added", "msg_id": stored.msg_id,
                                                       "conversation_id": stored.conversation_id, "role": stored.role})
             if new and self._folder is not None:
-                self._folder.written({(stored.owner_id, stored.conversation_id): [stored.content]})
+                self._folder.written({(stored.owner_id, stored.conversation_id): [(stored.content, m.created_us)]})
             self._after_write(message=stored, added=1)
         except LocalMemError as exc:
             self._count_error("add", exc)
@@ -425,7 +425,7 @@ class Memory:
         index = added = 0
         # What the summary worker is told, once the import is done (or every 10,000
         # conversations): told chunk by chunk, it would fold while the import runs.
-        written: dict[tuple[str, str], int] = {}
+        written: dict[tuple[str, str], Written] = {}
         try:
             while chunk := list(itertools.islice(items, chunk_size)):
                 checked = []
@@ -449,16 +449,19 @@ class Memory:
                 self._folder.noted(written)
         return added
 
-    def _gather_writes(self, chunk: list[Any], written: dict[tuple[str, str], int]) -> None:
+    def _gather_writes(self, chunk: list[Any], written: dict[tuple[str, str], Written]) -> None:
         """Add a committed chunk's tokens per conversation to ``written`` (for the summary
         worker: retries of stored messages count too, which only makes a look likelier)."""
         assert self._folder is not None
-        writes: dict[tuple[str, str], list[str]] = {}
+        writes: dict[tuple[str, str], list[tuple[str, int]]] = {}
         for m in chunk:
-            writes.setdefault((m.owner_id, m.conversation_id), []).append(m.content)
-        for key, tokens in self._folder.measure(writes).items():
-            before = written.get(key, 0)
-            written[key] = -1 if tokens < 0 or before < 0 else before + tokens
+            writes.setdefault((m.owner_id, m.conversation_id), []).append((m.content, m.created_us))
+        for key, new in self._folder.measure(writes).items():
+            before = written.get(key)
+            if before is not None:
+                tokens = -1 if new.tokens < 0 or before.tokens < 0 else before.tokens + new.tokens
+                new = Written(tokens, min(new.oldest_us, before.oldest_us))
+            written[key] = new
         if len(written) >= 10_000:
             self._folder.noted(written)
             written.clear()

@@ -39,6 +39,14 @@ log = logging.getLogger("localmem.summaries")
 
 Summarizer = Callable[[str, Sequence[Message]], str]
 Key = tuple[str, str]  # (owner_id, conversation_id)
+
+
+class Written(NamedTuple):
+    """What was written to a conversation, for the summary worker: at least ``tokens``
+    (-1: unknown, the counter failed) and the oldest message's time."""
+
+    tokens: int
+    oldest_us: int
 _MAX_TOKENS = 10**7  # bound for every token setting: beyond any model's context
 _DUE_KEYS = 100_000  # conversations whose due count is remembered (the rest check on next write)
 _PAGE = 256  # rows read per query while folding
@@ -108,12 +116,14 @@ class _Look(NamedTuple):
     """What a look at a conversation found: ``edge``, the newest unsummarised message
     beyond the window as (created_us, id), or None; ``beyond``, the tokens beyond the
     window (counted up to ``fold_tokens``); ``window``, the costs of the messages in the
-    window, newest first; ``rows``, whether the conversation has any unsummarised message."""
+    window, newest first; ``rows``, whether the conversation has any unsummarised message;
+    ``newest_us``, the time of the newest of them."""
 
     edge: tuple[int, int] | None
     beyond: int
     window: list[int]
     rows: bool
+    newest_us: int | None = None
 
 
 class Folder:
@@ -154,7 +164,8 @@ class Folder:
         # The tokens a conversation may still take before a look is worth it, and whether
         # its last look left nothing beyond the window with no write since ("clean").
         # Absent: look at the next write.
-        self._due: collections.OrderedDict[Key, tuple[int, bool]] = collections.OrderedDict()
+        # And the time of the newest message that look saw.
+        self._due: collections.OrderedDict[Key, tuple[int, bool, int | None]] = collections.OrderedDict()
         self._flushes: list[set[Key]] = []  # each waiting flush(): what it still waits for
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -202,48 +213,50 @@ class Folder:
 
     # -- control ----------------------------------------------------------------------
 
-    def written(self, writes: dict[Key, list[str]]) -> None:
-        """Messages were just stored (committed): the contents written to each conversation.
-        Never raises: the write is done, and a caller retrying it would store it twice."""
+    def written(self, writes: dict[Key, list[tuple[str, int]]]) -> None:
+        """Messages were just stored (committed): the (content, created_us) written to each
+        conversation. Never raises: the write is done, and a caller retrying it would
+        store it twice."""
         self.noted(self.measure(writes))
 
-    def measure(self, writes: dict[Key, list[str]]) -> dict[Key, int]:
-        """At least the tokens written to each conversation (``bound``), or -1 where the
-        token counter failed (a look will report it). Never raises."""
-        tokens: dict[Key, int] = {}
-        for key, contents in writes.items():
+    def measure(self, writes: dict[Key, list[tuple[str, int]]]) -> dict[Key, Written]:
+        """At least the tokens written to each conversation (``bound``; -1 where the token
+        counter failed: a look will report it), and the oldest time written. Never raises."""
+        measured: dict[Key, Written] = {}
+        for key, messages in writes.items():
+            oldest = min(created_us for _, created_us in messages)
             try:
-                tokens[key] = sum(self.bound(c) for c in contents)
+                measured[key] = Written(sum(self.bound(c) for c, _ in messages), oldest)
             except Exception as exc:  # noqa: BLE001 - see the docstring
                 log.warning("localmem: the token counter failed on a message of %r (%s: %s); "
                             "its summary will say so", key[1], type(exc).__name__, exc)
-                tokens[key] = -1
-        return tokens
+                measured[key] = Written(-1, oldest)
+        return measured
 
-    def noted(self, tokens: dict[Key, int]) -> None:
-        """``note`` each conversation of ``measure``'s answer (-1: look regardless)."""
-        for key, written in tokens.items():
-            if written < 0:
-                self.request(*key)
-            else:
-                self.note(*key, written)
+    def noted(self, writes: dict[Key, Written]) -> None:
+        """``note`` each conversation of ``measure``'s answer."""
+        for key, written in writes.items():
+            self.note(*key, written.tokens, oldest_us=written.oldest_us)
 
-    def note(self, owner_id: str, conversation_id: str, tokens: int) -> None:
-        """``tokens`` (at least) were written to the conversation: look if they may have
-        pushed ``fold_tokens`` out of its window."""
+    def note(self, owner_id: str, conversation_id: str, tokens: int, *, oldest_us: int | None = None) -> None:
+        """``tokens`` (at least; -1: unknown) were written to the conversation, the oldest
+        at ``oldest_us``: look if they may have pushed ``fold_tokens`` out of its window.
+        A write older than the newest message of the last look may land beyond the window
+        directly: that is a look too."""
         key = (owner_id, conversation_id)
         with self._cond:
             self._last_write = time.monotonic()
-            due, _ = self._due.pop(key, (0, False))
+            due, _, newest = self._due.pop(key, (0, False, None))
             due -= tokens
-            if due > 0:
-                self._remember_due(key, due, clean=False)
+            backdated = oldest_us is not None and newest is not None and oldest_us < newest
+            if due > 0 and tokens >= 0 and not backdated:
+                self._remember_due(key, due, clean=False, newest_us=newest)
                 return
         self.request(owner_id, conversation_id)
 
-    def _remember_due(self, key: Key, due: int, *, clean: bool) -> None:
+    def _remember_due(self, key: Key, due: int, *, clean: bool, newest_us: int | None) -> None:
         """(Under the lock.)"""
-        self._due[key] = (due, clean)
+        self._due[key] = (due, clean, newest_us)
         self._due.move_to_end(key)
         if len(self._due) > _DUE_KEYS:
             self._due.popitem(last=False)  # forgotten: its next write makes it look
@@ -266,12 +279,20 @@ class Folder:
             if wake or self._thread is None:
                 self._start()
 
-    def _start(self) -> None:
-        """(Under the lock) have a worker look at the queue."""
+    def _start(self) -> bool:
+        """(Under the lock) have a worker look at the queue; False if no worker thread
+        could be started (a thread limit, the interpreter shutting down): logged, and the
+        next request tries again."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="localmem-summaries", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="localmem-summaries", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                log.error("localmem: could not start the summary worker: %s", exc)
+                return False
+            self._thread = thread
         self._cond.notify_all()
+        return True
 
     def flush(self, timeout: float | None = None) -> None:
         """Fold all that lies beyond the windows of the conversations this Memory wrote to
@@ -281,7 +302,7 @@ class Folder:
         ``TimeoutError`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            wanted = {key for key, (_, clean) in self._due.items() if not clean}
+            wanted = {key for key, (_, clean, _) in self._due.items() if not clean}
             wanted |= set(self._queue) | set(self._failed)
             if self._current is not None:
                 wanted.add(self._current[0])  # folded again, completely, after this fold
@@ -292,10 +313,11 @@ class Folder:
                 self._queue[key] = True
                 self._queued_at.setdefault(key, 0.0)
             waiting = set(wanted)
+            if waiting and not self._start():
+                raise SummaryError("the summary worker could not be started (see the log); "
+                                   "fold_summary() folds a conversation in this thread")
             self._flushes.append(waiting)
             try:
-                if waiting:
-                    self._start()
                 done = self._cond.wait_for(
                     lambda: self._stopping or not waiting,
                     timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
@@ -379,7 +401,11 @@ class Folder:
         attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
         requeued = self._queue.pop(key, False)  # asked again during the fold: one retry serves both
         self._queued_at.pop(key, None)
-        self._failed[key] = (time.monotonic() + min(60.0, 2.0 ** (attempts - 1)), complete or requeued)
+        if requeued:  # a flush() asked during a background fold: it retries at once, not after the back-off
+            self._queue[key] = True
+            self._queued_at[key] = 0.0
+            return
+        self._failed[key] = (time.monotonic() + min(60.0, 2.0 ** (attempts - 1)), complete)
 
     def _next(self) -> tuple[Key | None, float | None]:
         """(Under the lock) the conversation to fold now, else how long until one is due
@@ -475,7 +501,10 @@ class Folder:
                 due = free + pushed + 1  # the writes must exceed the room and the messages after it
                 break
             pushed += look.window[i]
-        self._remember_due(key, due, clean=look.beyond == 0)
+        # Writes of more than window_tokens can leave messages of their own beyond the
+        # window, whatever the window held (it may hold one message longer than itself).
+        due = min(due, self.policy.window_tokens + 1)
+        self._remember_due(key, due, clean=look.beyond == 0, newest_us=look.newest_us)
 
     def _look(self, owner_id: str, conversation_id: str, mark: tuple[int, int]) -> _Look:
         """Read the unsummarised messages newest first: the window (``window_tokens``; the
@@ -485,6 +514,7 @@ class Folder:
         edge: tuple[int, int] | None = None
         before: tuple[int, int] | None = None
         any_rows = False
+        newest: int | None = None
         while True:
             rows = self._db(
                 self._store.rows_after, owner_id, conversation_id, mark, before=before,
@@ -492,6 +522,8 @@ class Folder:
             )
             for row_id, row in rows:
                 any_rows = True
+                if newest is None:
+                    newest = row.created_us
                 cost = self._row_cost(row_id, row.content)
                 if edge is None and (not window or used + cost <= self.policy.window_tokens):
                     used += cost
@@ -501,9 +533,9 @@ class Folder:
                     edge = (row.created_us, row_id)
                 beyond += cost
                 if beyond >= self.policy.fold_tokens:
-                    return _Look(edge, beyond, window, True)
+                    return _Look(edge, beyond, window, True, newest)
             if len(rows) < _PAGE:
-                return _Look(edge, beyond, window, any_rows)
+                return _Look(edge, beyond, window, any_rows, newest)
             before = (rows[-1][1].created_us, rows[-1][0])
 
     def _chunk(self, owner_id: str, conversation_id: str, mark: tuple[int, int], edge: tuple[int, int]) -> list[Any]:

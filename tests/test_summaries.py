@@ -476,3 +476,84 @@ def test_one_failing_conversation_does_not_hold_the_others_back(tmp_path):
             mem.flush()
         assert mem.get_conversation_summary(conversation_id="good", owner_id="u1").folded == 7
         assert mem.get_conversation_summary(conversation_id="bad", owner_id="u1") is None
+
+
+# -- found in the second review -------------------------------------------------------------
+
+
+def wait_for_summary(mem, deadline_s=30.0, **ids):
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while mem.get_conversation_summary(**(ids or IDS)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return mem.get_conversation_summary(**(ids or IDS))
+
+
+def counted_by_len(previous, messages):
+    return "\n".join([*filter(None, previous.split("\n")), *(m.msg_id for m in messages)])
+
+
+def test_short_writes_after_a_message_longer_than_the_window_get_a_look(tmp_path):
+    """The window holds one message longer than itself (a pasted document): two short
+    writes push it and the first of them out, fold_tokens in all."""
+    pol = SummaryPolicy(summarizer=counted_by_len, window_tokens=20, fold_tokens=150, count_tokens=len)
+    with Memory(tmp_path / "m.db", embed="off", summaries=pol) as mem:
+        mem.add("user", "d" * 116, msg_id="doc", created_at=T0, **IDS)  # cost 120 > 20
+        mem.flush()  # a look, done: nothing beyond; the next writes are counted against it
+        mem.add("assistant", "a" * 26, msg_id="a", created_at=T0 + timedelta(hours=1), **IDS)  # 30
+        mem.add("user", "b", msg_id="b", created_at=T0 + timedelta(hours=2), **IDS)  # 5: doc + a = 150
+        assert wait_for_summary(mem).text == "doc\na"
+
+
+def test_a_backdated_write_beyond_the_window_gets_a_look(tmp_path):
+    """A write older than the newest message may land beyond the window at once: 20
+    tokens beyond (fold_tokens 10) from a write of 20, where 21 were due."""
+    pol = SummaryPolicy(summarizer=counted_by_len, window_tokens=20, fold_tokens=10, count_tokens=len)
+    with Memory(tmp_path / "m.db", embed="off", summaries=pol) as mem:
+        mem.add("user", "a", msg_id="a", created_at=T0 + timedelta(hours=5), **IDS)  # cost 5
+        mem.flush()  # a look, done: nothing beyond; the next writes are counted against it
+        mem.add("user", "b" * 16, msg_id="b", created_at=T0 + timedelta(hours=1), **IDS)  # 20, older
+        assert wait_for_summary(mem).text == "b"
+
+
+def test_flush_during_a_failing_background_fold_retries_at_once(tmp_path):
+    """A flush() asked while a background fold runs must not sleep out that fold's
+    back-off when it fails (with an LLM down, up to a minute)."""
+    import time
+
+    inside, calls = threading.Event(), []
+
+    def down(previous, messages):
+        calls.append(time.monotonic())
+        inside.set()
+        time.sleep(0.3)
+        raise RuntimeError("LLM 503")
+
+    with Memory(tmp_path / "m.db", embed="off", summaries=policy(down)) as mem:
+        mem._folder._attempts[("u1", "c1")] = 6  # as after earlier failures: a 32 s back-off next
+        add_turns(mem, 12)
+        assert inside.wait(30)
+        with pytest.raises(SummaryError, match="LLM 503"):
+            mem.flush(timeout=20)
+        assert len(calls) == 2  # the background attempt, then the flush's own, at once
+
+
+def test_a_worker_that_cannot_start_never_fails_the_write(tmp_path, monkeypatch):
+    started = {"refuse": True}
+    real_start = threading.Thread.start
+
+    def start(thread):
+        if started["refuse"] and thread.name == "localmem-summaries":
+            raise RuntimeError("can't start new thread")
+        return real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with Memory(tmp_path / "m.db", embed="off", summaries=policy(Recorder())) as mem:
+        add_turns(mem, 12)  # stored, and add() says so
+        assert mem.stats()["messages"] == 12
+        with pytest.raises(SummaryError, match="could not be started"):
+            mem.flush(timeout=10)
+        started["refuse"] = False
+        mem.flush(timeout=30)  # tried again: the next request starts one
+        assert mem.get_conversation_summary(**IDS).folded == 7
