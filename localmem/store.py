@@ -779,7 +779,8 @@ class Store:
         version = self._execute_when_free(self._conn, "PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
-        self._check_known(version)
+        self._check_known(version, tables=False)  # (its tables are read in the transaction below:
+        # counted here, they could be another opener's, committed since the version was read)
         with self.write(stamp=False) as conn:  # the stamp table may not exist yet
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # another opener?
             self._check_known(version)
@@ -816,20 +817,23 @@ class Store:
             conn.execute("DELETE FROM message_vectors WHERE rowid = ?", (row_id,))
             conn.execute("INSERT INTO zero_vectors (id) VALUES (?)", (row_id,))
 
-    def _check_known(self, version: int) -> None:
+    def _check_known(self, version: int, *, tables: bool = True) -> None:
+        """Refuse a file from a newer localmem, and (``tables``: inside the migration's
+        transaction, where the version and the tables are one snapshot) an SQLite file
+        with tables but no localmem schema version."""
         if version > SCHEMA_VERSION:
             raise CorruptDatabaseError(
                 f"{self.path} has schema version {version}, newer than this localmem knows "
                 f"({SCHEMA_VERSION}); upgrade localmem to open it"
             )
-        if version == 0:
-            tables = self._conn.execute(
+        if version == 0 and tables:
+            found = self._conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
             ).fetchone()[0]
-            if tables:
+            if found:
                 raise CorruptDatabaseError(
                     f"{self.path} is an SQLite database but not a localmem one "
-                    f"(it has {tables} tables and no localmem schema version)"
+                    f"(it has {found} tables and no localmem schema version)"
                 )
 
     def _meta_value(self, key: str) -> str | None:
