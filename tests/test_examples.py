@@ -73,7 +73,7 @@ def test_auto_example_with_the_model(tmp_path):
 
 
 def check_chat_loop(out: str) -> None:
-    turns = re.findall(r"^turn +(\d+): +(\d+)/700 tokens", out, re.M)
+    turns = re.findall(r"^turn +(\d+): +(\d+)/700 tokens", out, re.MULTILINE)
     assert [int(n) for n, _ in turns] == list(range(1, 11))
     assert all(0 < int(total) <= 700 for _, total in turns)  # never over the budget
     assert int(turns[-1][1]) > 600  # and the budget is used once the chat is long
