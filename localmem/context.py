@@ -200,27 +200,38 @@ def history_line(m: RetrievedMessage, conversation_id: str, content: str) -> str
     return f"- [{m.created_at:%Y-%m-%d %H:%M} UTC, {where}, {m.source}] {m.role}: {content}"
 
 
-def cut_keeping_end(text: str, budget: int, count: Callable[[str], int]) -> tuple[str, int] | None:
-    """The longest end of ``text`` that, behind a marker saying how much was cut, costs at
-    most ``budget``; with the number of tokens cut. None if not even the marker fits."""
+def cut_to_fit(text: str, budget: int, count: Callable[[str], int], *, keep_end: bool) -> tuple[str, int] | None:
+    """The most of ``text`` (its end with ``keep_end``: a turn keeps its question; else
+    its beginning: a retrieved message keeps its start) that, with a marker saying how many
+    tokens were cut, costs at most ``budget``; and the number of tokens cut. At least one
+    character goes; the cut moves to a nearby word boundary when that still fits. None if
+    not even the marker fits."""
     total = count(text)
 
-    def marked(start: int) -> str:
-        return f"[... {max(1, total - count(text[start:]))} tokens cut] {text[start:]}"
+    def kept(k: int) -> str:  # the text with k characters kept
+        return text[len(text) - k:] if keep_end else text[:k]
 
-    if count(marked(len(text))) > budget:
+    def marked(k: int) -> str:
+        marker = f"[... {max(1, total - count(kept(k)))} tokens cut]"
+        return f"{marker} {kept(k)}" if keep_end else f"{kept(k)} {marker}"
+
+    if count(marked(0)) > budget:
         return None
-    low, high = 1, len(text)  # the smallest start whose marked tail fits (a monotone counter)
+    low, high = 0, len(text) - 1  # the most characters whose marked text fits (a monotone counter)
     while low < high:
-        mid = (low + high) // 2
+        mid = (low + high + 1) // 2
         if count(marked(mid)) <= budget:
-            high = mid
+            low = mid
         else:
-            low = mid + 1
-    # Prefer a start at a word boundary, if one is near and still fits.
-    space = text.find(" ", low)
-    start = space + 1 if 0 <= space < low + 40 and count(marked(space + 1)) <= budget else low
-    return marked(start), total - count(text[start:])
+            high = mid - 1
+    if keep_end:  # start after the next space, if it is near
+        space = text.find(" ", len(text) - low)
+        near, at_word = 0 <= space < len(text) - low + 40, len(text) - space - 1
+    else:  # end at the space before, if it is near
+        space = text.rfind(" ", 0, low)
+        near, at_word = 0 < space and space > low - 40, space
+    k = at_word if near and count(marked(at_word)) <= budget else low
+    return marked(k), total - count(kept(k))
 
 
 def assemble(
@@ -339,7 +350,7 @@ class _Window:
             # The newest turn alone is over the budget: the user's message is cut, keeping
             # its end (an assistant's or system's could not open the window anyway).
             newest = self._candidates[0]
-            cut = cut_keeping_end(newest.content, budget - MESSAGE_OVERHEAD, self._count)
+            cut = cut_to_fit(newest.content, budget - MESSAGE_OVERHEAD, self._count, keep_end=True)
             if cut is not None:
                 turns.append(Turn(newest.role, cut[0], newest.msg_id, newest.created_at, truncated=True))
                 used = self._count(cut[0]) + MESSAGE_OVERHEAD
@@ -413,10 +424,13 @@ class _MemoryBlock:
     def fit(self, budget: int, *, shown: set[str]) -> None:
         count = self._count
         self.dropped = []
-        history = [m for m in self._history if m.msg_id not in shown]
+        history = []  # (message, its line whole, the line's cost)
+        for m in self._history:
+            if m.msg_id not in shown:
+                line = history_line(m, self._conversation, m.content)
+                history.append((m, line, count(line)))
         # Room for the summary: all of it if the history leaves it, else its share.
-        history_need = (count(HISTORY_HEADER) + sum(count(history_line(m, self._conversation, m.content))
-                                                    for m in history)) if history else 0
+        history_need = count(HISTORY_HEADER) + sum(cost for _, _, cost in history) if history else 0
         summary_room = max(math.floor(budget * self._share), budget - history_need)
         lines: list[str] = []
         used = count(SUMMARY_HEADER) if self._lines else 0
@@ -438,13 +452,11 @@ class _MemoryBlock:
         items: list[tuple[RetrievedMessage, str]] = []
         h_used = count(HISTORY_HEADER) if history else 0
         item_cap = max(_MIN_ITEM_TOKENS, budget // 2)  # one long message may not fill the block
-        for m in history:  # best first; the worst go
-            line = history_line(m, self._conversation, m.content)
-            cost = count(line)
-            whole = cost
+        for m, line, whole in history:  # best first; the worst go
+            cost = whole
             cut = None
             if cost > item_cap:
-                cut = cut_keeping_start(m.content, item_cap - (cost - count(m.content)), count)
+                cut = cut_to_fit(m.content, item_cap - (cost - count(m.content)), count, keep_end=False)
                 if cut is not None:
                     line = history_line(m, self._conversation, cut[0])
                     cost = count(line)
@@ -455,8 +467,6 @@ class _MemoryBlock:
                 self.dropped.append(Dropped("history", m.msg_id, cut[1], "truncated"))
             items.append((m, line))
             h_used += cost
-        if not items:
-            h_used = 0
         self.summary_lines, self.items = lines, items
         self.used = count(self.render()) if (lines or items) else 0
 
@@ -471,29 +481,6 @@ class _MemoryBlock:
             self.dropped.append(Dropped("summary", None, self._count(line), "budget"))
             return True
         return False
-
-
-def cut_keeping_start(text: str, budget: int, count: Callable[[str], int]) -> tuple[str, int] | None:
-    """The longest beginning of ``text`` that, followed by a marker of what was cut, costs at
-    most ``budget``; with the tokens cut. None if not even the marker fits. (A retrieved
-    message keeps its beginning; a turn keeps its end: see ``cut_keeping_end``.)"""
-    total = count(text)
-
-    def marked(end: int) -> str:
-        return f"{text[:end]} [... {max(1, total - count(text[:end]))} tokens cut]"
-
-    if budget <= 0 or count(marked(0)) > budget:
-        return None
-    low, high = 0, len(text) - 1  # the largest end whose marked head fits
-    while low < high:
-        mid = (low + high + 1) // 2
-        if count(marked(mid)) <= budget:
-            low = mid
-        else:
-            high = mid - 1
-    space = text.rfind(" ", 0, low)
-    end = space if 0 < space and space > low - 40 and count(marked(space)) <= budget else low
-    return marked(end), total - count(text[:end])
 
 
 __all__ = ["Candidate", "Context", "ContextTokens", "Dropped", "Turn", "assemble", "best_first"]
