@@ -161,10 +161,9 @@ class Folder:
         self._failed: dict[Key, tuple[float, bool]] = {}
         self._attempts: dict[Key, int] = {}
         self._errors: dict[Key, SummaryError] = {}  # the last failure of each, until it succeeds
-        # The tokens a conversation may still take before a look is worth it, and whether
-        # its last look left nothing beyond the window with no write since ("clean").
-        # Absent: look at the next write.
-        # And the time of the newest message that look saw.
+        # The tokens a conversation may still take before a look is worth it, whether its
+        # last look left nothing beyond the window with no write since ("clean"), and the
+        # time of the newest message that look saw. Absent: look at the next write.
         self._due: collections.OrderedDict[Key, tuple[int, bool, int | None]] = collections.OrderedDict()
         self._flushes: list[set[Key]] = []  # each waiting flush(): what it still waits for
         self._thread: threading.Thread | None = None
