@@ -470,10 +470,11 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    def ids(p: argparse.ArgumentParser) -> None:
+    def ids(p: argparse.ArgumentParser, *, json: bool = True) -> None:
         p.add_argument("--conversation", required=True, metavar="ID", help="conversation id")
         p.add_argument("--owner", required=True, metavar="ID", help="owner (user) id")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        if json:
+            p.add_argument("--json", action="store_true", help="print JSON")
 
     command("demo", cmd_demo, "a tour: six weeks of sample chats, then what each strategy finds",
             db="use this file instead of a fresh temporary database")
@@ -519,9 +520,7 @@ def _parser() -> argparse.ArgumentParser:
 
     context = command("context", cmd_context,
                       "print the context for a conversation's next reply, within a token budget")
-    for flag in ("--conversation", "--owner"):
-        context.add_argument(flag, required=True, metavar="ID",
-                             help="conversation id" if flag == "--conversation" else "owner (user) id")
+    ids(context, json=False)  # (--format says how to print)
     context.add_argument("--max-tokens", type=int, default=4000, metavar="N", help="the budget (default: 4000)")
     context.add_argument("--format", choices=("text", "openai", "anthropic"), default="text", metavar="FORMAT",
                          help="text | openai (the chat messages, JSON) | anthropic (system + messages, JSON)"
