@@ -15,12 +15,14 @@ from .errors import (
     ModelMismatchError,
     ModelNotFoundError,
     NotEmbeddedError,
+    ReadOnlyError,
     StorageFullError,
     StoreError,
     StrategyUnavailableError,
     SummaryError,
 )
 from .memory import Memory
+from .progress import Progress
 from .records import (
     ConversationSummary,
     MemoryResult,
@@ -63,6 +65,8 @@ __all__ = [
     "ModelMismatchError",
     "ModelNotFoundError",
     "NotEmbeddedError",
+    "Progress",
+    "ReadOnlyError",
     "RetrievedMessage",
     "SearchStages",
     "Selection",

@@ -8,7 +8,8 @@ Every error is a ``LocalMemError``; catch that to catch them all::
     │   ├── LockTimeoutError                    another writer held the lock past lock_timeout
     │   ├── CorruptDatabaseError                not a localmem database, or damaged
     │   ├── ModelMismatchError                  vectors in the file come from another model
-    │   └── StorageFullError                    the disk (or a size limit) is full
+    │   ├── StorageFullError                    the disk (or a size limit) is full
+    │   └── ReadOnlyError                       a write to a Memory opened read_only=True
     ├── ModelError                              a model could not be found or loaded
     │   └── ModelNotFoundError                  no copy of the model anywhere it looked
     ├── NotEmbeddedError                        embed="sync": stored, but not embedded
@@ -35,6 +36,7 @@ __all__ = [
     "CorruptDatabaseError",
     "ModelMismatchError",
     "StorageFullError",
+    "ReadOnlyError",
     "ModelError",
     "ModelNotFoundError",
     "NotEmbeddedError",
@@ -70,6 +72,11 @@ class ModelMismatchError(StoreError):
 
 class StorageFullError(StoreError):
     """The disk is full (SQLITE_FULL)."""
+
+
+class ReadOnlyError(StoreError):
+    """A write was asked of a Memory opened with ``read_only=True`` (or of a file it cannot
+    write); nothing was written."""
 
 
 class ModelError(LocalMemError):

@@ -7,7 +7,7 @@ from localmem import MemoryResult, Message, RetrievedMessage, Strategy
 
 PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages", "Selection", "StrategyStats", "StrategyUsage",
-    "Context", "ConversationSummary", "SummaryPolicy", "SummaryError",
+    "Context", "ConversationSummary", "SummaryPolicy", "SummaryError", "Progress", "ReadOnlyError",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
     "ModelNotFoundError", "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
@@ -23,11 +23,12 @@ def test_all_is_exactly_the_public_names():
 
 def test_error_tree():
     assert issubclass(localmem.InvalidInputError, ValueError)
-    for leaf in ("LockTimeoutError", "CorruptDatabaseError", "ModelMismatchError", "StorageFullError"):
+    for leaf in ("LockTimeoutError", "CorruptDatabaseError", "ModelMismatchError", "StorageFullError",
+                 "ReadOnlyError"):
         assert issubclass(getattr(localmem, leaf), localmem.StoreError)
     for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages",
                           "Selection", "StrategyStats", "StrategyUsage", "load_embedder", "load_reranker",
-                          "Context", "ConversationSummary", "SummaryPolicy"}:
+                          "Context", "ConversationSummary", "SummaryPolicy", "Progress"}:
         assert issubclass(getattr(localmem, name), localmem.LocalMemError)
     # Stored but not embedded is not a lock timeout, whatever caused it: a caller retrying
     # writes on LockTimeoutError must not store the message twice.
