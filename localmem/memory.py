@@ -29,6 +29,7 @@ from .errors import (
     InvalidInputError,
     LocalMemError,
     NotEmbeddedError,
+    ReadOnlyError,
     StrategyUnavailableError,
     as_localmem_error,
 )
@@ -192,6 +193,7 @@ class Memory:
         if path is None:
             path = default_path()
         self.path = os.fspath(path)
+        self.read_only = False
         self.max_content_bytes = max_content_bytes
         self._closed = False
         self._close_lock = threading.Lock()
@@ -326,6 +328,12 @@ class Memory:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"Memory({self.path!r}) is closed")
+
+    def _check_writable(self, what: str) -> None:
+        """Open, and allowed to write: ``what`` names the write in the error."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"Memory({self.path!r}) was opened with read_only=True: cannot {what}")
 
     # -- writes -----------------------------------------------------------------------
 
