@@ -364,14 +364,35 @@ class _DiskTier:
         except _CACHE_ERRORS as exc:
             self._warn(f"not updated ({what})", exc)
 
-    def _purge(self, cache: diskcache.Cache) -> None:
-        """After entries were deleted for privacy: copy the WAL back into the file and
-        truncate it, so that their old pages leave no bytes behind (freed pages are zeroed:
-        secure_delete). Best effort: a reader of another process can hold the WAL."""
+    def erase(self, keys: Iterable[str] = (), tags: Iterable[str] = (), *, everything: bool = False) -> str | None:
+        """Delete ``keys``, the entries tagged ``tags`` (or ``everything``) for good, then
+        copy the WAL back into the file and truncate it, so that their bytes are gone
+        (secure_delete zeroes the freed pages). Expired entries go first: diskcache's
+        ``delete()`` skips an entry past its expiry, which would keep its bytes. Unlike
+        every other tier method this reports trouble instead of logging it: None when
+        done, else what was left undone (``Memory.forget`` puts it in its report)."""
         try:
-            cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            cache = self._current()
+            if cache is None:
+                if self._closed or not (self.directory / "cache.db").exists():
+                    return None  # nothing ever written here
+                return f"{self._label}: {self.directory} could not be opened, entries not erased"
+            cache.expire()
+            if everything:
+                cache.clear()
+            else:
+                with cache.transact():
+                    for key in keys:
+                        cache.delete(key)
+                for tag in tags:
+                    cache.evict(tag)
+            busy, frames, done = cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except _CACHE_ERRORS as exc:
-            self._warn("not checkpointed after a delete", exc)
+            return f"{self._label}: entries not erased: {type(exc).__name__}: {exc}"
+        if busy:
+            return (f"{self._label}: {frames - done} frames of {self.directory / 'cache.db-wal'} not "
+                    "checkpointed (another process is reading the cache)")
+        return None
 
     def _remove_owned_tmp(self) -> None:
         # Only the creator removes it: a forked child closing its copy must not pull the
@@ -465,13 +486,15 @@ class HotWindow(_DiskTier):
         return window
 
     def forget(self, owner_id: str, conversation_id: str) -> None:
-        """Drop the conversation's entry (its messages must not outlive a delete here)."""
-        try:
-            cache = self._current()
-            if cache is not None and cache.delete(self._key(owner_id, conversation_id)):
-                self._purge(cache)
-        except _CACHE_ERRORS as exc:
-            self._warn("entry not removed", exc)
+        """Drop the conversation's entry (its messages must not outlive a delete here),
+        an expired one included."""
+        problem = self.erase([self._key(owner_id, conversation_id)])
+        if problem is not None:
+            log.warning("localmem %s", problem)
+
+    def erase_conversations(self, scopes: Iterable[tuple[str, str]]) -> str | None:
+        """``erase`` the entries of these (owner, conversation) pairs."""
+        return self.erase(self._key(o, c) for o, c in scopes)
 
 
 class EmbeddingCache(_DiskTier):
@@ -677,18 +700,17 @@ class EmbeddingCache(_DiskTier):
     def forget(self, texts: Sequence[str], *, kind: str = "document") -> None:
         """Drop the vectors of ``texts`` from both tiers (a deleted message's text must not
         stay findable here)."""
+        problem = self.erase_texts(texts, kind=kind)
+        if problem is not None:
+            log.warning("localmem %s", problem)
+
+    def erase_texts(self, texts: Sequence[str], *, kind: str = "document") -> str | None:
+        """``forget``, reporting what was left undone (see ``erase``) instead of logging it."""
         keys = self._keys(texts, kind)
         with self._lru_lock:
             for key in keys:
                 self._lru.pop(key, None)
-        try:
-            cache = self._current()
-            if cache is not None:
-                with cache.transact():
-                    for key in keys:
-                        cache.delete(key)
-        except _CACHE_ERRORS as exc:
-            self._warn("entries not removed", exc)
+        return self.erase(keys)
 
     def stats(self) -> dict[str, Any]:
         """Entries (disk: all models, expired ones not yet removed included; memory) and the
@@ -815,9 +837,12 @@ class QueryCache(_DiskTier):
 
     def forget_group(self, group: str) -> None:
         """Drop every answer stored for ``group``."""
-        try:
-            cache = self._current()
-            if cache is not None and cache.evict(self._tag(group)):
-                self._purge(cache)
-        except _CACHE_ERRORS as exc:
-            self._warn("entries not removed", exc)
+        problem = self.erase(tags=[self._tag(group)])
+        if problem is not None:
+            log.warning("localmem %s", problem)
+
+    def erase_groups(self, groups: Iterable[str] | None) -> str | None:
+        """``erase`` every answer of these groups (None: every answer)."""
+        if groups is None:
+            return self.erase(everything=True)
+        return self.erase(tags=[self._tag(g) for g in groups])

@@ -13,6 +13,7 @@ Nothing here imports numpy or onnxruntime at import time.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from .cache import EmbeddingCache
 from .errors import InvalidInputError, ModelError, call_model
 from .indexer import check_vectors
 from .store import describe_model, model_mismatch, same_model
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -229,23 +232,29 @@ class Embeddings:
         return self.embed([query], "query")[0].tobytes()
 
     def forget(self, text: str) -> None:
-        """Drop the cached vector of ``text``, also when this Memory has not opened the
-        embedding cache (another process may have filled it): then through a cache opened
-        for the model recorded in the file, just for this."""
+        """Drop the cached vector of ``text`` (see ``erase``); trouble is logged."""
+        problem = self.erase([text])
+        if problem is not None:
+            log.warning("localmem %s", problem)
+
+    def erase(self, texts: Sequence[str]) -> str | None:
+        """Drop the cached vectors of ``texts`` for good, also when this Memory has not
+        opened the embedding cache (another process may have filled it): then through a
+        cache opened for the model recorded in the file, just for this. None when done,
+        else what was left undone (see ``EmbeddingCache.erase``)."""
         if self._cache is not None:
-            self._cache.forget([text])
-            return
+            return self._cache.erase_texts(texts)
         recorded = self._recorded()
         if recorded is None or type(recorded.get("dim")) is not int:
-            return
+            return None
         if self._cache_dir is None or not (self._cache_dir / "embeddings").is_dir():
-            return  # no embedding cache on disk to hold it
+            return None  # no embedding cache on disk to hold it
         cache = EmbeddingCache(
             self._cache_dir, model_key=json.dumps(recorded, sort_keys=True), dim=recorded["dim"],
             memory_items=0, timeout=self._timeout,
         )
         try:
-            cache.forget([text])
+            return cache.erase_texts(texts)
         finally:
             cache.close()
 

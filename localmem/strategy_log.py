@@ -472,16 +472,44 @@ class StrategyLog:
             return self._rewrite(lambda e: e.at_us < before_us, "last_us < ?", "first_us < ?", (before_us,),
                                  ("DELETE FROM explicit_choices WHERE day < ?", (before_us // _US_PER_DAY,)))
 
-    def forget(self, owner_id: str, conversation_id: str | None = None) -> int:
-        """Drop an owner's entries (or one conversation's), buffered and stored; returns
-        how many stored ones went. Holds the file while it works, so no write in flight
-        can put forgotten entries back."""
+    def forget(self, owner_id: str | None = None, conversation_id: str | None = None,
+               before_us: int | None = None) -> int:
+        """Drop an owner's entries (or one conversation's), or those older than
+        ``before_us``, or both; buffered and stored. Returns how many stored ones went.
+        Holds the file while it works, so no write in flight can put forgotten entries
+        back. The per-day counts of explicit choices go with the owner (only the days
+        before ``before_us``, if given)."""
+        if owner_id is None:
+            if before_us is None:
+                raise ValueError("forget needs owner_id, before_us, or both")
+            return self.prune(before_us)
+
+        def drop(e: LogEntry) -> bool:
+            return _of(e, owner_id, conversation_id) and (before_us is None or e.at_us < before_us)
+
         with self._file_lock:
             with self._lock:
-                self._buffer = deque(e for e in self._buffer if not _of(e, owner_id, conversation_id))
-            also = None if conversation_id is not None else (
-                "DELETE FROM explicit_choices WHERE owner_id = ?", (owner_id,))
-            return self._rewrite(lambda e: _of(e, owner_id, conversation_id), None, "1", (), also)
+                self._buffer = deque(e for e in self._buffer if not drop(e))
+            also = None
+            if conversation_id is None:
+                also = ("DELETE FROM explicit_choices WHERE owner_id = ? AND day < ?",
+                        (owner_id, 2**62 if before_us is None else before_us // _US_PER_DAY))
+            partial, args = ("1", ()) if before_us is None else ("first_us < ?", (before_us,))
+            return self._rewrite(drop, None, partial, args, also)
+
+    def checkpoint(self) -> str | None:
+        """Copy the log's WAL back and truncate it (after a forget: no old page stays in
+        it). None when done, else why not."""
+        with self._file_lock:
+            if self._finished or (self.path is not None and self._conn is None and not os.path.exists(self.path)):
+                return None
+            try:
+                busy, frames, done = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, who says so
+                return f"strategy log {self.path}: not checkpointed: {exc}"
+        if busy:
+            return f"strategy log: {frames - done} frames of {self.path}-wal not checkpointed (a reader holds them)"
+        return None
 
     def _rewrite(self, drop: Any, whole: str | None, partial: str, args: tuple[Any, ...],
                  also: tuple[str, tuple[Any, ...]] | None) -> int:
