@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,15 @@ from .errors import (
 )
 from .explain import Explanation, explain
 from .indexer import Indexer
-from .records import ConversationSummary, MemoryResult, Message, Selection, Strategy
+from .lifecycle import Lifecycle, Target
+from .records import (
+    ConversationSummary,
+    ForgetReport,
+    MemoryResult,
+    Message,
+    Selection,
+    Strategy,
+)
 from .retrieval import Rerank, Searcher, keyword_query
 from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch
 from .strategy_log import LogEntry, StrategyLog, log_path
@@ -58,6 +67,7 @@ from .validate import (
     from_utc_us,
     new_message,
     now_us,
+    to_utc_us,
 )
 
 EMBED_MODES = ("background", "sync", "off")
@@ -255,6 +265,10 @@ class Memory:
             self._folder: Folder | None = None
             if summaries is not None:
                 self._folder = self._make_folder(summaries)
+            self._lifecycle = Lifecycle(
+                self._store, hot=self._hot, queries=self._queries, embeddings=self._embedding, log=self._log,
+                refold=None if self._folder is None else self._folder.request,
+            )
             if switch:
                 self._embedding.prove()  # before dropping a single vector of the old model
                 self._store.reset_vectors()
@@ -282,7 +296,7 @@ class Memory:
         """Stop the worker, then close caches and store (whatever was opened)."""
         with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
             stack.callback(self._store.close)
-            for name in ("_log", "_embedding", "_queries", "_hot", "_indexer", "_folder"):
+            for name in ("_lifecycle", "_log", "_embedding", "_queries", "_hot", "_indexer", "_folder"):
                 part = getattr(self, name, None)
                 if part is not None:
                     stack.callback(part.close)
@@ -1115,7 +1129,8 @@ class Memory:
         """Delete one message with its keyword and vector index rows; False if absent.
 
         Cache entries that could hold its text go too: its conversation's hot window, the
-        cached answers of its owner, and the cached vector of its text.
+        cached answers of its owner, and the cached vector of its text. To be sure no byte
+        of it stays in any file (the write-ahead logs included), use ``forget``.
         """
         self._check_open()
         deleted = self._store.delete(check_id(msg_id, "msg_id"))
@@ -1129,6 +1144,49 @@ class Memory:
         if self._folder is not None:  # a summary that covered it was emptied: rebuild it
             self._folder.request(deleted.owner_id, deleted.conversation_id)
         return True
+
+    def forget(
+        self,
+        *,
+        owner_id: str | None = None,
+        conversation_id: str | None = None,
+        before: datetime | None = None,
+        wait: float | None = None,
+    ) -> ForgetReport:
+        """Delete messages for good: an owner's (``owner_id``), one conversation's
+        (``owner_id`` and ``conversation_id``), those older than ``before`` (an aware
+        datetime; with ``owner_id``, only that owner's), leaving no byte of them behind.
+
+        In one transaction on the file go the messages, their keyword rows, vectors,
+        queued embeddings and summaries; then every cache tier entry that could hold them
+        (hot windows, cached answers, cached vectors) and their strategy-log entries; then
+        the write-ahead logs are copied back and truncated. secure_delete zeroes what was
+        freed, so a byte scan of every file under the path and the cache folder finds no
+        trace (tests/test_forget.py). Other owners' messages are untouched.
+
+        A reader that holds an older snapshot of the file (an open read in another
+        process) keeps the old pages in the -wal until it ends: forget retries for up to
+        ``wait`` seconds (default ``lock_timeout``) without blocking writers, then returns
+        with ``complete=False`` and says so in ``pending``; ``maintain()`` or ``close()``
+        finish it. Returns a ``ForgetReport``.
+        """
+        self._check_writable("forget")
+        if owner_id is not None:
+            owner_id = check_id(owner_id, "owner_id")
+        if conversation_id is not None:
+            conversation_id = check_id(conversation_id, "conversation_id")
+            if owner_id is None:
+                raise InvalidInputError("conversation_id needs its owner_id: conversations belong to an owner")
+        before_us = None if before is None else to_utc_us(before, "before")
+        if owner_id is None and before_us is None:
+            raise InvalidInputError("forget needs owner_id, before, or both (nothing is forgotten by default)")
+        wait = self._store.lock_timeout if wait is None else check_positive(wait, "wait", below=3601)
+        assert wait is not None
+        report = self._lifecycle.forget(Target(owner_id, conversation_id, before_us), wait=wait)
+        if report.messages:
+            log.info("forgot %d messages", report.messages,
+                     extra={"event": "forgot", "messages": report.messages, "complete": report.complete})
+        return report
 
     def embedding_cache_stats(self) -> dict[str, Any]:
         """Entries, hits, misses and hit rate of the embedding cache (loads the embedder's

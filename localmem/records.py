@@ -158,3 +158,24 @@ class MemoryResult:
 
     def __iter__(self) -> Iterator[RetrievedMessage]:
         return iter(self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetReport:
+    """What ``Memory.forget`` did.
+
+    ``messages``: how many were deleted; ``conversations``: how many conversations lost
+    some (``emptied``: of those, how many have none left). ``complete`` is True when no
+    byte of them is left anywhere under the database path or its cache folder; when
+    something could not be finished (a reader of another process holding an old snapshot
+    of the file, a cache it could not open), ``pending`` says what and where, and
+    ``Memory.maintain()``, ``close()`` or another ``forget`` finishes it. ``seconds``:
+    each step's time, and ``"total"``.
+    """
+
+    messages: int
+    conversations: int
+    emptied: int
+    complete: bool
+    pending: tuple[str, ...]
+    seconds: dict[str, float]
