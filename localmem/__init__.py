@@ -21,10 +21,12 @@ from .errors import (
     StrategyUnavailableError,
     SummaryError,
 )
+from .lifecycle import MaintenanceReport, MaintenanceStep, RetentionPolicy
 from .memory import Memory
 from .progress import Progress
 from .records import (
     ConversationSummary,
+    ForgetReport,
     MemoryResult,
     Message,
     RetrievedMessage,
@@ -55,9 +57,12 @@ __all__ = [
     "Context",
     "ConversationSummary",
     "CorruptDatabaseError",
+    "ForgetReport",
     "InvalidInputError",
     "LocalMemError",
     "LockTimeoutError",
+    "MaintenanceReport",
+    "MaintenanceStep",
     "Memory",
     "MemoryResult",
     "Message",
@@ -67,6 +72,7 @@ __all__ = [
     "NotEmbeddedError",
     "Progress",
     "ReadOnlyError",
+    "RetentionPolicy",
     "RetrievedMessage",
     "SearchStages",
     "Selection",

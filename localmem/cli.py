@@ -12,11 +12,14 @@ import os
 import sys
 import time
 from dataclasses import asdict, replace
+from datetime import datetime
 from typing import Any
 
+from . import progress
 from ._version import __version__
 from .demo import run_demo
 from .errors import InvalidInputError, LocalMemError
+from .lifecycle import RetentionPolicy
 from .memory import DEFAULT_MEMORY_SHARE, Memory, default_path
 from .models import (
     DEFAULT_EMBEDDER,
@@ -249,6 +252,50 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         stats = mem.stats()
     print(f"done: {stats['vectors']} vectors in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _time_arg(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise InvalidInputError(f"{flag} must be an ISO 8601 time with its offset, e.g. 2025-01-01T00:00:00Z; "
+                                f"got {text!r}")
+    return value
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Delete an owner's, a conversation's or older messages, leaving no byte of them."""
+    if args.conversation is not None and args.owner is None:
+        raise InvalidInputError("--conversation needs --owner")
+    before = _time_arg(args.before, "--before")
+    with _open_existing(args, embed="off") as mem:
+        report = mem.forget(owner_id=args.owner, conversation_id=args.conversation, before=before)
+    _print_json(asdict(report))
+    return 0 if report.complete else 1
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    """Expired cache entries, retention, index merge, checkpoint, space, integrity."""
+    retention = None
+    if args.max_age_days is not None:
+        retention = RetentionPolicy(max_age_days=args.max_age_days, archive=args.archive)
+    elif args.archive is not None:
+        raise InvalidInputError("--archive needs --max-age-days")
+    with _open_existing(args, embed="off", retention=retention) as mem:
+        report = mem.maintain(vacuum=args.vacuum, integrity=not args.no_integrity, progress=progress.bar())
+    if args.json:
+        _print_json(asdict(report))
+    else:
+        for step in report.steps:
+            print(f"{step.name:14} {step.seconds:8.3f} s  {step.detail}")
+        print(f"{'total':14} {report.seconds:8.3f} s  {_mb(report.bytes_before)} -> {_mb(report.bytes_after)}")
+        for line in report.pending:
+            print(f"pending: {line}")
+    return 0 if report.complete and report.integrity in (None, "ok") else 1
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -540,6 +587,26 @@ def _parser() -> argparse.ArgumentParser:
     reembed = command("reembed", cmd_reembed,
                       "drop every vector and rebuild them all (with another embedder, if given)")
     reembed.add_argument("--embedder", metavar="NAME", help="the new embedder (default: the recorded one)")
+
+    forget = command("forget", cmd_forget,
+                     "delete an owner's, a conversation's or older messages for good (no byte left)")
+    forget.add_argument("--owner", metavar="ID", help="this owner's messages")
+    forget.add_argument("--conversation", metavar="ID", help="only this conversation of the owner's")
+    forget.add_argument("--before", metavar="TIME", help="only messages older than TIME (ISO 8601, with offset)")
+
+    maintain = command("maintain", cmd_maintain,
+                       "clean caches, apply retention, merge the index, give back space, check integrity"
+                       " (safe from cron while agents use the file)")
+    maintain.add_argument("--max-age-days", type=float, metavar="D",
+                          help="retention: remove messages older than D days (default: keep all)")
+    maintain.add_argument("--archive", metavar="PATH",
+                          help="write what retention removes here first (.jsonl or .parquet; {time}, {owner})")
+    vacuum = maintain.add_mutually_exclusive_group()
+    vacuum.add_argument("--vacuum", action="store_true", default=None,
+                        help="always VACUUM (default: when a fifth of the pages are free)")
+    vacuum.add_argument("--no-vacuum", dest="vacuum", action="store_false", help="never VACUUM")
+    maintain.add_argument("--no-integrity", action="store_true", help="skip the integrity check")
+    maintain.add_argument("--json", action="store_true", help="print JSON")
 
     stats = command("stats", cmd_stats, "which strategies ran, how fast, how often auto chose them (the strategy log)")
     stats.add_argument("--owner", metavar="ID", help="one owner (default: all)")

@@ -1,4 +1,4 @@
-"""Data lifecycle: forgetting for real, and (next) retention, archive and maintenance.
+"""Data lifecycle: forgetting for real, retention and archive, maintenance.
 
 ``Memory`` delegates here; this module knows every place a message's bytes can be, and
 in which order to clear them:
@@ -24,15 +24,116 @@ in the tests (tests/test_forget.py scans every file byte by byte) and in the com
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from .errors import InvalidInputError, LockTimeoutError
+from .progress import ProgressCallback, Reporter
 from .records import ForgetReport
 from .store import Store
 from .strategy_log import StrategyLog
+from .validate import check_id, from_utc_us, now_us
+
+log = logging.getLogger(__name__)
+
+# maintain() rewrites the file (VACUUM) when at least this share of its pages is free and
+# that is at least VACUUM_MIN_BYTES: VACUUM writes the whole file again (and as much to the
+# WAL), so it is worth it only for real space. (benchmarks/lifecycle.py measures both.)
+VACUUM_FREE_SHARE = 0.2
+VACUUM_MIN_BYTES = 1 << 20
+_US_PER_DAY = 86_400_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """Keep messages ``max_age_days``; older ones are removed by ``Memory.maintain()``
+    (as ``forget`` removes them: no byte left).
+
+    ``owner_id``: this owner's messages only; a policy without one covers every owner
+    that has no policy of its own. ``archive``: a file to write them to first (JSONL, or
+    Parquet when it ends in ``.parquet``), in ``Memory.export``'s format, so that
+    ``Memory.import_`` brings them back. ``{time}`` in it becomes the run's UTC time
+    (``20261129T093000Z``) and ``{owner}`` the owner id (``all`` for a policy of everyone);
+    without ``{time}``, a second run finds the file there and stops with an error rather
+    than overwrite it.
+    """
+
+    max_age_days: float
+    owner_id: str | None = None
+    archive: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        days = self.max_age_days
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days < 10**6:
+            raise InvalidInputError(f"RetentionPolicy.max_age_days must be days in (0, 1e6); got {days!r}")
+        if self.owner_id is not None:
+            check_id(self.owner_id, "RetentionPolicy.owner_id")
+        if self.archive is not None and not isinstance(self.archive, (str, os.PathLike)):
+            raise InvalidInputError(f"RetentionPolicy.archive must be a path or None; got {self.archive!r}")
+
+    def archive_path(self, at_us: int) -> str | None:
+        if self.archive is None:
+            return None
+        stamp = from_utc_us(at_us).strftime("%Y%m%dT%H%M%SZ")
+        return os.fspath(self.archive).replace("{time}", stamp).replace("{owner}", self.owner_id or "all")
+
+
+def check_retention(value: Any) -> tuple[RetentionPolicy, ...]:
+    """``retention=`` as given to Memory: None, a policy, or a sequence of them (one
+    without an owner at most, and one per owner)."""
+    if value is None:
+        return ()
+    policies = (value,) if isinstance(value, RetentionPolicy) else value
+    if isinstance(policies, (str, bytes)) or not isinstance(policies, Sequence) or not all(
+            isinstance(p, RetentionPolicy) for p in policies):
+        raise InvalidInputError(f"retention must be a RetentionPolicy, a list of them, or None; got {value!r}")
+    owners = [p.owner_id for p in policies]
+    if len(set(owners)) != len(owners):
+        raise InvalidInputError("retention: one policy per owner, and one without an owner at most")
+    return tuple(policies)
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceStep:
+    """One step of ``Memory.maintain()``: its name, how long it took, what it did."""
+
+    name: str
+    seconds: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """What ``Memory.maintain()`` did, step by step.
+
+    ``archived``/``forgotten``: messages written to retention archives (``archives``, the
+    files) and removed; ``bytes_before``/``bytes_after``: the database file and its WAL;
+    ``integrity``: "ok" or the problems found (None: not checked); ``complete``: every step
+    ran to its end (else ``pending`` says what is left, e.g. a checkpoint a reader holds up).
+    """
+
+    steps: tuple[MaintenanceStep, ...]
+    archived: int
+    forgotten: int
+    archives: tuple[str, ...]
+    bytes_before: int
+    bytes_after: int
+    integrity: str | None
+    complete: bool
+    pending: tuple[str, ...]
+    seconds: float
+
+
+# Writes the messages a policy removes to an archive file: (path, owner_id, before,
+# exclude_owners) -> how many were written.
+Archiver = Callable[[str, "str | None", datetime, Sequence[str]], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +144,8 @@ class Target:
     owner_id: str | None = None
     conversation_id: str | None = None
     before_us: int | None = None
+    exclude_owners: tuple[str, ...] = ()  # retention: owners with a policy of their own
+    through_id: int | None = None  # retention: only what the archive read
 
 
 class Lifecycle:
@@ -79,7 +182,8 @@ class Lifecycle:
             seconds[name] = round(now - step, 4)
             step = now
 
-        gone = self._store.forget(sel.owner_id, sel.conversation_id, sel.before_us)
+        gone = self._store.forget(sel.owner_id, sel.conversation_id, sel.before_us,
+                                  exclude_owners=sel.exclude_owners, through_id=sel.through_id)
         lap("database")
         pending: list[str | None] = []
         if self._hot is not None:
@@ -123,3 +227,158 @@ class Lifecycle:
         last connection to close checkpoints the WAL and removes it anyway)."""
         if self._pending_checkpoint and not self._store.closed:
             self._pending_checkpoint = bool(self._store.checkpoint(0))
+
+    def maintain(self, policies: Sequence[RetentionPolicy], *, archive: Archiver | None, vacuum: bool | None,
+                 integrity: bool, wait: float, progress: ProgressCallback | None) -> MaintenanceReport:
+        with self._lock:
+            return self._maintain(policies, archive, vacuum, integrity, wait, progress)
+
+    def _file_bytes(self) -> int:
+        path = self._store.path
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+    def _maintain(self, policies: Sequence[RetentionPolicy], archive: Archiver | None, vacuum: bool | None,
+                  integrity: bool, wait: float, progress: ProgressCallback | None) -> MaintenanceReport:
+        start = time.perf_counter()
+        steps: list[MaintenanceStep] = []
+        pending: list[str] = []
+        archives: list[str] = []
+        archived = forgotten = 0
+        bytes_before = self._file_bytes()
+        names = ["caches", "retention", "strategy_log", "keyword_index", "checkpoint", "space", "integrity"]
+        reporter = Reporter(progress, "maintain", len(names), unit="steps", stage=names[0])
+
+        def step(name: str, run: Callable[[], str]) -> None:
+            began = time.perf_counter()
+            reporter.stage(name, len(names))
+            detail = run()
+            steps.append(MaintenanceStep(name, round(time.perf_counter() - began, 4), detail))
+
+        def caches() -> str:
+            tiers = [t for t in (self._hot, self._queries) if t is not None]
+            problems = [t.erase() for t in tiers] + [self._embeddings.erase([])]
+            pending.extend(p for p in problems if p is not None)
+            return "expired entries removed, WALs truncated"
+
+        def retention() -> str:
+            nonlocal archived, forgotten
+            if not policies:
+                return "no retention policy"
+            at = now_us()
+            owned = tuple(p.owner_id for p in policies if p.owner_id is not None)
+            done = []
+            for policy in sorted(policies, key=lambda p: p.owner_id is None):  # owners' own first
+                cutoff = at - int(policy.max_age_days * _US_PER_DAY)
+                exclude = () if policy.owner_id is not None else owned
+                through = self._store.last_id()  # what the archive reads; later writes stay
+                path = policy.archive_path(at)
+                if path is not None:
+                    if archive is None:
+                        raise InvalidInputError("retention archives need Memory.export")
+                    written = archive(path, policy.owner_id, from_utc_us(cutoff), exclude)
+                    if written:
+                        archived += written
+                        archives.append(path)
+                report = self._forget(Target(policy.owner_id, None, cutoff, exclude, through), wait)
+                forgotten += report.messages
+                pending.extend(report.pending)
+                who = policy.owner_id or ("everyone else" if owned else "everyone")
+                done.append(f"{who}: {report.messages} older than "
+                            f"{policy.max_age_days:g} days removed")
+            return "; ".join(done)
+
+        def strategy_log() -> str:
+            if self._log is None or self._log.retention_days is None:
+                return "no strategy log retention"
+            removed = self._log.prune(now_us() - int(self._log.retention_days * _US_PER_DAY))
+            problem = self._log.checkpoint()
+            if problem is not None:
+                pending.append(problem)
+            return f"{removed} entries older than {self._log.retention_days:g} days removed"
+
+        def keyword_index() -> str:
+            self._store.optimize_keywords()
+            return "segments merged"
+
+        def checkpoint() -> str:
+            left = self._store.checkpoint(wait)
+            self._pending_checkpoint = bool(left)
+            if left:
+                pending.append(f"database: {left} WAL frames not checkpointed: a reader holds an older snapshot")
+                return f"{left} frames left: a reader holds an older snapshot"
+            return "WAL copied back and truncated"
+
+        def space() -> str:
+            size, count, free = self._store.pages()
+            share = free / count if count else 0.0
+            wanted = vacuum if vacuum is not None else (
+                share >= VACUUM_FREE_SHARE and free * size >= VACUUM_MIN_BYTES)
+            described = f"{free} of {count} pages free ({share:.0%}, {free * size / 2**20:.1f} MiB)"
+            if vacuum is False:
+                return f"{described}: no VACUUM (vacuum=False)"
+            if not wanted:
+                return f"{described}: not worth a VACUUM (below {VACUUM_FREE_SHARE:.0%} or {VACUUM_MIN_BYTES >> 20} MiB)"
+            if self._store.in_memory:
+                return f"{described}: an in-memory database is not vacuumed"
+            room = shutil.disk_usage(os.path.dirname(os.path.abspath(self._store.path))).free
+            if room < 2 * count * size:
+                pending.append(f"space: VACUUM needs about {2 * count * size >> 20} MiB free, {room >> 20} MiB are")
+                return f"{described}: not enough disk for a VACUUM"
+            try:
+                self._store.vacuum()
+            except LockTimeoutError as exc:
+                pending.append(f"space: VACUUM waited past lock_timeout ({exc})")
+                return f"{described}: VACUUM could not get the file"
+            self._store.checkpoint(wait)
+            return f"{described}: VACUUM gave them back"
+
+        step("caches", caches)
+        step("retention", retention)
+        step("strategy_log", strategy_log)
+        step("keyword_index", keyword_index)
+        step("checkpoint", checkpoint)
+        step("space", space)
+        result: str | None = None
+        if integrity:
+            began = time.perf_counter()
+            reporter.stage("integrity", len(names))
+            result = self._store.check_integrity()
+            steps.append(MaintenanceStep("integrity", round(time.perf_counter() - began, 4), result))
+        reporter.finish()
+        return MaintenanceReport(
+            steps=tuple(steps), archived=archived, forgotten=forgotten, archives=tuple(archives),
+            bytes_before=bytes_before, bytes_after=self._file_bytes(), integrity=result,
+            complete=not pending, pending=tuple(pending), seconds=round(time.perf_counter() - start, 4),
+        )
+
+
+class Maintainer:
+    """Runs ``maintain`` every ``interval`` seconds on a daemon thread (``Memory``'s
+    ``maintenance_interval=``), for agents that live long. A failed run is logged and
+    the next one comes on time; ``close()`` stops the thread (waiting for a run in
+    progress)."""
+
+    def __init__(self, interval: float, maintain: Callable[[], Any]) -> None:
+        self.interval = interval
+        self._maintain = maintain
+        self._stop = threading.Event()
+        self.runs = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="localmem-maintenance", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                report = self._maintain()
+                self.runs += 1
+                if not report.complete:
+                    log.warning("localmem maintenance left work pending: %s", "; ".join(report.pending))
+            except Exception:  # logged; the next run is on time
+                self.failures += 1
+                log.exception("localmem maintenance failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,15 @@ from .errors import (
 )
 from .explain import Explanation, explain
 from .indexer import Indexer
-from .lifecycle import Lifecycle, Target
+from .lifecycle import (
+    Lifecycle,
+    Maintainer,
+    MaintenanceReport,
+    RetentionPolicy,
+    Target,
+    check_retention,
+)
+from .progress import ProgressCallback, check_callback
 from .records import (
     ConversationSummary,
     ForgetReport,
@@ -142,6 +150,10 @@ class Memory:
     that slide out of the window are folded into it in the background
     (``localmem.summaries``); ``build_context`` shows it, ``get_conversation_summary``
     returns it.
+    ``retention``: how long messages are kept (a ``RetentionPolicy``, or one per owner
+    plus one for everyone else), applied by ``maintain()``, which can archive them to a
+    file first. ``maintenance_interval``: seconds between ``maintain()`` runs on a
+    background thread (None: only when called, or from cron with ``localmem maintain``).
     ``metrics``: record Prometheus metrics (``metrics_text()``; needs the ``metrics``
     extra, prometheus_client). Off by default, and then nothing is recorded.
 
@@ -174,6 +186,8 @@ class Memory:
         log_queries: bool = False,
         log_retention_days: float | None = DEFAULT_LOG_RETENTION_DAYS,
         summaries: SummaryPolicy | None = DEFAULT_SUMMARIES,
+        retention: RetentionPolicy | Sequence[RetentionPolicy] | None = None,
+        maintenance_interval: float | None = None,
         metrics: bool = False,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
@@ -191,7 +205,9 @@ class Memory:
         check_flag(strategy_log, "strategy_log")
         check_flag(metrics, "metrics")
         self.log_queries = check_flag(log_queries, "log_queries")
-        retention = check_positive(log_retention_days, "log_retention_days", below=10**6, none=True)
+        log_retention = check_positive(log_retention_days, "log_retention_days", below=10**6, none=True)
+        self.retention = check_retention(retention)
+        interval = check_positive(maintenance_interval, "maintenance_interval", below=10**8, none=True)
         if summaries is not None and not isinstance(summaries, SummaryPolicy):
             raise InvalidInputError(f"summaries must be a SummaryPolicy or None; got {summaries!r}")
         if embed not in EMBED_MODES:
@@ -249,7 +265,7 @@ class Memory:
                 )
             self._log = StrategyLog(
                 log_path(self.path), keep_queries=self.log_queries,
-                retention_days=retention,
+                retention_days=log_retention,
             ) if strategy_log else None
             self._metrics: Any = None
             if metrics:
@@ -269,6 +285,7 @@ class Memory:
                 self._store, hot=self._hot, queries=self._queries, embeddings=self._embedding, log=self._log,
                 refold=None if self._folder is None else self._folder.request,
             )
+            self._maintainer = None if interval is None else Maintainer(interval, self.maintain)
             if switch:
                 self._embedding.prove()  # before dropping a single vector of the old model
                 self._store.reset_vectors()
@@ -296,7 +313,7 @@ class Memory:
         """Stop the worker, then close caches and store (whatever was opened)."""
         with contextlib.ExitStack() as stack:  # closes in reverse order, each even if one fails
             stack.callback(self._store.close)
-            for name in ("_lifecycle", "_log", "_embedding", "_queries", "_hot", "_indexer", "_folder"):
+            for name in ("_lifecycle", "_maintainer", "_log", "_embedding", "_queries", "_hot", "_indexer", "_folder"):
                 part = getattr(self, name, None)
                 if part is not None:
                     stack.callback(part.close)
@@ -1187,6 +1204,36 @@ class Memory:
             log.info("forgot %d messages", report.messages,
                      extra={"event": "forgot", "messages": report.messages, "complete": report.complete})
         return report
+
+    def maintain(
+        self,
+        *,
+        vacuum: bool | None = None,
+        integrity: bool = True,
+        wait: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> MaintenanceReport:
+        """Keep the file healthy; safe to run (from cron, ``localmem maintain``) while agents
+        use it: every step takes the write lock briefly, as any write does.
+
+        In order: expired cache entries; the ``retention`` policies (archive, then forget
+        what is older); the strategy log's retention; the keyword index's segments merged;
+        a WAL checkpoint (finishing a forget that a reader held up); the space of deleted
+        rows given back by VACUUM when at least ``VACUUM_FREE_SHARE`` of the pages are free
+        (``vacuum=True``: always; ``False``: never); an integrity check (``integrity``).
+        ``wait``: how long a checkpoint waits for readers (default ``lock_timeout``).
+        Returns a ``MaintenanceReport`` of each step, its time and what it did.
+        """
+        self._check_writable("maintain")
+        check_flag(integrity, "integrity")
+        if vacuum is not None:
+            check_flag(vacuum, "vacuum")
+        wait = self._store.lock_timeout if wait is None else check_positive(wait, "wait", below=3601)
+        assert wait is not None
+        return self._lifecycle.maintain(
+            self.retention, archive=None, vacuum=vacuum, integrity=integrity, wait=wait,
+            progress=check_callback(progress),
+        )
 
     def embedding_cache_stats(self) -> dict[str, Any]:
         """Entries, hits, misses and hit rate of the embedding cache (loads the embedder's

@@ -1270,7 +1270,8 @@ class Store:
                 conn.execute("DELETE FROM messages WHERE msg_id = ?", (msg_id,))
         return None if row is None else Deleted(*row)
 
-    def forget(self, owner_id: str | None, conversation_id: str | None, before_us: int | None) -> Forgotten:
+    def forget(self, owner_id: str | None, conversation_id: str | None, before_us: int | None, *,
+               exclude_owners: Sequence[str] = (), through_id: int | None = None) -> Forgotten:
         """Delete every message of the selection (an owner, one of its conversations,
         and/or everything older than ``before_us``) in one transaction, with all that
         holds their text or ids in the file: FTS5 rows (and FTS5's own leftover terms:
@@ -1280,15 +1281,23 @@ class Store:
         rebuilds what is left), the rows of conversations and owners left with no
         message, and ANALYZE's samples (``sqlite_stat4`` copies index keys). With
         secure_delete on, freed cells and pages are zeroed; the caller then checkpoints
-        (``checkpoint``) so that no old page stays in the -wal."""
-        where, args = [], []
+        (``checkpoint``) so that no old page stays in the -wal. ``exclude_owners`` keep
+        theirs (retention's per-owner policies); ``through_id`` spares messages written
+        after it (an archive read up to there)."""
+        where: list[str] = []
+        args: list[Any] = []
         for column, value in (("owner_id = ?", owner_id), ("conversation_id = ?", conversation_id),
-                              ("created_at < ?", before_us)):
+                              ("created_at < ?", before_us), ("id <= ?", through_id)):
             if value is not None:
                 where.append(column)
                 args.append(value)
-        if not where:
+        if owner_id is None and before_us is None:
             raise InvalidInputError("forget needs owner_id, before, or both")
+        if exclude_owners:
+            if len(exclude_owners) > _MAX_PARAMS:
+                raise InvalidInputError(f"at most {_MAX_PARAMS} owners can be excluded")
+            where.append(f"owner_id NOT IN ({', '.join('?' * len(exclude_owners))})")
+            args.extend(exclude_owners)
         selection = " AND ".join(where)
         with self.write() as conn:
             rows = conn.execute(
@@ -1314,6 +1323,22 @@ class Store:
     @staticmethod
     def _secure(conn: Any) -> bool:
         return conn.execute("SELECT 1 FROM meta WHERE key = ?", (SECURE_SINCE,)).fetchone() is not None
+
+    def last_id(self) -> int:
+        """The id of the newest message (0 when there is none)."""
+        return int(self._query("SELECT coalesce(max(id), 0) FROM messages")[0][0])
+
+    def optimize_keywords(self) -> None:
+        """Merge the keyword index's segments into one (FTS5 'optimize'): searches read one
+        b-tree instead of many, and deleted rows' terms are dropped."""
+        with self.write() as conn:
+            conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+
+    def pages(self) -> tuple[int, int, int]:
+        """(page size, pages in the file, pages on the freelist): how much VACUUM would give back."""
+        with self.read() as conn:
+            return tuple(int(conn.execute(f"PRAGMA {name}").fetchone()[0])  # type: ignore[return-value]
+                         for name in ("page_size", "page_count", "freelist_count"))
 
     def vacuum(self) -> None:
         """Rewrite the file (VACUUM): gives free pages back to the disk and, in a file

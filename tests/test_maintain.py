@@ -1,0 +1,175 @@
+"""Memory.maintain(): its steps, retention policies, space given back, a background runner."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from byte_scan import scan
+from hash_embedder import HashEmbedder
+
+from localmem import InvalidInputError, Memory, Progress, RetentionPolicy, Strategy
+
+NOW = datetime.now(timezone.utc)
+STEPS = ["caches", "retention", "strategy_log", "keyword_index", "checkpoint", "space", "integrity"]
+
+
+def _fill(mem: Memory, owners=("alice", "bob", "carol"), days=(1, 40, 400), per_day: int = 5) -> None:
+    items = []
+    for owner in owners:
+        for age in days:
+            for i in range(per_day):
+                items.append({"role": "user", "content": f"{owner} said {i} about day {age}",
+                              "conversation_id": f"{owner}-c", "owner_id": owner,
+                              "created_at": NOW - timedelta(days=age, minutes=i)})
+    mem.add_many(items)
+
+
+def _ages(mem: Memory, owner: str) -> list[int]:
+    got = mem.get_memory(Strategy.RECENT_HISTORY, conversation_id=f"{owner}-c", owner_id=owner,
+                         limit=100, lookback_days=None)
+    return sorted({(NOW - m.created_at).days for m in got.messages})
+
+
+def test_maintain_reports_each_step(tmp_path):
+    seen: list[Progress] = []
+    with Memory(tmp_path / "m.db", embedder=HashEmbedder()) as mem:
+        _fill(mem)
+        mem.flush()
+        report = mem.maintain(progress=seen.append)
+    assert [s.name for s in report.steps] == STEPS
+    assert report.complete and report.pending == () and report.integrity == "ok"
+    assert report.forgotten == report.archived == 0 and report.bytes_after > 0
+    assert all(s.seconds >= 0 and s.detail for s in report.steps)
+    assert {p.stage for p in seen} >= set(STEPS) and seen[-1].finished
+
+
+def test_retention_per_owner_and_for_everyone_else(tmp_path):
+    policies = [RetentionPolicy(max_age_days=30), RetentionPolicy(max_age_days=365, owner_id="bob")]
+    with Memory(tmp_path / "m.db", embed="off", retention=policies) as mem:
+        _fill(mem)
+        report = mem.maintain()
+        assert report.forgotten == 2 * 2 * 5 + 5 and report.complete  # alice, carol: 40 and 400 days; bob: 400
+        assert _ages(mem, "alice") == _ages(mem, "carol") == [1]
+        assert _ages(mem, "bob") == [1, 40]
+
+
+def test_retention_leaves_no_trace_of_what_it_removes(tmp_path):
+    db = str(tmp_path / "m.db")
+    word = "Zqretainedmarker42"
+    with Memory(db, embedder=HashEmbedder(), retention=RetentionPolicy(max_age_days=10)) as mem:
+        mem.add("user", f"old secret {word}", conversation_id="c", owner_id="o",
+                created_at=NOW - timedelta(days=20))
+        mem.add("user", "new talk", conversation_id="c", owner_id="o")
+        mem.flush()
+        mem.get_memory(Strategy.HYBRID, query="old secret", conversation_id="c", owner_id="o")
+        assert scan(db, [word])
+        assert mem.maintain().forgotten == 1
+        assert not scan(db, [word])
+
+
+def test_vacuum_gives_back_the_space_of_deleted_rows(tmp_path):
+    with Memory(tmp_path / "m.db", embed="off", hot_window=0) as mem:
+        mem.add_many({"role": "user", "content": f"message {i} " + "padding words " * 40,
+                      "conversation_id": f"c{i % 2}", "owner_id": "o"} for i in range(3000))
+        mem.forget(owner_id="o", conversation_id="c0")
+        kept = mem.maintain(vacuum=False)
+        assert kept.steps[5].detail.endswith("no VACUUM (vacuum=False)")
+        assert kept.bytes_after >= 0.9 * kept.bytes_before
+        report = mem.maintain()
+        assert "gave them back" in report.steps[5].detail
+        assert report.bytes_after < 0.7 * report.bytes_before
+        assert mem.stats()["messages"] == 1500 and report.integrity == "ok"
+
+
+def test_maintain_while_another_connection_writes(tmp_path):
+    """As from cron: a second Memory on the same file maintains (VACUUM included) while
+    the agent's Memory keeps adding; no write fails and none is lost."""
+    path = tmp_path / "m.db"
+    agent = Memory(path, embed="off")
+    _fill(agent)
+    stop, added, errors = threading.Event(), [], []
+
+    def write() -> None:
+        while not stop.is_set():
+            try:
+                added.append(agent.add("user", "still here", conversation_id="w", owner_id="o").msg_id)
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        with Memory(path, embed="off", retention=RetentionPolicy(max_age_days=30)) as cron:
+            report = cron.maintain(vacuum=True)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and added
+    assert report.integrity == "ok" and report.forgotten == 30
+    assert all(agent.get(i) is not None for i in added)
+    agent.close()
+
+
+def test_maintenance_interval_runs_in_the_background(tmp_path):
+    with Memory(tmp_path / "m.db", embed="off", maintenance_interval=0.05,
+                retention=RetentionPolicy(max_age_days=30)) as mem:
+        _fill(mem)
+        deadline = time.monotonic() + 30
+        while mem._maintainer.runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mem._maintainer.runs >= 2 and mem._maintainer.failures == 0
+        assert _ages(mem, "alice") == [1]
+    assert not mem._maintainer._thread.is_alive()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"retention": 30}, "retention must be"),
+    ({"retention": [RetentionPolicy(30), RetentionPolicy(40)]}, "one policy per owner"),
+    ({"maintenance_interval": 0}, "maintenance_interval"),
+])
+def test_bad_options(tmp_path, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        Memory(tmp_path / "m.db", embed="off", **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_age_days": 0}, "max_age_days"),
+    ({"max_age_days": True}, "max_age_days"),
+    ({"max_age_days": 1, "owner_id": ""}, "owner_id"),
+    ({"max_age_days": 1, "archive": 3}, "archive"),
+])
+def test_bad_policies(kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        RetentionPolicy(**kwargs)
+
+
+def test_archive_path_fills_in_time_and_owner():
+    policy = RetentionPolicy(30, owner_id="bob", archive="/a/{owner}-{time}.jsonl")
+    at = int(datetime(2026, 11, 29, 9, 30, tzinfo=timezone.utc).timestamp() * 1e6)
+    assert policy.archive_path(at) == "/a/bob-20261129T093000Z.jsonl"
+    assert RetentionPolicy(30).archive_path(at) is None
+
+
+def test_cli_maintain_and_forget(tmp_path, run):
+    db = str(tmp_path / "m.db")
+    with Memory(db, embed="off") as mem:
+        _fill(mem)
+    code, out, _ = run("--db", db, "maintain", "--max-age-days", "30")
+    assert code == 0, out
+    assert [line.split()[0] for line in out.splitlines()][:7] == STEPS
+    assert "everyone: 30 older than 30 days removed" in out
+    code, out, _ = run("--db", db, "forget", "--owner", "alice")
+    assert code == 0 and '"messages": 5' in out
+    code, out, _ = run("--db", db, "forget", "--before", "2025-01-01T00:00:00+00:00")
+    assert code == 0 and '"messages": 0' in out
+    code, _, err = run("--db", db, "forget", "--before", "2025-01-01")
+    assert code == 1 and "with its offset" in err
+    code, _, err = run("--db", db, "forget", "--conversation", "c")
+    assert code == 1 and "--conversation needs --owner" in err
+    code, out, _ = run("--db", db, "maintain", "--json", "--no-vacuum", "--no-integrity")
+    assert code == 0 and '"integrity": null' in out
+    with Memory(db, embed="off") as mem:
+        assert mem.stats()["messages"] == 10  # bob and carol's newest day
