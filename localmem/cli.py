@@ -248,7 +248,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         name = args.embedder or (recorded or {}).get("name") or DEFAULT_EMBEDDER
         print(f"re-embedding {queued} messages with {name}")
         started = time.perf_counter()
-        mem.flush()
+        mem.flush(progress=progress.bar())
         stats = mem.stats()
     print(f"done: {stats['vectors']} vectors in {time.perf_counter() - started:.1f} s")
     return 0

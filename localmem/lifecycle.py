@@ -245,12 +245,13 @@ class Lifecycle:
         archives: list[str] = []
         archived = forgotten = 0
         bytes_before = self._file_bytes()
-        names = ["caches", "retention", "strategy_log", "keyword_index", "checkpoint", "space", "integrity"]
+        names = ["caches", "retention", "strategy_log", "keyword_index", "vectors", "checkpoint", "space",
+                 "integrity"]
         reporter = Reporter(progress, "maintain", len(names), unit="steps", stage=names[0])
 
         def step(name: str, run: Callable[[], str]) -> None:
             began = time.perf_counter()
-            reporter.stage(name, len(names))
+            reporter.stage(name, len(names), unit="steps")
             detail = run()
             steps.append(MaintenanceStep(name, round(time.perf_counter() - began, 4), detail))
 
@@ -300,6 +301,18 @@ class Lifecycle:
             self._store.optimize_keywords()
             return "segments merged"
 
+        def vectors() -> str:
+            waste = self._store.vector_waste()
+            if not waste:
+                return "every owner's vectors fill the chunks they hold"
+            freed = 0
+            reporter.stage("vectors", len(waste), unit="owners")
+            for owner_id, chunks in waste:
+                self._store.compact_vectors(owner_id)
+                freed += chunks
+                reporter.advance()
+            return f"{freed} half-empty vector chunks of {len(waste)} owners packed"
+
         def checkpoint() -> str:
             left = self._store.checkpoint(wait)
             self._pending_checkpoint = bool(left)
@@ -336,12 +349,13 @@ class Lifecycle:
         step("retention", retention)
         step("strategy_log", strategy_log)
         step("keyword_index", keyword_index)
+        step("vectors", vectors)
         step("checkpoint", checkpoint)
         step("space", space)
         result: str | None = None
         if integrity:
             began = time.perf_counter()
-            reporter.stage("integrity", len(names))
+            reporter.stage("integrity", len(names), unit="steps")
             result = self._store.check_integrity()
             steps.append(MaintenanceStep("integrity", round(time.perf_counter() - began, 4), result))
         reporter.finish()

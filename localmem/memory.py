@@ -44,7 +44,7 @@ from .lifecycle import (
     Target,
     check_retention,
 )
-from .progress import ProgressCallback, check_callback
+from .progress import ProgressCallback, Reporter, check_callback
 from .records import (
     ConversationSummary,
     ForgetReport,
@@ -79,6 +79,7 @@ from .validate import (
 )
 
 EMBED_MODES = ("background", "sync", "off")
+_PROGRESS_WAIT = 0.5  # flush(progress=): seconds between two looks at the queue
 DEFAULT_EMBEDDING_TTL = 90 * 86_400.0
 DEFAULT_QUERY_CACHE_TTL = 300.0
 DEFAULT_RERANK_CANDIDATES = 30  # what the reranker sees (never fewer than the limit)
@@ -971,7 +972,7 @@ class Memory:
 
     # -- background work --------------------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float | None = None, *, progress: ProgressCallback | None = None) -> None:
         """Wait until every message in the file has its vector, and all that lies beyond
         the windows of the conversations this Memory wrote to or built a context for is
         folded into their summaries (``fold_summary`` folds any one).
@@ -979,16 +980,39 @@ class Memory:
         Raises the background worker's error if embedding failed (the messages stay
         queued), ``SummaryError`` if the summariser failed, ``TimeoutError`` after
         ``timeout`` seconds, and ``StrategyUnavailableError`` when opened with
-        ``embed="off"`` and ``summaries=None`` (nothing to wait for).
+        ``embed="off"`` and ``summaries=None`` (nothing to wait for). ``progress``: a
+        callback that gets a ``Progress`` of the vectors written as they are.
         """
         self._check_open()
+        check_callback(progress)
         if self.embed_mode == "off" and self._folder is None:
             raise StrategyUnavailableError("this Memory was opened with embed='off' and no summaries: nothing to flush")
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.embed_mode != "off":
-            self._indexer.flush(timeout)
+            if progress is None:
+                self._indexer.flush(timeout)
+            else:
+                self._flush_vectors(deadline, progress)
         if self._folder is not None:
             self._folder.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _flush_vectors(self, deadline: float | None, progress: ProgressCallback) -> None:
+        """``Indexer.flush`` in short waits, reporting the queue as it empties."""
+        total = self._store.pending_count()
+        reporter = Reporter(progress, "flush", total, unit="vectors")
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                self._indexer.flush(_PROGRESS_WAIT if left is None else max(0.0, min(_PROGRESS_WAIT, left)))
+                break
+            except TimeoutError:
+                if left is not None and left <= _PROGRESS_WAIT:
+                    raise
+            pending = self._store.pending_count()
+            total = max(total, pending)  # (other writers may queue more meanwhile)
+            reporter.update(total - pending, total)
+        reporter.update(total, total)
+        reporter.finish()
 
     # -- context ----------------------------------------------------------------------
 

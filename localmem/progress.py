@@ -78,6 +78,14 @@ class Reporter:
         if self._callback is not None and time.monotonic() - self._last >= EVERY:
             self._send()
 
+    def update(self, done: int, total: int | None = None) -> None:
+        """Set the count (and the total, when it changed) outright."""
+        self.done = done
+        if total is not None:
+            self.total = total
+        if self._callback is not None and time.monotonic() - self._last >= EVERY:
+            self._send()
+
     def stage(self, name: str, total: int | None = None, *, unit: str | None = None) -> None:
         """Start step ``name`` of ``total`` units: the count starts again from 0."""
         self._stage, self.total, self.done = name, total, 0

@@ -13,7 +13,7 @@ from hash_embedder import HashEmbedder
 from localmem import InvalidInputError, Memory, Progress, RetentionPolicy, Strategy
 
 NOW = datetime.now(timezone.utc)
-STEPS = ["caches", "retention", "strategy_log", "keyword_index", "checkpoint", "space", "integrity"]
+STEPS = ["caches", "retention", "strategy_log", "keyword_index", "vectors", "checkpoint", "space", "integrity"]
 
 
 def _fill(mem: Memory, owners=("alice", "bob", "carol"), days=(1, 40, 400), per_day: int = 5) -> None:
@@ -76,10 +76,10 @@ def test_vacuum_gives_back_the_space_of_deleted_rows(tmp_path):
                       "conversation_id": f"c{i % 2}", "owner_id": "o"} for i in range(3000))
         mem.forget(owner_id="o", conversation_id="c0")
         kept = mem.maintain(vacuum=False)
-        assert kept.steps[5].detail.endswith("no VACUUM (vacuum=False)")
+        assert kept.steps[6].detail.endswith("no VACUUM (vacuum=False)")
         assert kept.bytes_after >= 0.9 * kept.bytes_before
         report = mem.maintain()
-        assert "gave them back" in report.steps[5].detail
+        assert "gave them back" in report.steps[6].detail
         assert report.bytes_after < 0.7 * report.bytes_before
         assert mem.stats()["messages"] == 1500 and report.integrity == "ok"
 
@@ -159,7 +159,7 @@ def test_cli_maintain_and_forget(tmp_path, run):
         _fill(mem)
     code, out, _ = run("--db", db, "maintain", "--max-age-days", "30")
     assert code == 0, out
-    assert [line.split()[0] for line in out.splitlines()][:7] == STEPS
+    assert [line.split()[0] for line in out.splitlines()][:8] == STEPS
     assert "everyone: 30 older than 30 days removed" in out
     code, out, _ = run("--db", db, "forget", "--owner", "alice")
     assert code == 0 and '"messages": 5' in out
@@ -173,3 +173,36 @@ def test_cli_maintain_and_forget(tmp_path, run):
     assert code == 0 and '"integrity": null' in out
     with Memory(db, embed="off") as mem:
         assert mem.stats()["messages"] == 10  # bob and carol's newest day
+
+
+def test_half_empty_vector_chunks_are_packed(tmp_path):
+    """Deletes spread over time leave each vector chunk half empty, and sqlite-vec never
+    refills them: maintain() writes the owner's vectors again, into as few chunks as
+    they need, and every search answers as before."""
+    import random
+
+    rng = random.Random(3)
+    ages = list(range(2000))
+    rng.shuffle(ages)  # written in no time order, as an import of old chats
+    with Memory(tmp_path / "m.db", embedder=HashEmbedder(dim=64), hot_window=0, query_cache_ttl=0) as mem:
+        mem.add_many({"role": "user", "content": f"note {age} about {rng.choice(['tea', 'rain', 'jazz'])}",
+                      "conversation_id": "c", "owner_id": "o", "created_at": NOW - timedelta(hours=age)}
+                     for age in ages)
+        mem.add("user", "another owner", conversation_id="c", owner_id="p")
+        mem.flush()
+        mem.forget(owner_id="o", before=NOW - timedelta(hours=1000))
+        assert mem._store.vector_waste() == [("o", 1)]  # 2 chunks of 1024 slots for 1001 vectors
+
+        query = HashEmbedder(dim=64).embed(["jazz"])[0].tobytes()
+
+        def search():  # every vector's similarity, nearest first: exact search
+            return [round(score, 5) for _, score in mem._store.knn(query, 1500, owner_id="o")]
+
+        answer = search()
+        report = mem.maintain(vacuum=False)
+        assert report.steps[4].detail == "1 half-empty vector chunks of 1 owners packed"
+        assert mem._store.vector_waste() == [] and mem.stats()["vectors"] == 1002
+        # the same similarities (messages that tie may swap: equal distances come in the
+        # order the vectors sit in)
+        assert search() == answer and len(answer) == 1001
+        assert report.integrity == "ok"

@@ -62,3 +62,22 @@ def test_bar_draws_on_a_terminal_only():
     draw(Progress("export", 0, 4))
     draw(Progress("export", 4, 4, finished=True))
     assert "export" in tty.getvalue()
+
+
+def test_flush_reports_the_queue_as_it_empties(tmp_path):
+    from hash_embedder import HashEmbedder
+
+    from localmem import Memory
+
+    seen: list[Progress] = []
+    with Memory(tmp_path / "m.db", embedder=HashEmbedder(delay=0.05)) as mem:
+        mem._indexer.batch_size = 16  # several batches, so the bar moves
+        mem.add_many({"role": "user", "content": f"message {i}", "conversation_id": "c", "owner_id": "o"}
+                     for i in range(300))
+        mem.flush(progress=seen.append)
+        assert mem.stats()["pending_vectors"] == 0
+    assert seen[0].task == "flush" and seen[0].unit == "vectors"
+    assert seen[-1].finished and seen[-1].done == seen[-1].total == 300
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    with pytest.raises(InvalidInputError, match="progress must be"):
+        Memory(":memory:", embed="off", summaries=None).flush(progress=3)
