@@ -31,8 +31,9 @@ import numpy as np
 
 from localmem import Memory
 
-WORDS = ("pizza station train weather mountain trip recipe garden music concert budget doctor "
-         "holiday school project meeting birthday coffee river book movie game flight hotel").split()
+WORDS = ("pizza", "station", "train", "weather", "mountain", "trip", "recipe", "garden", "music", "concert",
+         "budget", "doctor", "holiday", "school", "project", "meeting", "birthday", "coffee", "river", "book",
+         "movie", "game", "flight", "hotel")
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 SPAN_S = 2 * 365 * 86400
 CUT = START + timedelta(seconds=SPAN_S // 2)
@@ -78,7 +79,7 @@ def split(mem: Memory) -> dict[str, int]:
                 groups["keyword index"] += size
             elif name.startswith("message_vectors"):
                 groups["vectors"] += size
-            elif name.startswith("messages") or name.startswith("sqlite_autoindex_messages"):
+            elif name.startswith(("messages", "sqlite_autoindex_messages")):
                 groups["messages"] += size
             else:
                 groups["other"] += size

@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from ._version import __version__
 from .errors import ModelError
+from .progress import ProgressCallback, Reporter
 
 __all__ = ["DEFAULT_ATTEMPTS", "DEFAULT_TIMEOUT", "MANIFEST", "Settings", "downloaded", "fetch", "settings"]
 
@@ -151,9 +152,10 @@ class _Progress:
     """What a file's download shows on ``out``: a tqdm bar on a terminal, else a line
     every ``PROGRESS_EVERY`` seconds (a log stays readable)."""
 
-    def __init__(self, out: IO[str], label: str):
+    def __init__(self, out: IO[str], label: str, reporter: Reporter | None = None):
         self.out = out
         self.label = label
+        self.reporter = reporter  # the caller's progress callback, if any
         self.bar: Any = None
         self.total: int | None = None
         self.done = 0
@@ -163,6 +165,9 @@ class _Progress:
 
     def start(self, total: int | None, done: int) -> None:
         self.total, self.done = total, done
+        if self.reporter is not None:
+            self.reporter.stage(self.label, total, unit="bytes")
+            self.reporter.update(done)
         if self.tty and self.bar is None:
             from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no stubs
 
@@ -178,6 +183,8 @@ class _Progress:
 
     def update(self, n: int) -> None:
         self.done += n
+        if self.reporter is not None:
+            self.reporter.update(self.done)
         if self.bar is not None:
             self.bar.update(n)
         elif time.monotonic() - self.last_line >= PROGRESS_EVERY:
@@ -197,12 +204,15 @@ class _Progress:
             self.bar = None
 
 
-def fetch(spec: Any, target: Path, *, config: Settings | None = None, out: IO[str] | None = None) -> Path:
+def fetch(spec: Any, target: Path, *, config: Settings | None = None, out: IO[str] | None = None,
+          progress: ProgressCallback | None = None) -> Path:
     """Download ``spec``'s files from its Hub repo into the folder ``target`` (which must
     not exist yet, or hold a complete download, which is then returned as it is).
 
     The ONNX file and the tokenizer are required; the other files are fetched where the
     repo publishes them. Returns ``target``; raises ``ModelError`` with a one-line reason.
+    ``progress``: a callback that gets each file's bytes (task "download", the file name
+    as the stage), besides what ``out`` shows.
     """
     if spec.repo is None:
         raise ModelError(f"{spec.name} has no Hub repo to download from")
@@ -224,12 +234,13 @@ def fetch(spec: Any, target: Path, *, config: Settings | None = None, out: IO[st
     print(f"localmem: downloading {spec.name} ({spec.repo}, up to {len(names)} files) from "
           f"{endpoint} into {target}", file=out, flush=True)
     began = time.monotonic()
+    reporter = None if progress is None else Reporter(progress, "download", None, unit="bytes")
     try:
         manifest: dict[str, Any] = {"name": spec.name, "repo": spec.repo, "revision": REVISION,
                                     "endpoint": endpoint, "commit": None, "files": {}}
         for name in names:
             try:
-                record = _fetch_file(endpoint, spec.repo, name, staging / name, config, out)
+                record = _fetch_file(endpoint, spec.repo, name, staging / name, config, out, reporter)
             except _Missing:
                 if name in required:
                     raise ModelError(
@@ -243,6 +254,8 @@ def fetch(spec: Any, target: Path, *, config: Settings | None = None, out: IO[st
             manifest["files"][name] = record
         _write_manifest(staging, manifest)
         _place(staging, target)
+        if reporter is not None:
+            reporter.finish()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     total = sum(f["size"] for f in manifest["files"].values())
@@ -294,7 +307,7 @@ def _place(staging: Path, target: Path) -> None:
 
 
 def _fetch_file(endpoint: str, repo: str, name: str, dest: Path, config: Settings,
-                out: IO[str]) -> dict[str, Any]:
+                out: IO[str], reporter: Reporter | None = None) -> dict[str, Any]:
     """One file, into ``dest``, tried ``config.attempts`` times (resuming); returns its
     manifest record ``{"size", "sha256", "commit"}``."""
     from huggingface_hub import hf_hub_url
@@ -309,7 +322,7 @@ def _fetch_file(endpoint: str, repo: str, name: str, dest: Path, config: Setting
         file = dest.open("w+b")
     except OSError as exc:
         raise ModelError(f"cannot write {dest}: {exc}") from exc
-    progress = _Progress(out, name)
+    progress = _Progress(out, name, reporter)
     state = _FileState()
     with file:
         try:

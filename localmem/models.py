@@ -38,6 +38,7 @@ from typing import Any
 import platformdirs
 
 from .errors import ModelError, ModelNotFoundError
+from .progress import ProgressCallback
 
 __all__ = [
     "ModelSpec",
@@ -415,6 +416,7 @@ def resolve(
     int8: bool | None = None,
     timeout: float | None = None,
     attempts: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ModelFiles:
     """Find the files of a model (see the module docstring for the order of places).
 
@@ -426,6 +428,8 @@ def resolve(
     if that copy has not been made with ``localmem models quantize NAME``. ``timeout``
     (seconds without data) and ``attempts`` bound a download; None: the environment's
     ``LOCALMEM_DOWNLOAD_TIMEOUT`` / ``LOCALMEM_DOWNLOAD_ATTEMPTS``, else 15 s and 3.
+    ``progress``: a callback that gets a download's bytes as they come (``Progress``,
+    task "download", each file a stage).
 
     Checks that the files exist and are not empty; ``check_onnx()`` loads the model.
     """
@@ -441,7 +445,7 @@ def resolve(
     if path is not None:
         files = _from_path(path, name, kind, spec)
     else:
-        files = _search(name, kind, spec, download, timeout, attempts)
+        files = _search(name, kind, spec, download, timeout, attempts, progress)
     use_int8 = files.spec.prefer_int8 if int8 is None else bool(int8)
     return _choose_int8(files) if use_int8 else files
 
@@ -458,7 +462,7 @@ def _downloads_root() -> Path:
 
 
 def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool,
-            timeout: float | None, attempts: int | None) -> ModelFiles:
+            timeout: float | None, attempts: int | None, progress: ProgressCallback | None = None) -> ModelFiles:
     """Steps 2-5 for a registered (or given) spec; step 2 only for an unregistered name."""
     if spec is None:
         name = name or (DEFAULT_EMBEDDER if kind == "embedder" else DEFAULT_RERANKER)
@@ -550,7 +554,7 @@ def _search(name: str | None, kind: str, spec: ModelSpec | None, download: bool,
     else:
         config = downloads.settings(timeout, attempts)
         try:
-            folder = downloads.fetch(spec, target, config=config)
+            folder = downloads.fetch(spec, target, config=config, progress=progress)
         except ModelError as exc:
             tried.append(f"download of {spec.repo} into {target}: failed, {exc}")
             fixes.append(f"check the network (or the proxy, or HF_ENDPOINT) and try again; a slow "

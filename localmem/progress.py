@@ -64,6 +64,7 @@ class Reporter:
         self.task, self.total, self.unit, self._stage = task, total, unit, stage
         self.done = 0
         self._last = 0.0
+        self._sent: tuple[str | None, int] | None = None  # (stage, done) last reported
         self._finished = False
         self._send()
 
@@ -71,6 +72,7 @@ class Reporter:
         if self._callback is None:
             return
         self._last = time.monotonic()
+        self._sent = (self._stage, self.done)
         self._callback(Progress(self.task, self.done, self.total, self.unit, self._stage, finished))
 
     def advance(self, n: int = 1) -> None:
@@ -87,7 +89,10 @@ class Reporter:
             self._send()
 
     def stage(self, name: str, total: int | None = None, *, unit: str | None = None) -> None:
-        """Start step ``name`` of ``total`` units: the count starts again from 0."""
+        """Start step ``name`` of ``total`` units: the count starts again from 0 (the
+        step before ends with a report of its last count, if it was held back)."""
+        if self._sent != (self._stage, self.done):
+            self._send()
         self._stage, self.total, self.done = name, total, 0
         if unit is not None:
             self.unit = unit

@@ -162,6 +162,18 @@ def test_download_places_checked_files_and_the_next_resolve_finds_them(monkeypat
     assert models.check_onnx(files.onnx_path) is not None  # what it downloaded loads
 
 
+def test_download_reports_progress_to_a_callback(monkeypatch, repo_files):
+    seen = []
+    with serve(monkeypatch, repo_files):
+        resolve_guarded(timeout=5, progress=seen.append)
+    assert {p.task for p in seen} == {"download"} and seen[-1].finished
+    last = {}
+    for p in seen:  # the last report of each file counts all its bytes
+        if p.stage is not None:
+            last[p.stage] = p
+    assert last[ONNX].done == last[ONNX].total == len(repo_files[ONNX]) and last[ONNX].unit == "bytes"
+
+
 def test_a_dropped_connection_resumes_where_it_stopped(monkeypatch, repo_files, capsys):
     with serve(monkeypatch, repo_files) as hub:
         hub.fault(ONNX, "drop")

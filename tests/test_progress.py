@@ -19,6 +19,7 @@ def test_reporter_sends_first_stage_and_last(monkeypatch):
     r.finish()  # once only
     assert seen == [
         Progress("export", 0, 10),
+        Progress("export", 10, 10),  # the step's last count, held back by EVERY, goes before the next
         Progress("export", 0, 4, "vectors", "vectors"),
         Progress("export", 4, 4, "vectors", "vectors", finished=True),
     ]
