@@ -129,8 +129,12 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.parametrize("rebuild", [False, True], ids=["row_deletes", "vector_rebuild"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_forget_leaves_no_trace_and_changes_nothing_else(tmp_path, scenario):
+def test_forget_leaves_no_trace_and_changes_nothing_else(tmp_path, monkeypatch, scenario, rebuild):
+    """(``vector_rebuild``: the path a large forget takes, the vector table made anew.)"""
+    monkeypatch.setattr(store_module, "_REBUILD_MIN", 1 if rebuild else 10**9)
+    monkeypatch.setattr(store_module, "_REBUILD_SHARE", 0.0)
     args, markers, target, count = SCENARIOS[scenario]
     by_age = "before" in scenario
     # With log_queries=True a query made after `before` that quotes an old message is an
