@@ -141,6 +141,26 @@ def immutable_allowed(path: str, exc: BaseException) -> bool:
     return _wal_bytes(path) == 0
 
 
+def connect_read_only(path: str, *, vec: bool = True) -> tuple[Any, bool]:
+    """A read-only connection to ``path`` that has read it once (where SQLite needs the WAL
+    index), and whether it is immutable: ``mode=ro``, else ``immutable=1`` when
+    ``immutable_allowed``; else the driver's error. ``vec``: with sqlite-vec loaded."""
+    def make(uri: str) -> Any:
+        if vec:
+            return connect(uri, uri=True)
+        return dbapi().connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    conn = make(read_only_uri(path))
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn, False
+    except dbapi().Error as exc:
+        conn.close()
+        if not immutable_allowed(path, exc):
+            raise
+    return make(read_only_uri(path, immutable=True)), True
+
+
 def wal_appeared(path: str) -> bool:
     """Has ``path`` a -wal now? (A reader that opened it immutable then reopens without.)"""
     return os.path.exists(path + "-wal")

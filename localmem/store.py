@@ -568,6 +568,10 @@ class Store:
             conn = driver.connect(driver.read_only_uri(self.path, immutable=self._immutable), uri=True)
         else:
             conn = driver.connect(self.path)
+        return self._configure(conn, reader=reader)
+
+    def _configure(self, conn: Any, *, reader: bool) -> Any:
+        """Set a new connection up (closed if that fails)."""
         try:
             # busy_timeout first: the journal-mode switch below may itself wait for a lock.
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
@@ -608,17 +612,11 @@ class Store:
             )
         self._tidy = not os.path.exists(self.path + "-wal")
         try:
-            conn = self._open(reader=True)
-            try:
-                conn.execute("PRAGMA user_version").fetchone()  # the first read: SQLite needs the WAL index
-            except BaseException:
-                conn.close()
-                raise
+            conn, self._immutable = driver.connect_read_only(self.path)
         except driver.dbapi().Error as exc:
-            if not driver.immutable_allowed(self.path, exc):
-                raise self._unreadable(exc) from exc
-            self._immutable, self._tidy = True, False
-            conn = self._open(reader=True)
+            raise self._unreadable(exc) from exc
+        self._tidy = self._tidy and not self._immutable
+        conn = self._configure(conn, reader=True)
         self._readers.append(conn)
         self._idle["read"] = [conn]
         with self.read() as conn:
