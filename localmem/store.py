@@ -395,9 +395,10 @@ def map_error(exc: Exception, path: str) -> StoreError:
         return StorageFullError(f"{path}: the disk is full ({exc})")
     if code in (_CORRUPT, _NOTADB) or "not a database" in text or "malformed" in text:
         return CorruptDatabaseError(f"{path}: not a usable localmem database ({exc})")
-    if code == _READONLY:
+    if code == _READONLY or (code == _CANTOPEN and os.path.isfile(path) and not driver.can_write(path)):
         return ReadOnlyError(
-            f"{path}: the file cannot be written here ({exc}); to read it, open it with read_only=True"
+            f"{path}: the file cannot be written here ({exc}): read-only media or no write "
+            "permission; to read it, open it with read_only=True"
         )
     return StoreError(f"{path}: {exc}")
 
