@@ -203,8 +203,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if writable:
             mem.flush()  # messages added by `localmem add` get their vectors first
         elif (pending := mem.stats()["pending_vectors"]):
-            _note(f"{path} cannot be written here, so the {pending} messages still waiting for "
-                  "their vectors are found by keywords only")
+            _note(f"{path} cannot be written here, so {pending} message(s) still waiting for a "
+                  "vector are found by keywords only")
         if args.explain:
             print(mem.explain(args.strategy, **ask).render(), end="")
             return 0

@@ -24,6 +24,7 @@ import pytest
 from hash_embedder import HashEmbedder
 
 import localmem
+import localmem.cli
 from localmem import (
     CorruptDatabaseError,
     InvalidInputError,
@@ -364,6 +365,24 @@ def test_a_read_only_mount(filled, tmpfs, run, monkeypatch):
     code, _, err = run("--db", str(path), "add", "--conversation", "c1", "--owner", "u1", "hi")
     assert code == 1 and "read_only=True" in err
     assert snapshot(tmpfs.path) == before
+
+
+def test_search_of_an_unwritable_file_finds_waiting_messages_by_keywords(media, run, monkeypatch):
+    # `localmem add` leaves messages waiting for their vectors; `search` embeds them first
+    # when it can write the file, and otherwise finds them by keywords, saying so.
+    with Memory(media, embed="off") as rw:
+        rw.add("user", "the zebra crossing on Main Street", msg_id="waiting", **U1C1)
+    before = snapshot(media.parent)
+    monkeypatch.setattr(localmem.cli, "can_write", lambda path: False)
+    _hash_model(monkeypatch)
+    code, out, err = run("--db", str(media), "search", "--all", "--json", "--conversation", "c1",
+                         "--owner", "u1", "--strategy", "semantic_search", "zebra crossing")
+    assert code == 0, err
+    assert "1 message(s) still waiting for a vector are found by keywords only" in err
+    assert "waiting" in [m["msg_id"] for m in json.loads(out)["messages"]]
+    assert snapshot(media.parent) == before  # nothing embedded, nothing created
+    with Memory(media, read_only=True) as ro:
+        assert ro.stats()["pending_vectors"] == 1
 
 
 def test_a_wal_with_commits_but_no_index_on_a_read_only_mount(filled, tmpfs):
