@@ -743,8 +743,7 @@ class Store:
             with self._lock:
                 if self._pid != os.getpid():
                     self._after_fork()
-        if self._immutable and driver.wal_appeared(self.path):
-            self._end_immutable()
+        self._end_immutable_if_written()
         with self._pool_lock:
             idle = self._idle.get(kind)
             if idle:
@@ -755,10 +754,12 @@ class Store:
             self._readers.append(conn)
         return conn
 
-    def _end_immutable(self) -> None:
-        """A writer has made a -wal since the file was opened immutable: from now on reads
-        open mode=ro connections (which see its commits); immutable ones close as they
-        come back to the pool."""
+    def _end_immutable_if_written(self) -> None:
+        """If a writer has made a -wal since the file was opened immutable: from now on
+        reads open mode=ro connections (which see its commits); immutable ones close as
+        they come back to the pool."""
+        if not (self._immutable and driver.wal_appeared(self.path)):
+            return
         with self._pool_lock:
             if not self._immutable:
                 return
@@ -794,11 +795,13 @@ class Store:
             with self._reader() as conn:
                 yield conn
             return
+        self._end_immutable_if_written()
         with self._mapped_errors():
             conn = self._open(reader=True)
             try:
                 yield conn
             finally:
+                self._immutable_readers.discard(conn)
                 conn.close()
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
