@@ -258,7 +258,8 @@ class _DiskTier:
     """One ``diskcache.Cache`` in a private directory: the plumbing every tier shares.
 
     ``directory`` None means a throwaway temp directory, removed on ``close()`` by the
-    process that made it. ``subdir`` gives the tier its own folder below ``directory``, so
+    process that made it; ``on_disk=False``: no directory at all, every call a miss (a
+    read-only Memory's tiers, which must create nothing). ``subdir`` gives the tier its own folder below ``directory``, so
     that several tiers share one cache directory.
 
     A tier never raises for cache trouble: a folder it cannot use (see ``private_dir``), a
@@ -278,8 +279,10 @@ class _DiskTier:
         *,
         disk: type[diskcache.Disk] = RawBytesDisk,
         timeout: float = CACHE_TIMEOUT,
+        on_disk: bool = True,
         **settings: Any,
     ) -> None:
+        self._on_disk = on_disk
         self._root = directory
         self._subdir = subdir
         self._owned_tmp: Path | None = None
@@ -317,8 +320,8 @@ class _DiskTier:
 
     def _current(self) -> diskcache.Cache | None:
         """This process's cache object (reopened on first use after a fork), or None while
-        the tier cannot be opened."""
-        if self._closed:
+        the tier cannot be opened (or has no disk)."""
+        if self._closed or not self._on_disk:
             return None
         if self._pid != os.getpid() or (self._cache is None and time.monotonic() >= self._retry_at):
             with self._lock:
@@ -521,6 +524,8 @@ class EmbeddingCache(_DiskTier):
     would count every internal read, never see memory hits, and count a rejected entry as a
     hit.) They are counts for the whole directory, all models together; ``clear()`` resets
     them.
+
+    ``on_disk=False``: the LRU only, no folder, no counters (a read-only Memory's).
     """
 
     def __init__(
@@ -532,6 +537,7 @@ class EmbeddingCache(_DiskTier):
         memory_items: int = 4096,
         ttl: float = DEFAULT_EMBEDDING_TTL,
         timeout: float = CACHE_TIMEOUT,
+        on_disk: bool = True,
     ) -> None:
         if type(model_key) is not str:
             raise InvalidInputError(f"model_key must be a str; got {model_key!r}")
@@ -547,8 +553,9 @@ class EmbeddingCache(_DiskTier):
         self.ttl = float(ttl)
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lru_lock = threading.Lock()
-        super().__init__(directory, "embeddings", timeout=timeout)
-        self._counters = _Counters(directory, "embedding-stats", disk=_CounterDisk, timeout=timeout)
+        super().__init__(directory, "embeddings", timeout=timeout, on_disk=on_disk)
+        self._counters = _Counters(directory, "embedding-stats", disk=_CounterDisk, timeout=timeout,
+                                   on_disk=on_disk)
 
     _label = "embedding cache"
 

@@ -2,6 +2,13 @@
 
 Exit codes: 0 success, 1 a localmem error (printed as ``localmem: error: ...``), 2 a usage
 error (argparse's own).
+
+Reading never creates or changes a file: ``info``, ``recent``, ``stats`` and ``metrics``
+always open the database with ``read_only=True``, so they work on read-only media and
+without write permission. ``search`` and ``context`` first bring what ``add`` leaves
+queued up to date (the vectors of new messages; the summary), which is a write: they do
+so when the file can be written, and otherwise read it as it is, read-only, saying on
+stderr what that leaves out. (No ``--read-only`` option: a read never needs one.)
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 from . import progress
 from ._version import __version__
 from .demo import run_demo
+from .driver import can_write
 from .errors import InvalidInputError, LocalMemError
 from .lifecycle import RetentionPolicy
 from .memory import DEFAULT_MEMORY_SHARE, Memory, default_path
@@ -47,19 +55,24 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-def _db_path(args: argparse.Namespace) -> str:
-    return os.fspath(default_path()) if args.db is None else args.db
+def _db_path(args: argparse.Namespace, *, create: bool = True) -> str:
+    """--db, else the default file (``create``: its folder is made if missing)."""
+    return os.fspath(default_path(create=create)) if args.db is None else args.db
 
 
 def _open_existing(args: argparse.Namespace, **options: Any) -> Memory:
     """Open a database that must already exist: reading never creates a file."""
-    path = _db_path(args)
+    path = _db_path(args, create=False)
     if path != ":memory:" and not os.path.exists(path):
         raise LocalMemError(
             f"no database at {path} (nothing was created); "
             "'localmem add' or 'localmem demo --db PATH' creates one"
         )
     return Memory(path, **options)
+
+
+def _note(text: str) -> None:
+    print(f"localmem: note: {text}", file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -105,7 +118,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_recent(args: argparse.Namespace) -> int:
     lookback = None if args.all else args.lookback_days
     # A look from the command line, not an agent's call: not in the strategy log.
-    with _open_existing(args, embed="off", query_cache_ttl=0, strategy_log=False) as mem:
+    with _open_existing(args, read_only=True, embed="off", strategy_log=False) as mem:
         result = mem.get_memory(
             Strategy.RECENT_HISTORY, conversation_id=args.conversation, owner_id=args.owner,
             limit=args.limit, lookback_days=lookback,
@@ -122,7 +135,7 @@ def cmd_recent(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     """The strategy log's report (reading it creates nothing)."""
     days = None if args.days is None or args.days == 0 else args.days
-    with _open_existing(args, hot_window=0, query_cache_ttl=0, embed="off") as mem:
+    with _open_existing(args, read_only=True, embed="off") as mem:
         stats = mem.strategy_stats(owner_id=args.owner, days=days)
     if args.json:
         _print_json(stats.as_dict())
@@ -187,8 +200,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         ask["min_relevance"] = _setting(args.min_relevance, "--min-relevance", auto=True)
     if args.rerank_threshold is not None:
         ask["rerank_threshold"] = _setting(args.rerank_threshold, "--rerank-threshold", auto=False)
-    with _open_existing(args, strategy_log=False, **options) as mem:  # a look, not an agent's call
-        mem.flush()  # messages added by `localmem add` get their vectors first
+    path = _db_path(args, create=False)
+    writable = path == ":memory:" or can_write(path)
+    with _open_existing(args, strategy_log=False, read_only=not writable, **options) as mem:  # a look
+        if writable:
+            mem.flush()  # messages added by `localmem add` get their vectors first
+        elif (pending := mem.stats()["pending_vectors"]):
+            _note(f"{path} cannot be written here, so {pending} message(s) still waiting for a "
+                  "vector are found by keywords only")
         if args.explain:
             print(mem.explain(args.strategy, **ask).render(), end="")
             return 0
@@ -209,17 +228,23 @@ def cmd_context(args: argparse.Namespace) -> int:
     # The recency strategies need no model: open without one, so they work offline.
     recency = args.strategy in (Strategy.SESSION_ONLY.value, Strategy.RECENT_HISTORY.value)
     options: dict[str, Any] = {"embed": "off"} if recency else {}
-    with _open_existing(args, strategy_log=False, **options) as mem:  # a look, not an agent's call
-        if not recency:
-            mem.flush()  # vectors of messages added by `localmem add` first
-        # The summary up to date now: `localmem add` exits before its worker would fold.
-        mem.fold_summary(conversation_id=args.conversation, owner_id=args.owner)
+    path = _db_path(args, create=False)
+    writable = path == ":memory:" or can_write(path)
+    with _open_existing(args, strategy_log=False, read_only=not writable, **options) as mem:  # a look
+        if writable:
+            if not recency:
+                mem.flush()  # vectors of messages added by `localmem add` first
+            # The summary up to date now: `localmem add` exits before its worker would fold.
+            mem.fold_summary(conversation_id=args.conversation, owner_id=args.owner)
         ctx = mem.build_context(
             conversation_id=args.conversation, owner_id=args.owner, query=args.query,
             max_tokens=args.max_tokens, strategy=args.strategy, instructions=args.instructions,
             memory_share=args.memory_share, history_limit=args.history_limit,
             lookback_days=args.lookback_days,
         )
+    if not writable and any(d.reason == "not_summarized" for d in ctx.dropped):
+        _note(f"{path} cannot be written here, so the summary is shown as stored: older messages "
+              "not yet folded into it are left out")
     if args.format == "openai":
         _print_json(ctx.to_openai())
     elif args.format == "anthropic":
@@ -236,7 +261,7 @@ def cmd_context(args: argparse.Namespace) -> int:
 def cmd_reembed(args: argparse.Namespace) -> int:
     """Rebuild every vector with the given embedder (or the recorded one)."""
     path = _db_path(args)
-    with _open_existing(args, embed="off", hot_window=0, query_cache_ttl=0) as mem:
+    with _open_existing(args, read_only=True, embed="off") as mem:
         recorded = mem.stats()["embedder"]
     if args.embedder is not None and (recorded is None or recorded.get("name") != args.embedder):
         mem = Memory(path, embedder=args.embedder, reembed=recorded is not None)
@@ -302,14 +327,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     """What a Prometheus scrape would show, for a database no process here has open."""
     from .metrics import exposition
 
-    with _open_existing(args, hot_window=0, query_cache_ttl=0, embed="off", strategy_log=False) as mem:
+    with _open_existing(args, read_only=True, embed="off", strategy_log=False) as mem:
         print(exposition(mem.active_conversations), end="")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    # Looking must not create the cache directory beside the file, nor start embedding.
-    with _open_existing(args, hot_window=0, query_cache_ttl=0, embed="off") as mem:
+    # Read-only: works on read-only media, creates and changes nothing.
+    with _open_existing(args, read_only=True, embed="off", strategy_log=False) as mem:
         stats = mem.stats()
     if args.json:
         _print_json(stats)

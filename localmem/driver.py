@@ -14,9 +14,11 @@ garbage collection does not close them in the child.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
+import urllib.parse
 import weakref
 from types import ModuleType
 from typing import Any
@@ -59,15 +61,15 @@ def dbapi() -> ModuleType:
     return sqlean
 
 
-def connect(path: str) -> Any:
+def connect(path: str, *, uri: bool = False) -> Any:
     """A connection in autocommit mode (transactions are explicit), usable from any thread,
-    with sqlite-vec loaded.
+    with sqlite-vec loaded. ``uri``: ``path`` is a ``file:`` URI (see ``read_only_uri``).
 
     Callers serialise access themselves (``Store`` holds a lock around every use).
     """
     import sqlite_vec
 
-    conn = dbapi().connect(path, isolation_level=None, check_same_thread=False)
+    conn = dbapi().connect(path, uri=uri, isolation_level=None, check_same_thread=False)
     try:
         conn.enable_load_extension(True)
         sqlite_vec.load(conn)
@@ -76,6 +78,116 @@ def connect(path: str) -> Any:
         conn.close()
         raise
     return conn
+
+
+# -- read-only opens ---------------------------------------------------------------------
+#
+# What SQLite 3.50 (sqlean) does with a WAL-mode file opened ``mode=ro``, measured here (a
+# reader of uid 65534 in a folder of root's, files 0644; and root on a read-only bind mount):
+#
+# * file closed cleanly (no -wal, no -shm), folder unwritable: the open succeeds, the first
+#   read fails: SQLITE_READONLY "attempt to write a readonly database" (permissions) or
+#   SQLITE_CANTOPEN "unable to open database file" (read-only mount). SQLite must create the
+#   -shm (the WAL index) and cannot. ``immutable=1`` reads it (SQLite's documented way out,
+#   walformat.html: a process that cannot create the WAL and WAL-index files "will not be able
+#   to open the database, unless the database is designated as immutable").
+# * -wal and -shm present but unwritable (a writer still has the file open, on either side
+#   of a read-only mount): ``mode=ro`` works (SQLite builds the WAL index in heap memory) and
+#   every read sees the writer's newest commit, across a wal_checkpoint(TRUNCATE) too.
+#   ``immutable=1`` there is wrong: it ignores the WAL ("no such table" for a table created
+#   in it) and takes no locks.
+# * -wal holding commits, no -shm, folder unwritable (a file copied without its -shm):
+#   ``mode=ro`` fails (SQLITE_CANTOPEN) and ``immutable=1`` misses the commits: nothing
+#   reads it correctly; it must be opened read-write once somewhere writable.
+# * folder writable: ``mode=ro`` creates -wal (empty) and -shm, and leaves them when it
+#   closes (only a read-write connection removes them at the last close): ``tidy_wal``.
+#
+# Hence: ``mode=ro``; ``immutable=1`` only when SQLite cannot open the WAL index, the folder
+# is not writable and the -wal holds nothing, i.e. no writer can have the file open (one
+# that comes later makes a -wal, and ``wal_appeared`` tells the reader to stop being
+# immutable for its next connections).
+
+_READONLY, _CANTOPEN = 8, 14  # SQLite primary result codes
+
+
+def read_only_uri(path: str, *, immutable: bool = False) -> str:
+    """The ``file:`` URI opening ``path`` read-only (``mode=ro``), never creating it;
+    ``immutable``: also without locks or WAL (see ``immutable_allowed``)."""
+    quoted = urllib.parse.quote(os.path.abspath(path))
+    return f"file:{quoted}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _wal_bytes(path: str) -> int | None:
+    """Size of ``path``'s -wal: 0 when there is none, None when it cannot be read."""
+    try:
+        return os.path.getsize(path + "-wal")
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
+
+
+def immutable_allowed(path: str, exc: BaseException) -> bool:
+    """After a read-only open of ``path`` failed with ``exc``: may it be read with
+    ``immutable=1``? Only when SQLite could not open or make the WAL index (SQLITE_READONLY
+    or SQLITE_CANTOPEN), the folder cannot be written (so no -shm can be made), and there is
+    no -wal with anything in it (so every commit is in the file itself). The file must then
+    not change while it is open: SQLite takes no locks on an immutable file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in (_READONLY, _CANTOPEN):
+        return False
+    if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        return False
+    return _wal_bytes(path) == 0
+
+
+def connect_read_only(path: str, *, vec: bool = True) -> tuple[Any, bool]:
+    """A read-only connection to ``path`` that has read it once (where SQLite needs the WAL
+    index), and whether it is immutable: ``mode=ro``, else ``immutable=1`` when
+    ``immutable_allowed``; else the driver's error. ``vec``: with sqlite-vec loaded."""
+    def make(uri: str) -> Any:
+        if vec:
+            return connect(uri, uri=True)
+        return dbapi().connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+    conn = make(read_only_uri(path))
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn, False
+    except dbapi().Error as exc:
+        conn.close()
+        if not immutable_allowed(path, exc):
+            raise
+    return make(read_only_uri(path, immutable=True)), True
+
+
+def wal_appeared(path: str) -> bool:
+    """Has ``path`` a -wal now? (A reader that opened it immutable then reopens without.)"""
+    return os.path.exists(path + "-wal")
+
+
+def can_write(path: str) -> bool:
+    """Could this process write ``path`` and create files beside it (permissions, and a
+    read-only mount)?"""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+
+
+def tidy_wal(path: str) -> None:
+    """After this process's read-only connections to ``path`` closed: remove the -wal and
+    -shm that a ``mode=ro`` open created in a writable folder (see above), as the last
+    read-write connection to close does. Only while the -wal is empty, so that nothing is
+    checkpointed into the file; and one ordinary connection, opened and closed, does it, so
+    SQLite's own rule applies: the files stay while any other connection has the file open.
+    Best effort: a failure leaves the two files, which the next open uses as usual."""
+    if _wal_bytes(path) != 0 or not os.path.exists(path + "-wal") or not can_write(path):
+        return
+    with contextlib.suppress(Exception):
+        conn = connect(path)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
 
 
 def abandon(obj: Any) -> None:

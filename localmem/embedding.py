@@ -88,7 +88,7 @@ class Embeddings:
 
     ``recorded()`` gives the identity the file records (None before its first vector);
     ``path`` names the file in errors. The cache lives in ``cache_dir/embeddings`` (None:
-    a throwaway folder), per model identity.
+    a throwaway folder), per model identity; ``disk_cache=False``: in this process only.
     """
 
     def __init__(
@@ -100,6 +100,7 @@ class Embeddings:
         cache_dir: Path | None,
         ttl: float,
         timeout: float,
+        disk_cache: bool = True,
     ):
         self.arg = model_arg(arg, "embedder", "embed")
         self._path = path
@@ -110,6 +111,7 @@ class Embeddings:
         self._cache_dir = cache_dir
         self._ttl = ttl
         self._timeout = timeout
+        self._disk_cache = disk_cache
         self._model: Any = None
         self._identity: dict[str, Any] | None = None
         self._cache: EmbeddingCache | None = None
@@ -184,7 +186,7 @@ class Embeddings:
             if self._cache is None:
                 self._cache = EmbeddingCache(
                     self._cache_dir, model_key=json.dumps(identity, sort_keys=True), dim=identity["dim"],
-                    ttl=self._ttl, timeout=self._timeout,
+                    ttl=self._ttl, timeout=self._timeout, on_disk=self._disk_cache,
                 )
             return self._cache
 

@@ -104,9 +104,10 @@ _ADD_MANY_KEYS = frozenset(
 )
 
 
-def default_path() -> Path:
-    """``memory.db`` in the platform's user data directory (created if missing)."""
-    return platformdirs.user_data_path("localmem", appauthor=False, ensure_exists=True) / "memory.db"
+def default_path(*, create: bool = True) -> Path:
+    """``memory.db`` in the platform's user data directory (``create``: the directory is
+    created if missing)."""
+    return platformdirs.user_data_path("localmem", appauthor=False, ensure_exists=create) / "memory.db"
 
 
 class Memory:
@@ -158,6 +159,25 @@ class Memory:
     ``metrics``: record Prometheus metrics (``metrics_text()``; needs the ``metrics``
     extra, prometheus_client). Off by default, and then nothing is recorded.
 
+    ``read_only``: open an existing file for reading only, on read-only media or without
+    write permission too. Every strategy, ``build_context`` (with the summary as stored),
+    ``get``, ``stats``, ``check_integrity``, ``strategy_stats`` and ``analytics`` (an
+    existing ``<path>-log``; none reads as empty) work; every write (``add``, ``add_many``,
+    ``delete``, ``reembed``, ``fold_summary``, ``cleanup_expired``) raises ``ReadOnlyError``
+    and writes nothing. Nothing is created or changed beside the file either: no cache
+    folder (query vectors are computed and kept in this process only, so
+    ``cache_dir``, ``hot_window`` and ``query_cache_ttl`` have no effect), no strategy-log
+    entries, no background embedding or summary folding (messages still waiting for a
+    vector are found by keywords only; ``flush()`` returns at once), and the -wal/-shm
+    files SQLite makes to read a WAL file in a writable folder are removed at ``close()``
+    when no other connection uses them. ``embedder`` is still the model for query vectors
+    (a different one than the file records is a ``ModelMismatchError``). A file of an
+    older schema raises ``ReadOnlyError`` (open it once read-write to upgrade it), a
+    missing one ``StoreError``. On read-only media a file closed cleanly (no -wal) is read
+    without locks (SQLite's ``immutable``): it must not change while open; a writer
+    making a -wal meanwhile switches the next reads back to locked ones
+    (``localmem.driver`` has the rules).
+
     Thread-safe; after ``fork()`` the child opens its own connections on first use.
     """
 
@@ -190,6 +210,7 @@ class Memory:
         retention: RetentionPolicy | Sequence[RetentionPolicy] | None = None,
         maintenance_interval: float | None = None,
         metrics: bool = False,
+        read_only: bool = False,
     ):
         if type(hot_window) is not int or not 0 <= hot_window <= 4096:
             raise InvalidInputError(f"hot_window must be an int from 0 to 4096; got {hot_window!r}")
@@ -214,18 +235,24 @@ class Memory:
         if embed not in EMBED_MODES:
             raise InvalidInputError(f"embed must be one of {EMBED_MODES}; got {embed!r}")
         check_flag(reembed, "reembed")
+        check_flag(read_only, "read_only")
+        if read_only and reembed:
+            raise InvalidInputError("reembed=True rewrites every vector: it cannot be combined with read_only=True")
+        if read_only and interval is not None:
+            raise InvalidInputError("maintenance_interval runs maintain(), which writes: not with read_only=True")
         for name, value in (("embedding_cache_ttl", embedding_cache_ttl), ("query_cache_ttl", query_cache_ttl)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10**10:
                 raise InvalidInputError(f"{name} must be seconds >= 0; got {value!r}")
         if path is None:
-            path = default_path()
+            path = default_path(create=not read_only)
         self.path = os.fspath(path)
-        self.read_only = False
+        self.read_only = read_only
         self.max_content_bytes = max_content_bytes
         self._closed = False
         self._close_lock = threading.Lock()
         driver.reset_locks_after_fork(self)
-        self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout)
+        # (an in-memory read_only store is refused there: it would be empty)
+        self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout, read_only=read_only)
         try:
             embedder = model_arg(embedder, "embedder", "embed")
             self._reranker_arg = model_arg(reranker, "reranker", "score")
@@ -245,6 +272,8 @@ class Memory:
             in_memory = self._store.in_memory
             if cache_dir is None and not in_memory:
                 cache_dir = self.path + "-cache"
+            if read_only:
+                cache_dir, hot_window, query_cache_ttl = None, 0, 0  # no cache folder: nothing created
             self._cache_dir = None if cache_dir is None else Path(cache_dir)
             namespace = self._store.instance_id or ""
             self._hot = self._queries = None
@@ -253,6 +282,7 @@ class Memory:
             self._embedding = Embeddings(
                 embedder, path=self.path, recorded=self._store.embedder_identity,
                 cache_dir=self._cache_dir, ttl=float(embedding_cache_ttl), timeout=self._cache_timeout,
+                disk_cache=not read_only,
             )
             if hot_window:
                 self._hot = HotWindow(
@@ -266,7 +296,7 @@ class Memory:
                 )
             self._log = StrategyLog(
                 log_path(self.path), keep_queries=self.log_queries,
-                retention_days=log_retention,
+                retention_days=log_retention, read_only=read_only,
             ) if strategy_log else None
             self._metrics: Any = None
             if metrics:
@@ -280,7 +310,7 @@ class Memory:
                 thread_exit=self._embedding.release_thread,
             )
             self._folder: Folder | None = None
-            if summaries is not None:
+            if summaries is not None and not read_only:  # (read-only: the summaries as stored)
                 self._folder = self._make_folder(summaries)
             self._lifecycle = Lifecycle(
                 self._store, hot=self._hot, queries=self._queries, embeddings=self._embedding, log=self._log,
@@ -290,7 +320,7 @@ class Memory:
             if switch:
                 self._embedding.prove()  # before dropping a single vector of the old model
                 self._store.reset_vectors()
-            if embed != "off" and self._store.pending_count():
+            if embed != "off" and not read_only and self._store.pending_count():
                 self._indexer.notify()  # left over from a crash, a reembed, or embed="off"
         except BaseException:
             self._close_parts()
@@ -355,7 +385,7 @@ class Memory:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Memory {self.path!r} {state}>"
+        return f"<Memory {self.path!r} {state}{' read-only' if self.read_only else ''}>"
 
     def _check_open(self) -> None:
         if self._closed:
@@ -386,7 +416,7 @@ class Memory:
         Re-adding a ``msg_id`` with identical fields returns the stored message (a safe
         retry); with different fields it raises ``InvalidInputError``.
         """
-        self._check_open()
+        self._check_writable("add a message")
         try:
             m = new_message(
                 role, content, conversation_id=conversation_id, owner_id=owner_id, feature=feature,
@@ -457,7 +487,7 @@ class Memory:
         chunk and everything after it is left unwritten (earlier chunks stay committed;
         re-running the same import is safe, since retries of a msg_id are skipped).
         """
-        self._check_open()
+        self._check_writable("add messages")
         if type(chunk_size) is not int or not 1 <= chunk_size <= 100_000:
             raise InvalidInputError(f"chunk_size must be an int from 1 to 100000; got {chunk_size!r}")
         defaults = {"conversation_id": conversation_id, "owner_id": owner_id}
@@ -981,10 +1011,13 @@ class Memory:
         queued), ``SummaryError`` if the summariser failed, ``TimeoutError`` after
         ``timeout`` seconds, and ``StrategyUnavailableError`` when opened with
         ``embed="off"`` and ``summaries=None`` (nothing to wait for). ``progress``: a
-        callback that gets a ``Progress`` of the vectors written as they are.
+        callback that gets a ``Progress`` of the vectors written as they are. Read-only, it
+        returns at once: nothing runs in the background.
         """
         self._check_open()
         check_callback(progress)
+        if self.read_only:
+            return
         if self.embed_mode == "off" and self._folder is None:
             raise StrategyUnavailableError("this Memory was opened with embed='off' and no summaries: nothing to flush")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1129,7 +1162,7 @@ class Memory:
         messages were folded. For a script or a command that starts, asks and ends before
         the worker would look. Raises ``SummaryError`` if the summariser fails and
         ``StrategyUnavailableError`` when opened with ``summaries=None``."""
-        self._check_open()
+        self._check_writable("fold a summary")
         conversation_id = check_id(conversation_id, "conversation_id")
         owner_id = check_id(owner_id, "owner_id")
         if self._folder is None:
@@ -1155,7 +1188,7 @@ class Memory:
     def reembed(self) -> int:
         """Drop every vector and rebuild them all with this Memory's embedder, in the
         background (``flush()`` waits). Returns how many messages are queued."""
-        self._check_open()
+        self._check_writable("re-embed")
         if self.embed_mode == "off":
             raise StrategyUnavailableError("this Memory was opened with embed='off': cannot re-embed")
         self._embedding.prove()  # the reset forgets the recorded model: have the new one first
@@ -1173,7 +1206,7 @@ class Memory:
         cached answers of its owner, and the cached vector of its text. To be sure no byte
         of it stays in any file (the write-ahead logs included), use ``forget``.
         """
-        self._check_open()
+        self._check_writable("delete a message")
         deleted = self._store.delete(check_id(msg_id, "msg_id"))
         if deleted is None:
             return False
@@ -1267,7 +1300,7 @@ class Memory:
 
     def cleanup_expired(self) -> int:
         """Remove expired embedding-cache entries; returns how many."""
-        self._check_open()
+        self._check_writable("remove expired cache entries")
         return self._embedding.cache().cleanup_expired()
 
     def stats(self) -> dict[str, Any]:
@@ -1292,6 +1325,8 @@ class Memory:
         """"ok", or what SQLite's and FTS5's integrity checks found.
 
         The FTS5 check needs the write lock: ``LockTimeoutError`` if another writer holds it.
+        Read-only, FTS5's check is the one ``PRAGMA integrity_check`` runs (SQLite 3.44+;
+        with an older SQLite the result says it was skipped).
         """
         self._check_open()
         return self._store.check_integrity()

@@ -20,6 +20,10 @@ Rules this module keeps (see DESIGN.md):
   never wait behind a writer that waits for the file lock (WAL lets them read meanwhile);
   writes run on one connection whose lock a thread waits for within ``lock_timeout``.
 * A raw driver error never escapes: ``_mapped_errors`` turns it into a ``StoreError``.
+* ``read_only=True`` opens an existing file with ``mode=ro`` connections only (the rules for
+  WAL files on read-only media are in ``driver``): no migration, no journal-mode switch, no
+  write stamp, no ``PRAGMA optimize``; every write raises ``ReadOnlyError`` in ``write()``,
+  before SQLite is asked.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .errors import (
     InvalidInputError,
     LockTimeoutError,
     ModelMismatchError,
+    ReadOnlyError,
     StorageFullError,
     StoreError,
 )
@@ -322,7 +327,7 @@ OVERSAMPLE = 2
 MIN_CANDIDATES = 160
 
 # SQLite primary result codes (https://sqlite.org/rescode.html).
-_BUSY, _LOCKED, _IOERR, _CORRUPT, _FULL, _NOTADB = 5, 6, 10, 11, 13, 26
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
 
 
 def row_to_message(row: Row) -> Message:
@@ -397,6 +402,11 @@ def map_error(exc: Exception, path: str) -> StoreError:
         return StorageFullError(f"{path}: the disk is full ({exc})")
     if code in (_CORRUPT, _NOTADB) or "not a database" in text or "malformed" in text:
         return CorruptDatabaseError(f"{path}: not a usable localmem database ({exc})")
+    if code == _READONLY or (code == _CANTOPEN and os.path.isfile(path) and not driver.can_write(path)):
+        return ReadOnlyError(
+            f"{path}: the file cannot be written here ({exc}): read-only media or no write "
+            "permission; to read it, open it with read_only=True"
+        )
     return StoreError(f"{path}: {exc}")
 
 
@@ -514,17 +524,37 @@ class Scope:
 class Store:
     """One SQLite file. Thread-safe: writes on one connection behind a lock, reads on a
     pool of read-only connections. Fork-safe: a child process opens its own connections
-    on first use."""
+    on first use.
 
-    def __init__(self, path: str, *, durability: str = "normal", lock_timeout: float = 5.0):
+    ``read_only``: open an existing file for reading only (see the module docstring): a
+    missing file is a ``StoreError`` (never created), a file of an older schema a
+    ``ReadOnlyError`` (upgrading is a write: open it once read-write), a newer one a
+    ``CorruptDatabaseError`` as always.
+    """
+
+    def __init__(
+        self, path: str, *, durability: str = "normal", lock_timeout: float = 5.0, read_only: bool = False,
+    ):
         if durability not in ("normal", "full"):
             raise InvalidInputError(f"durability must be 'normal' or 'full', not {durability!r}")
         if not isinstance(lock_timeout, (int, float)) or not 0 < lock_timeout <= 3600:
             raise InvalidInputError(f"lock_timeout must be seconds in (0, 3600]; got {lock_timeout!r}")
+        if type(read_only) is not bool:
+            raise InvalidInputError(f"read_only must be True or False; got {read_only!r}")
         self.path = path
         self.durability = durability
         self.lock_timeout = float(lock_timeout)
+        self.read_only = read_only
         self._in_memory = path == ":memory:" or path.startswith("file::memory:")
+        if read_only and self._in_memory:
+            raise InvalidInputError("an in-memory database cannot be opened read_only: it would be empty")
+        # Read-only: connections open with immutable=1 (see driver.immutable_allowed) while
+        # this is set; ``_immutable_readers`` are the ones opened so, closed once it is not.
+        self._immutable = False
+        self._immutable_readers: set[Any] = set()
+        # Read-only: there was no -wal at open, so a -wal and -shm that SQLite makes for our
+        # mode=ro connections are ours to remove at close (driver.tidy_wal).
+        self._tidy = False
         self._lock = threading.RLock()  # the write connection
         self._pool_lock = threading.Lock()  # the read pool's lists
         driver.reset_locks_after_fork(self)
@@ -541,14 +571,28 @@ class Store:
         if not self._in_memory:
             _refuse_hard_links(path)
         with self._mapped_errors():
-            self._conn = self._open()
-            self._migrate()
+            if read_only:
+                try:
+                    self._open_read_only()
+                except BaseException:
+                    self.close()  # its readers, and the -wal/-shm SQLite made for them
+                    raise
+            else:
+                self._conn = self._open()
+                self._migrate()
             self.instance_id = self._meta_value("instance_id")
 
     # -- connection lifecycle ---------------------------------------------------------
 
     def _open(self, *, reader: bool = False) -> Any:
-        conn = driver.connect(self.path)
+        if self.read_only:
+            conn = driver.connect(driver.read_only_uri(self.path, immutable=self._immutable), uri=True)
+        else:
+            conn = driver.connect(self.path)
+        return self._configure(conn, reader=reader)
+
+    def _configure(self, conn: Any, *, reader: bool) -> Any:
+        """Set a new connection up (closed if that fails)."""
         try:
             # busy_timeout first: the journal-mode switch below may itself wait for a lock.
             conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
@@ -575,7 +619,59 @@ class Store:
         except BaseException:
             conn.close()
             raise
+        if self._immutable:
+            self._immutable_readers.add(conn)
         return conn
+
+    def _open_read_only(self) -> None:
+        """Open an existing file read-only: the first reader, then the schema's version
+        checked (``_check_readable``). When SQLite cannot make the file's WAL index here,
+        retry with immutable=1 if ``driver.immutable_allowed`` says it reads the file right."""
+        if not os.path.isfile(self.path):
+            raise StoreError(
+                f"{self.path}: no such database file (read_only=True opens an existing file, never creates one)"
+            )
+        self._tidy = not os.path.exists(self.path + "-wal")
+        try:
+            conn, self._immutable = driver.connect_read_only(self.path)
+        except driver.dbapi().Error as exc:
+            raise self._unreadable(exc) from exc
+        self._tidy = self._tidy and not self._immutable
+        conn = self._configure(conn, reader=True)
+        self._readers.append(conn)
+        self._idle["read"] = [conn]
+        with self.read() as conn:
+            self._check_readable(conn)
+
+    def _unreadable(self, exc: Exception) -> StoreError:
+        """The error for a read-only open that failed."""
+        if _error_code(exc) in (_READONLY, _CANTOPEN) and os.path.exists(self.path + "-wal") \
+                and not os.path.exists(self.path + "-shm"):
+            return StoreError(
+                f"{self.path} cannot be read here ({exc}): its write-ahead log {self.path}-wal holds "
+                f"commits not yet in the file, and SQLite cannot create the log's index {self.path}-shm "
+                "in this read-only folder. Open it once read-write where it can be written (closing "
+                "folds the log into the file), or copy the database with its -wal and -shm files"
+            )
+        if _error_code(exc) == _READONLY:
+            return StoreError(f"{self.path}: cannot be read here ({exc})")
+        return map_error(exc, self.path)
+
+    def _check_readable(self, conn: Any) -> None:
+        """A read-only open reads the current schema only (inside a read transaction)."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        self._check_known(version, conn=conn)
+        if version == 0:
+            raise ReadOnlyError(
+                f"{self.path} is not a localmem database yet (no schema); read_only=True cannot create "
+                "one: open it once without read_only"
+            )
+        if version < SCHEMA_VERSION:
+            raise ReadOnlyError(
+                f"{self.path} has schema version {version}, older than this localmem's ({SCHEMA_VERSION}); "
+                "read_only=True cannot upgrade it: open it once without read_only (that upgrades it), "
+                "then read-only"
+            )
 
     def _connection(self) -> Any:
         """The write connection for this process. Caller holds ``self._lock``."""
@@ -591,8 +687,10 @@ class Store:
         for conn in [self._conn, *self._readers]:
             driver.abandon(conn)
         self._conn, self._idle, self._readers = None, {}, []
+        self._immutable_readers = set()
         self._pid = os.getpid()
-        self._conn = self._open()
+        self._tidy = False  # the parent's to do
+        self._conn = None if self.read_only else self._open()
         self._stamped = False  # a new connection: the child's writes get a stamp of their own
 
     def close(self) -> None:
@@ -615,6 +713,8 @@ class Store:
                     with contextlib.suppress(Exception):
                         conn.execute("PRAGMA optimize")  # SQLite's advice for long-lived connections
                     conn.close()
+            if self._tidy:
+                driver.tidy_wal(self.path)
 
     @property
     def closed(self) -> bool:
@@ -663,6 +763,7 @@ class Store:
             with self._lock:
                 if self._pid != os.getpid():
                     self._after_fork()
+        self._end_immutable_if_written()
         with self._pool_lock:
             idle = self._idle.get(kind)
             if idle:
@@ -673,14 +774,36 @@ class Store:
             self._readers.append(conn)
         return conn
 
-    def _give(self, conn: Any, kind: str) -> None:
-        """Back to the pool; closed instead if the store was closed meanwhile."""
+    def _end_immutable_if_written(self) -> None:
+        """If a writer has made a -wal since the file was opened immutable: from now on
+        reads open mode=ro connections (which see its commits); immutable ones close as
+        they come back to the pool."""
+        if not (self._immutable and driver.wal_appeared(self.path)):
+            return
         with self._pool_lock:
-            keep = not self._closed
+            if not self._immutable:
+                return
+            self._immutable = False
+            idle = [c for conns in self._idle.values() for c in conns if c in self._immutable_readers]
+            for kind, conns in self._idle.items():
+                self._idle[kind] = [c for c in conns if c not in self._immutable_readers]
+            for conn in idle:
+                self._readers.remove(conn)
+                self._immutable_readers.discard(conn)
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _give(self, conn: Any, kind: str) -> None:
+        """Back to the pool; closed instead if the store was closed meanwhile (or if it is
+        an immutable connection no longer wanted)."""
+        with self._pool_lock:
+            keep = not self._closed and (self._immutable or conn not in self._immutable_readers)
             if keep:
                 self._idle.setdefault(kind, []).append(conn)
             else:
                 self._readers.remove(conn)
+                self._immutable_readers.discard(conn)
         if not keep:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -692,11 +815,13 @@ class Store:
             with self._reader() as conn:
                 yield conn
             return
+        self._end_immutable_if_written()
         with self._mapped_errors():
             conn = self._open(reader=True)
             try:
                 yield conn
             finally:
+                self._immutable_readers.discard(conn)
                 conn.close()
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -749,7 +874,11 @@ class Store:
         bounded by ``lock_timeout``. The first write of a connection sets a fresh write
         stamp (see the module docstring); ``stamp=False`` leaves it to the caller (the
         migration, which may create the table).
+
+        A read-only store raises ``ReadOnlyError`` here, before SQLite is asked.
         """
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path} is open read-only: nothing was written")
         with self._write_lock() as deadline, self._mapped_errors():
             conn = self._connection()
             self._execute_when_free(conn, "BEGIN IMMEDIATE", deadline)
@@ -847,17 +976,17 @@ class Store:
             conn.execute("DELETE FROM message_vectors WHERE rowid = ?", (row_id,))
             conn.execute("INSERT INTO zero_vectors (id) VALUES (?)", (row_id,))
 
-    def _check_known(self, version: int, *, tables: bool = True) -> None:
+    def _check_known(self, version: int, *, tables: bool = True, conn: Any = None) -> None:
         """Refuse a file from a newer localmem, and (``tables``: inside the migration's
-        transaction, where the version and the tables are one snapshot) an SQLite file
-        with tables but no localmem schema version."""
+        transaction, where the version and the tables are one snapshot; on ``conn``, else
+        the write connection) an SQLite file with tables but no localmem schema version."""
         if version > SCHEMA_VERSION:
             raise CorruptDatabaseError(
                 f"{self.path} has schema version {version}, newer than this localmem knows "
                 f"({SCHEMA_VERSION}); upgrade localmem to open it"
             )
         if version == 0 and tables:
-            found = self._conn.execute(
+            found = (conn or self._conn).execute(
                 "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
             ).fetchone()[0]
             if found:
@@ -1583,7 +1712,9 @@ class Store:
     def check_integrity(self) -> str:
         """"ok", or what was found, a line a problem: ``PRAGMA integrity_check``; the
         keyword index (a row per message, the right previous message, FTS5's own check);
-        the vectors (see ``_vector_problems``); times a datetime cannot hold."""
+        the vectors (see ``_vector_problems``); times a datetime cannot hold. Read-only,
+        FTS5's own check is the one ``PRAGMA integrity_check`` runs (SQLite 3.44+; older
+        ones say it was skipped)."""
         # On a fresh connection: SQLite 3.50's PRAGMA integrity_check reports a healthy
         # FTS5 index as "malformed inverted index" on a connection that read the index
         # before another connection changed it (FTS5 keeps the index structure cached
@@ -1617,6 +1748,16 @@ class Store:
             if out_of_range:
                 problems.append(f"messages: {out_of_range} have a created_at outside the years 1 to 9999 UTC")
             problems += _vector_problems(conn)
+        if self.read_only:
+            # FTS5's own check is a write ('integrity-check' needs the write lock). From
+            # SQLite 3.44 on, PRAGMA integrity_check above ran the same check (FTS5's
+            # xIntegrity; it reports a damaged index as "malformed inverted index").
+            if driver.dbapi().sqlite_version_info < (3, 44, 0):
+                problems.append(
+                    f"fts5: its own check was skipped: read-only, it needs SQLite 3.44 or newer "
+                    f"(this is {driver.dbapi().sqlite_version})"
+                )
+            return "\n".join(problems) or "ok"
         try:
             with self.write() as conn:
                 conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")

@@ -16,6 +16,10 @@ Rules it keeps (a lost log line is acceptable; a slower or failed read is not):
   pause that doubles up to ``MAX_BACKOFF``; past ``MAX_BUFFER`` the oldest are dropped
   and counted (``dropped``), and one warning is logged per minute at most. Nothing of it
   reaches the caller of ``get_memory``.
+* ``read_only=True`` (a read-only Memory's log): nothing is appended or written, ever
+  (``append`` drops the entry; a write raises ``ReadOnlyError``); an existing log is still
+  read, so ``strategy_stats``, ``analytics`` and the selector's per-owner pattern see what
+  read-write Memories logged. No log file reads as an empty log.
 * Entries are stored by columns, in batches of up to ``BATCH_ROWS`` (one SQLite row per
   batch: a numpy structured array and a JSON list of each string column's distinct
   values), so analytics over a million entries reads a few hundred rows, not a million.
@@ -42,7 +46,6 @@ import os
 import secrets
 import threading
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -50,7 +53,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import driver
-from .errors import ClosedError, LockTimeoutError, StoreError
+from .errors import ClosedError, LockTimeoutError, ReadOnlyError, StoreError
 from .validate import now_us
 
 __all__ = ["BATCH_ROWS", "CHOSEN_BY", "COLUMNS", "LogEntry", "StrategyLog", "log_path"]
@@ -180,10 +183,13 @@ def _decode(numbers: bytes, strings: str) -> list[LogEntry]:
 
 class StrategyLog:
     """The log of one database (see the module docstring). ``path`` None: in memory.
-    ``keep_queries``: store the query text too, not only its hash."""
+    ``keep_queries``: store the query text too, not only its hash. ``read_only``: read an
+    existing log, never write one."""
 
-    def __init__(self, path: str | None, *, keep_queries: bool = False, retention_days: float | None = 90.0):
+    def __init__(self, path: str | None, *, keep_queries: bool = False, retention_days: float | None = 90.0,
+                 read_only: bool = False):
         self.path = path
+        self.read_only = read_only
         self.keep_queries = keep_queries
         self.retention_days = retention_days
         self._pruned_at: float | None = None  # monotonic time of the last retention pass
@@ -195,6 +201,7 @@ class StrategyLog:
         self._wake = threading.Condition(self._lock)
         self._conn: Any = None
         self._reader: Any = None
+        self._tidy = False  # the reader made the -wal and -shm it reads through (driver.tidy_wal)
         self._key: bytes | None = None
         self._thread: threading.Thread | None = None
         self._backoff = 0.0  # seconds to wait before the next try, after a failed write
@@ -222,7 +229,9 @@ class StrategyLog:
     # -- the read path ----------------------------------------------------------------
 
     def append(self, entry: LogEntry) -> None:
-        """Queue one entry; never raises, never touches the file."""
+        """Queue one entry; never raises, never touches the file (read-only: dropped)."""
+        if self.read_only:
+            return
         with self._lock:
             if self._closed:
                 return
@@ -303,6 +312,8 @@ class StrategyLog:
         if self._conn is None:
             if self._finished:
                 raise ClosedError("the strategy log is closed")
+            if self.read_only:
+                raise ReadOnlyError(f"the strategy log {self.path} is open read-only: nothing was written")
             conn = driver.dbapi().connect(self.path or ":memory:", isolation_level=None, check_same_thread=False)
             try:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
@@ -435,10 +446,10 @@ class StrategyLog:
             if self._reader is None:
                 if not os.path.exists(self.path):
                     return []
-                uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-                conn = driver.dbapi().connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                made_wal = not os.path.exists(self.path + "-wal")
+                conn, immutable = driver.connect_read_only(self.path, vec=False)
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
-                self._reader = conn
+                self._reader, self._tidy = conn, made_wal and not immutable
             try:
                 return list(self._reader.execute(sql, args).fetchall())
             except driver.dbapi().OperationalError as exc:
@@ -565,12 +576,15 @@ class StrategyLog:
                         self.dropped += len(entries)
                         self._warned_at = 0.0
                         self._warn(f"could not write the strategy log {self.path or ':memory:'} at close: {exc}")
-                for conn in (self._conn, self._reader):
+                wrote = self._conn is not None
+                for conn in (self._reader, self._conn):  # the writer last: its close removes -wal/-shm
                     if conn is not None:
                         with contextlib.suppress(Exception):
                             conn.close()
                 self._conn = self._reader = None
                 self._finished = True
+                if self._tidy and not wrote and self.path is not None:
+                    driver.tidy_wal(self.path)
 
 
 def _of(entry: LogEntry, owner_id: str, conversation_id: str | None) -> bool:

@@ -206,3 +206,18 @@ def test_half_empty_vector_chunks_are_packed(tmp_path):
         # order the vectors sit in)
         assert search() == answer and len(answer) == 1001
         assert report.integrity == "ok"
+
+
+def test_read_only_memory_neither_forgets_nor_maintains(tmp_path):
+    from localmem import ReadOnlyError
+
+    path = tmp_path / "m.db"
+    with Memory(path, embed="off") as mem:
+        _fill(mem)
+    with pytest.raises(InvalidInputError, match="maintenance_interval"):
+        Memory(path, read_only=True, maintenance_interval=60)
+    with Memory(path, read_only=True) as mem:
+        for call in (lambda: mem.forget(owner_id="alice"), mem.maintain):
+            with pytest.raises(ReadOnlyError, match="read_only=True"):
+                call()
+        assert mem.stats()["messages"] == 45
