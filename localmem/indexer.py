@@ -15,6 +15,7 @@ for good: ``flush()`` retries at once (and raises if that attempt fails too), th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -90,6 +91,7 @@ class Indexer:
         *,
         batch_size: int = DEFAULT_BATCH,
         thread_exit: Callable[[], None] | None = None,
+        guard: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ):
         self._shared_store = store
         self._open_store = open_store
@@ -98,6 +100,7 @@ class Indexer:
         self._embed = embed
         self._identity = identity
         self._thread_exit = thread_exit
+        self._guard = guard or contextlib.nullcontext  # held from a batch's read to its cache puts
         self.batch_size = batch_size
         self._init_thread_state()
         self._gate = threading.RLock()  # reentrant: an embedder may fork inside a batch
@@ -311,7 +314,7 @@ class Indexer:
     def run_batch(self) -> int:
         """Embed and store one batch of queued messages; returns how many were taken from
         the queue."""
-        with self._gate:
+        with self._gate, self._guard():
             batch = self._store.pending_batch(self.batch_size)
             if not batch:
                 return 0

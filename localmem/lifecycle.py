@@ -24,16 +24,18 @@ in the tests (tests/test_forget.py scans every file byte by byte) and in the com
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import driver
 from .errors import InvalidInputError, LockTimeoutError
 from .progress import ProgressCallback, Reporter
 from .records import ForgetReport
@@ -148,6 +150,73 @@ class Target:
     through_id: int | None = None  # retention: only what the archive read
 
 
+class ForgetGate:
+    """Keeps a forget apart from the work that copies messages into a cache.
+
+    A search reads messages, then stores its answer in the query cache and its window in
+    the hot window; the embedding worker reads queued messages, then stores their vectors
+    in the embedding cache. Had a forget deleted them and purged the caches in between,
+    those puts would write the forgotten text (or vector) back to disk. So such work holds
+    the gate ``shared()`` from its first read to its last put, and a forget holds it
+    ``exclusive()`` while it deletes and purges: it waits for the work in flight, and new
+    work waits for it (a waiting forget goes first, so steady searches cannot starve it).
+    ``shared`` is reentrant in a thread (``build_context`` runs a search). Within one
+    process: two processes sharing the file and cache folder still race (README).
+    """
+
+    def __init__(self) -> None:
+        self.reset_locks_after_fork()
+        driver.reset_locks_after_fork(self)
+
+    def reset_locks_after_fork(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+        self._mine = threading.local()  # this thread's depth of shared()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = getattr(self._mine, "depth", 0)
+        if not depth:
+            with self._cond:
+                while self._writer or self._waiting:
+                    self._cond.wait()
+                self._readers += 1
+        self._mine.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._mine.depth = depth
+            if not depth:
+                with self._cond:
+                    self._readers -= 1
+                    if not self._readers:
+                        self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float) -> Iterator[None]:
+        if getattr(self._mine, "depth", 0):
+            raise RuntimeError("forget() called from inside a search or an embedding batch")
+        with self._cond:
+            self._waiting += 1
+            try:
+                if not self._cond.wait_for(lambda: not (self._writer or self._readers), timeout):
+                    raise LockTimeoutError(
+                        f"searches or an embedding batch still running after {timeout:g} s: forget waited for "
+                        "them (they could write what it forgets back into a cache) and gave up; nothing was deleted"
+                    )
+            finally:
+                self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 class Lifecycle:
     """The parts of one Memory that hold message bytes, and what clears them."""
 
@@ -160,8 +229,10 @@ class Lifecycle:
         embeddings: Any,  # embedding.Embeddings
         log: StrategyLog | None,
         refold: Callable[[str, str], None] | None,
+        gate: ForgetGate,
     ) -> None:
         self._store = store
+        self.gate = gate
         self._hot, self._queries, self._embeddings, self._log = hot, queries, embeddings, log
         self._refold = refold
         # Forgets run one at a time: two at once would only wait for each other's locks.
@@ -173,6 +244,10 @@ class Lifecycle:
             return self._forget(target, wait)
 
     def _forget(self, sel: Target, wait: float) -> ForgetReport:
+        with self.gate.exclusive(self._store.lock_timeout):
+            return self._forget_now(sel, wait)
+
+    def _forget_now(self, sel: Target, wait: float) -> ForgetReport:
         seconds: dict[str, float] = {}
         start = step = time.perf_counter()
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import platformdirs
 
@@ -37,6 +38,7 @@ from .errors import (
 from .explain import Explanation, explain
 from .indexer import Indexer
 from .lifecycle import (
+    ForgetGate,
     Lifecycle,
     Maintainer,
     MaintenanceReport,
@@ -102,6 +104,22 @@ log = logging.getLogger(__name__)
 _ADD_MANY_KEYS = frozenset(
     ("role", "content", "conversation_id", "owner_id", "feature", "msg_id", "metadata", "created_at")
 )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gated(method: _F) -> _F:
+    """Run a Memory method that reads messages and may put them in a cache (or the
+    strategy log) inside the forget gate's shared side: see ``lifecycle.ForgetGate``."""
+
+    @functools.wraps(method)
+    def gated(self: Memory, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        with self._gate.shared():
+            return method(self, *args, **kwargs)
+
+    return cast(_F, gated)
 
 
 def default_path(*, create: bool = True) -> Path:
@@ -304,17 +322,18 @@ class Memory:
 
                 self._metrics = Metrics(active_conversations=self.active_conversations)
                 self._embedding.observe = self._observe_embedding
+            self._gate = ForgetGate()
             self._indexer = Indexer(
                 self._store, None if in_memory else self._open_store,
                 self._embedding.documents, self._embedding.identity,
-                thread_exit=self._embedding.release_thread,
+                thread_exit=self._embedding.release_thread, guard=self._gate.shared,
             )
             self._folder: Folder | None = None
             if summaries is not None and not read_only:  # (read-only: the summaries as stored)
                 self._folder = self._make_folder(summaries)
             self._lifecycle = Lifecycle(
                 self._store, hot=self._hot, queries=self._queries, embeddings=self._embedding, log=self._log,
-                refold=None if self._folder is None else self._folder.request,
+                refold=None if self._folder is None else self._folder.request, gate=self._gate,
             )
             self._maintainer = None if interval is None else Maintainer(interval, self.maintain)
             if switch:
@@ -561,6 +580,7 @@ class Memory:
         self._check_open()
         return self._store.get(check_id(msg_id, "msg_id"))
 
+    @_gated
     def get_memory(
         self,
         strategy: Strategy | str,
@@ -727,6 +747,7 @@ class Memory:
             None, query if query is not None and query.strip() else None,
         ))
 
+    @_gated
     def explain(
         self,
         strategy: Strategy | str,
@@ -1049,6 +1070,7 @@ class Memory:
 
     # -- context ----------------------------------------------------------------------
 
+    @_gated
     def build_context(
         self,
         *,

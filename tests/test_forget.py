@@ -289,3 +289,40 @@ def test_forget_in_memory_database():
         report = mem.forget(owner_id="o")
         assert report.complete and report.messages == 1
         assert mem.stats()["messages"] == 1
+
+
+class SlowQueries(DenseEmbedder):
+    """Embeds a query slowly: a search is then mid-way (rows read, answer not yet cached)
+    for long enough that a forget can start meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=384)
+        self.searching = threading.Event()
+
+    def embed_query(self, texts):
+        self.searching.set()
+        time.sleep(0.4)
+        return self.embed(texts)
+
+
+def test_a_search_in_flight_cannot_put_forgotten_text_back_in_a_cache(tmp_path):
+    """The search read the owner's messages before the forget and caches its answer (and
+    logs its query) after: the forget waits for it, so its purge comes last."""
+    db = str(tmp_path / "mem.db")
+    word = marker("Zq")
+    embedder = SlowQueries()
+    with Memory(db, embedder=embedder, log_queries=True) as mem:
+        for i in range(6):
+            mem.add("user", f"note {i} the code is {word}", conversation_id="c", owner_id="o")
+        mem.add("user", "unrelated", conversation_id="k", owner_id="keep")
+        mem.flush()
+        found: list = []
+        search = threading.Thread(target=lambda: found.append(mem.get_memory(
+            Strategy.HYBRID, query=f"what is the code {word}", conversation_id="c", owner_id="o")))
+        search.start()
+        assert embedder.searching.wait(10)
+        report = mem.forget(owner_id="o")
+        search.join()
+        assert report.complete and report.messages == 6 and found and found[0].messages
+        hits = scan(db, [word], [embedder._vector(f"note {i} the code is {word}") for i in range(6)])
+        assert not hits, summary(hits)
