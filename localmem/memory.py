@@ -10,12 +10,13 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
-from . import analytics, context, driver, selector, strategies
+from . import analytics, context, driver, selector, strategies, transfer
 from .cache import (
     CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
@@ -35,12 +36,14 @@ from .errors import (
 )
 from .explain import Explanation, explain
 from .indexer import Indexer
+from .progress import ProgressCallback
 from .records import ConversationSummary, MemoryResult, Message, Selection, Strategy
 from .retrieval import Rerank, Searcher, keyword_query
 from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch
 from .strategy_log import LogEntry, StrategyLog, log_path
 from .summaries import Folder, SummaryPolicy, Written, summarizer_name
 from .tokens import MESSAGE_OVERHEAD, check_counter
+from .transfer import ExportReport, ImportReport
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_count,
@@ -441,14 +444,8 @@ class Memory:
                     checked.append(self._check_item(item, index, defaults))
                     index += 1
                 new = self._store.insert_many(checked)
-                if new and self._folder is not None:
-                    self._gather_writes(checked, written)
                 added += new
-                if self._metrics is not None:
-                    self._metrics.messages_added(new)
-                if new and log.isEnabledFor(logging.DEBUG):
-                    log.debug("messages added", extra={"event": "message_added", "count": new})
-                self._after_write(added=added)
+                self._committed(checked, new, added, written)
         except LocalMemError as exc:
             self._count_error("add_many", exc)
             raise
@@ -456,6 +453,17 @@ class Memory:
             if written and self._folder is not None:
                 self._folder.noted(written)
         return added
+
+    def _committed(self, chunk: list[Any], new: int, added: int, written: dict[tuple[str, str], Written]) -> None:
+        """A bulk write's chunk is committed (``new`` of its messages were new, ``added``
+        so far): gather it for the summary worker, count it, and embed or queue it."""
+        if new and self._folder is not None:
+            self._gather_writes(chunk, written)
+        if self._metrics is not None:
+            self._metrics.messages_added(new)
+        if new and log.isEnabledFor(logging.DEBUG):
+            log.debug("messages added", extra={"event": "message_added", "count": new})
+        self._after_write(added=added)
 
     def _gather_writes(self, chunk: list[Any], written: dict[tuple[str, str], Written]) -> None:
         """Add a committed chunk's tokens per conversation to ``written`` (for the summary
@@ -491,6 +499,97 @@ class Memory:
             )
         except InvalidInputError as exc:
             raise InvalidInputError(f"add_many item {index}: {exc}") from None
+
+    # -- export / import --------------------------------------------------------------
+
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        owner_id: str | None = None,
+        conversation_id: str | None = None,
+        before: datetime | None = None,
+        vectors: bool = False,
+        format: str | None = None,
+        overwrite: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> ExportReport:
+        """Write messages to ``path``: every message, or an owner's (``owner_id``), one of
+        its conversations (``conversation_id`` too), those created before ``before`` (an
+        aware datetime); with ``vectors=True``, each with its vector. Returns an
+        ``ExportReport``.
+
+        ``format``: ``"jsonl"`` (one message a line, after a header line; see
+        ``localmem.transfer`` for the format) or ``"parquet"`` (through DuckDB); None picks
+        Parquet for a name ending in ``.parquet``, else JSONL. The messages are read in one
+        snapshot (writes meanwhile are not in the file), in insertion order, a batch at a
+        time (memory stays bounded). The file is written beside ``path`` and renamed into
+        place once complete and on disk: ``path`` never holds half an export. It is
+        created readable by its owner only (mode 0600 on POSIX). An existing ``path``
+        raises ``InvalidInputError`` unless ``overwrite=True``; so does the database's own
+        file. Nothing in the file depends on when it was written: exporting what an
+        import of it stored into an empty file gives the same bytes.
+
+        ``progress``: a callable given a ``Progress`` at the start, as batches are written
+        and at the end (``localmem.progress``).
+        """
+        self._check_open()
+        return transfer.export(
+            self._store, path, database=self.path, owner_id=owner_id, conversation_id=conversation_id,
+            before=before, vectors=vectors, format=format, overwrite=overwrite, progress=progress,
+        )
+
+    def import_(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        skip_invalid: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> ImportReport:
+        """Store the messages of an export file (JSONL or Parquet, told apart by content).
+        Returns an ``ImportReport``.
+
+        Two passes. The first reads every line and checks it with the rules of ``add()``
+        (``msg_id`` and ``created_at`` required), the header, each vector's size, and each
+        msg_id against the file's earlier lines and the database: a msg_id with other
+        fields than it has there is refused. If any line is bad, ``InvalidInputError``
+        lists the first ones by line number and nothing is imported; with
+        ``skip_invalid=True`` the other lines are, and the report lists the bad ones.
+        The second pass stores the messages in chunks of 1,000, each chunk one
+        transaction. Messages stored already with the same fields are left as they are
+        (``unchanged``): importing a file again changes nothing. A crash (or a full
+        disk) during the second pass leaves the chunks before it committed; importing
+        the file again finishes the job.
+
+        Vectors in the file are stored as they are, with no embedding, when they come from
+        the model whose vectors the database holds, or (none yet) when this Memory was not
+        given another embedder; else their messages are queued for this Memory's
+        embedder, and ``vectors_skipped`` says why. Raises ``ReadOnlyError`` on a Memory
+        opened read-only, and ``OSError`` (``FileNotFoundError``...) when the file
+        cannot be read. ``progress``: as for ``export``, in two stages: ``"validate"``
+        (bytes, or rows of a Parquet file) then ``"write"`` (messages).
+        """
+        self._check_writable("import")
+        wanted = {"name": self._embedding.name, "dim": getattr(self._embedding.arg, "dim", None)}
+        written: dict[tuple[str, str], Written] = {}
+        added = 0
+
+        def committed(chunk: list[Any], new: int) -> None:
+            nonlocal added
+            added += new
+            self._committed(chunk, new, added, written)
+
+        try:
+            return transfer.import_(
+                self._store, path, max_content_bytes=self.max_content_bytes, wanted=wanted,
+                skip_invalid=skip_invalid, progress=progress, committed=committed,
+            )
+        except LocalMemError as exc:
+            self._count_error("import", exc)
+            raise
+        finally:  # (the chunks committed before an error too)
+            if written and self._folder is not None:
+                self._folder.noted(written)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from localmem import MemoryResult, Message, RetrievedMessage, Strategy
 PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages", "Selection", "StrategyStats", "StrategyUsage",
     "Context", "ConversationSummary", "SummaryPolicy", "SummaryError", "Progress", "ReadOnlyError",
+    "ExportReport", "ImportReport", "BadLine",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
     "ModelNotFoundError", "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
@@ -28,7 +29,8 @@ def test_error_tree():
         assert issubclass(getattr(localmem, leaf), localmem.StoreError)
     for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages",
                           "Selection", "StrategyStats", "StrategyUsage", "load_embedder", "load_reranker",
-                          "Context", "ConversationSummary", "SummaryPolicy", "Progress"}:
+                          "Context", "ConversationSummary", "SummaryPolicy", "Progress",
+                          "ExportReport", "ImportReport", "BadLine"}:
         assert issubclass(getattr(localmem, name), localmem.LocalMemError)
     # Stored but not embedded is not a lock timeout, whatever caused it: a caller retrying
     # writes on LockTimeoutError must not store the message twice.
