@@ -583,3 +583,42 @@ def test_import_tells_the_summary_worker(tmp_path):
 def test_a_missing_file(tmp_path):
     with memory(tmp_path / "m.db") as mem, pytest.raises(FileNotFoundError):
         mem.import_(tmp_path / "nothing.jsonl")
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def test_cli_export_and_import(source, tmp_path, run):
+    source.close()
+    path = tmp_path / "out.jsonl"
+    code, out, err = run("--db", str(tmp_path / "source.db"), "export", str(path), "--vectors",
+                         "--owner", "u1", "--before", "2024-05-02T00:00:00+00:00")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["messages"] == 4 and report["format"] == "jsonl" and report["path"] == str(path)
+    code, out, err = run("--db", str(tmp_path / "copy.db"), "import", str(path))
+    assert code == 0, err
+    assert json.loads(out)["imported"] == 4 and json.loads(out)["vectors"] == 4
+    code, out, err = run("--db", str(tmp_path / "copy.db"), "import", str(path))
+    assert json.loads(out)["unchanged"] == 4
+    code, _, err = run("--db", str(tmp_path / "source.db"), "export", str(path))
+    assert code == 1 and "exists; pass overwrite=True (--overwrite)" in err
+    code, _, err = run("--db", str(tmp_path / "source.db"), "export", str(path), "--before", "2024-05-02")
+    assert code == 1 and "--before needs its UTC offset" in err
+    code, _, err = run("--db", str(tmp_path / "source.db"), "export", str(tmp_path / "x.jsonl"), "--before", "May")
+    assert code == 1 and "--before must be an ISO 8601 time" in err
+    code, _, err = run("--db", str(tmp_path / "nothing.db"), "export", str(tmp_path / "y.jsonl"))
+    assert code == 1 and "no database at" in err and not (tmp_path / "nothing.db").exists()
+
+
+def test_cli_import_of_a_bad_file(tmp_path, run):
+    path = tmp_path / "in.jsonl"
+    write_lines(path, [HEADER, GOOD, {**GOOD, "msg_id": "h", "role": "bot"}])
+    code, out, err = run("--db", str(tmp_path / "m.db"), "import", str(path))
+    assert code == 1 and out == "" and "line 3: role must be one of" in err
+    code, out, err = run("--db", str(tmp_path / "m.db"), "import", str(path), "--skip-invalid")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["imported"] == 1 and report["invalid"] == [{"line": 3, "error": report["invalid"][0]["error"]}]
+    code, _, err = run("--db", str(tmp_path / "m.db"), "import", str(tmp_path / "none.jsonl"))
+    assert code == 1 and "cannot read" in err
