@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -434,36 +434,46 @@ class Memory:
         defaults = {"conversation_id": conversation_id, "owner_id": owner_id}
         items = iter(messages)
         index = added = 0
-        # What the summary worker is told, once the import is done (or every 10,000
-        # conversations): told chunk by chunk, it would fold while the import runs.
-        written: dict[tuple[str, str], Written] = {}
-        try:
+        with self._bulk_write("add_many") as committed:
             while chunk := list(itertools.islice(items, chunk_size)):
                 checked = []
                 for item in chunk:
                     checked.append(self._check_item(item, index, defaults))
                     index += 1
-                new = self._store.insert_many(checked)
-                added += new
-                self._committed(checked, new, added, written)
-        except LocalMemError as exc:
-            self._count_error("add_many", exc)
-            raise
-        finally:  # (the chunks committed before an error too)
-            if written and self._folder is not None:
-                self._folder.noted(written)
+                added = committed(checked, self._store.insert_many(checked))
         return added
 
-    def _committed(self, chunk: list[Any], new: int, added: int, written: dict[tuple[str, str], Written]) -> None:
-        """A bulk write's chunk is committed (``new`` of its messages were new, ``added``
-        so far): gather it for the summary worker, count it, and embed or queue it."""
-        if new and self._folder is not None:
-            self._gather_writes(chunk, written)
-        if self._metrics is not None:
-            self._metrics.messages_added(new)
-        if new and log.isEnabledFor(logging.DEBUG):
-            log.debug("messages added", extra={"event": "message_added", "count": new})
-        self._after_write(added=added)
+    @contextlib.contextmanager
+    def _bulk_write(self, operation: str) -> Iterator[Callable[[list[Any], int], int]]:
+        """A write of many chunks (``add_many``, ``import_``): yields ``committed(chunk,
+        new)``, to call once each chunk is committed with how many of its messages were
+        new; it counts them, embeds or queues them, gathers them for the summary worker,
+        and returns how many were added so far. The summary worker is told once the write
+        ends (told chunk by chunk, it would fold while the write runs), after an error too:
+        the chunks before it stay committed. An error is counted under ``operation``."""
+        written: dict[tuple[str, str], Written] = {}
+        added = 0
+
+        def committed(chunk: list[Any], new: int) -> int:
+            nonlocal added
+            added += new
+            if new and self._folder is not None:
+                self._gather_writes(chunk, written)
+            if self._metrics is not None:
+                self._metrics.messages_added(new)
+            if new and log.isEnabledFor(logging.DEBUG):
+                log.debug("messages added", extra={"event": "message_added", "count": new})
+            self._after_write(added=added)
+            return added
+
+        try:
+            yield committed
+        except LocalMemError as exc:
+            self._count_error(operation, exc)
+            raise
+        finally:
+            if written and self._folder is not None:
+                self._folder.noted(written)
 
     def _gather_writes(self, chunk: list[Any], written: dict[tuple[str, str], Written]) -> None:
         """Add a committed chunk's tokens per conversation to ``written`` (for the summary
@@ -571,25 +581,11 @@ class Memory:
         """
         self._check_writable("import")
         wanted = {"name": self._embedding.name, "dim": getattr(self._embedding.arg, "dim", None)}
-        written: dict[tuple[str, str], Written] = {}
-        added = 0
-
-        def committed(chunk: list[Any], new: int) -> None:
-            nonlocal added
-            added += new
-            self._committed(chunk, new, added, written)
-
-        try:
+        with self._bulk_write("import") as committed:
             return transfer.import_(
                 self._store, path, max_content_bytes=self.max_content_bytes, wanted=wanted,
                 skip_invalid=skip_invalid, progress=progress, committed=committed,
             )
-        except LocalMemError as exc:
-            self._count_error("import", exc)
-            raise
-        finally:  # (the chunks committed before an error too)
-            if written and self._folder is not None:
-                self._folder.noted(written)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -745,7 +745,7 @@ def _too_many(path: str, unit: str, findings: _Findings) -> InvalidInputError:
 
 def import_(
     store: Store, path: Any, *, max_content_bytes: int, wanted: dict[str, Any], skip_invalid: Any = False,
-    progress: Any = None, committed: Callable[[list[NewMessage], int], None] | None = None,
+    progress: Any = None, committed: Callable[[list[NewMessage], int], Any] | None = None,
 ) -> ImportReport:
     """Read an export into ``store`` (see ``Memory.import_``); ``committed(chunk, new)`` is
     told of each chunk once it is committed."""
