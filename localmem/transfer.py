@@ -168,8 +168,9 @@ def _dumps(value: Any) -> str:
 
 
 def header_line(embedder: dict[str, Any] | None, vectors: bool) -> str:
-    """The header as one line of JSON (no newline); the embedder's keys sorted."""
-    identity = None if embedder is None else dict(sorted(embedder.items()))
+    """The header as one line of JSON (no newline); of the embedder, its dim, name and
+    sha256, in that order (what ``parse_header`` reads back)."""
+    identity = None if embedder is None else {key: embedder.get(key) for key in sorted(_EMBEDDER_FIELDS)}
     return _dumps({HEADER_KEY: FORMAT_VERSION, "embedder": identity, "vectors": vectors})
 
 
