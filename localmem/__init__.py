@@ -35,6 +35,7 @@ from .records import (
     Strategy,
 )
 from .summaries import SummaryPolicy
+from .transfer import BadLine, ExportReport, ImportReport
 
 if TYPE_CHECKING:  # what __getattr__ returns for these, so type checkers know them
     from .embed import load_embedder
@@ -53,11 +54,14 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "BadLine",
     "ClosedError",
     "Context",
     "ConversationSummary",
     "CorruptDatabaseError",
+    "ExportReport",
     "ForgetReport",
+    "ImportReport",
     "InvalidInputError",
     "LocalMemError",
     "LockTimeoutError",

@@ -1,4 +1,4 @@
-"""The ``localmem`` command: ``demo``, ``add``, ``recent``, ``info`` and ``models``.
+"""The ``localmem`` command: ``demo``, ``add``, ``recent``, ``info``, ``export``, ``import`` and ``models``.
 
 Exit codes: 0 success, 1 a localmem error (printed as ``localmem: error: ...``), 2 a usage
 error (argparse's own).
@@ -38,6 +38,7 @@ from .models import (
     quantize,
     resolve,
 )
+from .progress import bar
 from .records import MemoryResult, Message, Strategy
 from .store import describe_model
 from .validate import ROLES
@@ -346,6 +347,47 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _before(text: str | None) -> datetime | None:
+    """--before: an ISO 8601 time with its UTC offset."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(f"--before must be an ISO 8601 time, e.g. 2024-05-01T00:00:00+00:00; got {text!r}") from None
+    if value.tzinfo is None:
+        raise InvalidInputError(f"--before needs its UTC offset, e.g. {text}+00:00; got {text!r}")
+    return value
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write messages to a file (reading the database creates nothing beside it)."""
+    before = _before(args.before)
+    with _open_existing(args, embed="off", hot_window=0, query_cache_ttl=0, strategy_log=False) as mem:
+        try:
+            report = mem.export(
+                args.path, owner_id=args.owner, conversation_id=args.conversation, before=before,
+                vectors=args.vectors, format=args.format, overwrite=args.overwrite, progress=bar(),
+            )
+        except OSError as exc:
+            raise LocalMemError(f"cannot write {args.path}: {exc}") from exc
+    _print_json(asdict(report))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Store an export file's messages (creates the database if needed). Vectors the file
+    carries are stored; the other messages wait for the next Memory that embeds (a
+    one-shot command exits too soon to embed them)."""
+    with Memory(_db_path(args), embed="off") as mem:
+        try:
+            report = mem.import_(args.path, skip_invalid=args.skip_invalid, progress=bar())
+        except OSError as exc:
+            raise LocalMemError(f"cannot read {args.path}: {exc}") from exc
+    _print_json(asdict(report))
+    return 0
+
+
 # -- models ------------------------------------------------------------------------------
 
 _COMPARE_TEXTS = (
@@ -620,8 +662,7 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--before", metavar="TIME", help="only messages older than TIME (ISO 8601, with offset)")
 
     maintain = command("maintain", cmd_maintain,
-                       "clean caches, apply retention, merge the index, give back space, check integrity"
-                       " (safe from cron while agents use the file)")
+                       "upkeep, safe from cron while agents write: caches, retention, index, space, integrity")
     maintain.add_argument("--max-age-days", type=float, metavar="D",
                           help="retention: remove messages older than D days (default: keep all)")
     maintain.add_argument("--archive", metavar="PATH",
@@ -642,6 +683,23 @@ def _parser() -> argparse.ArgumentParser:
 
     info = command("info", cmd_info, "print the database's path, schema version, size and counts")
     info.add_argument("--json", action="store_true", help="print JSON")
+
+    export = command("export", cmd_export, "write messages to a JSONL (or Parquet) file, and print what was written")
+    export.add_argument("path", metavar="PATH", help="the file to write (a name ending in .parquet: Parquet)")
+    export.add_argument("--owner", metavar="ID", help="one owner's messages (default: everyone's)")
+    export.add_argument("--conversation", metavar="ID", help="one conversation of --owner")
+    export.add_argument("--before", metavar="TIME",
+                        help="only messages created before this ISO 8601 time, e.g. 2024-05-01T00:00:00+00:00")
+    export.add_argument("--vectors", action="store_true", help="with each message's vector")
+    export.add_argument("--format", choices=("jsonl", "parquet"), default=None, metavar="FORMAT",
+                        help="jsonl | parquet (default: from the file name)")
+    export.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+
+    importing = command("import", cmd_import,
+                        "store the messages of an export file (again: nothing changes), and print what was done")
+    importing.add_argument("path", metavar="PATH", help="a file written by localmem export (JSONL or Parquet)")
+    importing.add_argument("--skip-invalid", action="store_true",
+                           help="import the valid lines and list the others (default: nothing from a file with a bad line)")
 
     models_help = "list, download, inspect and quantize the ONNX models"
     models = sub.add_parser("models", help=models_help, description=models_help)

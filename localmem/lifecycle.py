@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from . import driver
@@ -133,9 +132,9 @@ class MaintenanceReport:
     seconds: float
 
 
-# Writes the messages a policy removes to an archive file: (path, owner_id, before,
-# exclude_owners) -> how many were written.
-Archiver = Callable[[str, "str | None", datetime, Sequence[str]], int]
+# Writes the messages a policy removes to an archive file: (path, owner_id, before in µs,
+# exclude_owners, through_id) -> how many were written.
+Archiver = Callable[[str, "str | None", int, Sequence[str], int], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,13 +347,11 @@ class Lifecycle:
                 exclude = () if policy.owner_id is not None else owned
                 through = self._store.last_id()  # what the archive reads; later writes stay
                 path = policy.archive_path(at)
-                if path is not None:
+                if path is not None and self._store.count_selected(policy.owner_id, cutoff, exclude, through):
                     if archive is None:
-                        raise InvalidInputError("retention archives need Memory.export")
-                    written = archive(path, policy.owner_id, from_utc_us(cutoff), exclude)
-                    if written:
-                        archived += written
-                        archives.append(path)
+                        raise InvalidInputError("retention archives need an archiver")
+                    archived += archive(path, policy.owner_id, cutoff, exclude, through)
+                    archives.append(path)
                 report = self._forget(Target(policy.owner_id, None, cutoff, exclude, through), wait)
                 forgotten += report.messages
                 pending.extend(report.pending)

@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 import platformdirs
 
-from . import analytics, context, driver, selector, strategies
+from . import analytics, context, driver, selector, strategies, transfer
 from .cache import (
     CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
@@ -60,6 +60,7 @@ from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch
 from .strategy_log import LogEntry, StrategyLog, log_path
 from .summaries import Folder, SummaryPolicy, Written, summarizer_name
 from .tokens import MESSAGE_OVERHEAD, check_counter
+from .transfer import ExportReport, ImportReport
 from .validate import (
     DEFAULT_MAX_CONTENT_BYTES,
     check_count,
@@ -512,31 +513,46 @@ class Memory:
         defaults = {"conversation_id": conversation_id, "owner_id": owner_id}
         items = iter(messages)
         index = added = 0
-        # What the summary worker is told, once the import is done (or every 10,000
-        # conversations): told chunk by chunk, it would fold while the import runs.
-        written: dict[tuple[str, str], Written] = {}
-        try:
+        with self._bulk_write("add_many") as committed:
             while chunk := list(itertools.islice(items, chunk_size)):
                 checked = []
                 for item in chunk:
                     checked.append(self._check_item(item, index, defaults))
                     index += 1
-                new = self._store.insert_many(checked)
-                if new and self._folder is not None:
-                    self._gather_writes(checked, written)
-                added += new
-                if self._metrics is not None:
-                    self._metrics.messages_added(new)
-                if new and log.isEnabledFor(logging.DEBUG):
-                    log.debug("messages added", extra={"event": "message_added", "count": new})
-                self._after_write(added=added)
+                added = committed(checked, self._store.insert_many(checked))
+        return added
+
+    @contextlib.contextmanager
+    def _bulk_write(self, operation: str) -> Iterator[Callable[[list[Any], int], int]]:
+        """A write of many chunks (``add_many``, ``import_``): yields ``committed(chunk,
+        new)``, to call once each chunk is committed with how many of its messages were
+        new; it counts them, embeds or queues them, gathers them for the summary worker,
+        and returns how many were added so far. The summary worker is told once the write
+        ends (told chunk by chunk, it would fold while the write runs), after an error too:
+        the chunks before it stay committed. An error is counted under ``operation``."""
+        written: dict[tuple[str, str], Written] = {}
+        added = 0
+
+        def committed(chunk: list[Any], new: int) -> int:
+            nonlocal added
+            added += new
+            if new and self._folder is not None:
+                self._gather_writes(chunk, written)
+            if self._metrics is not None:
+                self._metrics.messages_added(new)
+            if new and log.isEnabledFor(logging.DEBUG):
+                log.debug("messages added", extra={"event": "message_added", "count": new})
+            self._after_write(added=added)
+            return added
+
+        try:
+            yield committed
         except LocalMemError as exc:
-            self._count_error("add_many", exc)
+            self._count_error(operation, exc)
             raise
-        finally:  # (the chunks committed before an error too)
+        finally:
             if written and self._folder is not None:
                 self._folder.noted(written)
-        return added
 
     def _gather_writes(self, chunk: list[Any], written: dict[tuple[str, str], Written]) -> None:
         """Add a committed chunk's tokens per conversation to ``written`` (for the summary
@@ -572,6 +588,83 @@ class Memory:
             )
         except InvalidInputError as exc:
             raise InvalidInputError(f"add_many item {index}: {exc}") from None
+
+    # -- export / import --------------------------------------------------------------
+
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        owner_id: str | None = None,
+        conversation_id: str | None = None,
+        before: datetime | None = None,
+        vectors: bool = False,
+        format: str | None = None,
+        overwrite: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> ExportReport:
+        """Write messages to ``path``: every message, or an owner's (``owner_id``), one of
+        its conversations (``conversation_id`` too), those created before ``before`` (an
+        aware datetime); with ``vectors=True``, each with its vector. Returns an
+        ``ExportReport``.
+
+        ``format``: ``"jsonl"`` (one message a line, after a header line; see
+        ``localmem.transfer`` for the format) or ``"parquet"`` (through DuckDB); None picks
+        Parquet for a name ending in ``.parquet``, else JSONL. The messages are read in one
+        snapshot (writes meanwhile are not in the file), in insertion order, a batch at a
+        time (memory stays bounded). The file is written beside ``path`` and renamed into
+        place once complete and on disk: ``path`` never holds half an export. It is
+        created readable by its owner only (mode 0600 on POSIX). An existing ``path``
+        raises ``InvalidInputError`` unless ``overwrite=True``; so does the database's own
+        file. Nothing in the file depends on when it was written: exporting what an
+        import of it stored into an empty file gives the same bytes.
+
+        ``progress``: a callable given a ``Progress`` at the start, as batches are written
+        and at the end (``localmem.progress``).
+        """
+        self._check_open()
+        return transfer.export(
+            self._store, path, database=self.path, owner_id=owner_id, conversation_id=conversation_id,
+            before=before, vectors=vectors, format=format, overwrite=overwrite, progress=progress,
+        )
+
+    def import_(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        skip_invalid: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> ImportReport:
+        """Store the messages of an export file (JSONL or Parquet, told apart by content).
+        Returns an ``ImportReport``.
+
+        Two passes. The first reads every line and checks it with the rules of ``add()``
+        (``msg_id`` and ``created_at`` required), the header, each vector's size, and each
+        msg_id against the file's earlier lines and the database: a msg_id with other
+        fields than it has there is refused. If any line is bad, ``InvalidInputError``
+        lists the first ones by line number and nothing is imported; with
+        ``skip_invalid=True`` the other lines are, and the report lists the bad ones.
+        The second pass stores the messages in chunks of 1,000, each chunk one
+        transaction. Messages stored already with the same fields are left as they are
+        (``unchanged``): importing a file again changes nothing. A crash (or a full
+        disk) during the second pass leaves the chunks before it committed; importing
+        the file again finishes the job.
+
+        Vectors in the file are stored as they are, with no embedding, when they come from
+        the model whose vectors the database holds, or (none yet) when this Memory was not
+        given another embedder; else their messages are queued for this Memory's
+        embedder, and ``vectors_skipped`` says why. Raises ``ReadOnlyError`` on a Memory
+        opened read-only, and ``OSError`` (``FileNotFoundError``...) when the file
+        cannot be read. ``progress``: as for ``export``, in two stages: ``"validate"``
+        (bytes, or rows of a Parquet file) then ``"write"`` (messages).
+        """
+        self._check_writable("import")
+        wanted = {"name": self._embedding.name, "dim": getattr(self._embedding.arg, "dim", None)}
+        with self._bulk_write("import") as committed:
+            return transfer.import_(
+                self._store, path, max_content_bytes=self.max_content_bytes, wanted=wanted,
+                skip_invalid=skip_invalid, progress=progress, committed=committed,
+            )
 
     # -- reads ------------------------------------------------------------------------
 
@@ -1310,9 +1403,19 @@ class Memory:
         wait = self._store.lock_timeout if wait is None else check_positive(wait, "wait", below=3601)
         assert wait is not None
         return self._lifecycle.maintain(
-            self.retention, archive=None, vacuum=vacuum, integrity=integrity, wait=wait,
+            self.retention, archive=self._archive, vacuum=vacuum, integrity=integrity, wait=wait,
             progress=check_callback(progress),
         )
+
+    def _archive(self, path: str, owner_id: str | None, before_us: int, exclude_owners: Sequence[str],
+                 through_id: int) -> int:
+        """Retention's archive: what a policy is about to remove, exported to ``path``
+        (without vectors: an import embeds them again)."""
+        report = transfer.export(
+            self._store, path, database=self.path, owner_id=owner_id, before=from_utc_us(before_us),
+            exclude_owners=exclude_owners, through_id=through_id,
+        )
+        return report.messages
 
     def embedding_cache_stats(self) -> dict[str, Any]:
         """Entries, hits, misses and hit rate of the embedding cache (loads the embedder's

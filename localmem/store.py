@@ -364,6 +364,26 @@ def _same(stored: Row, new: NewMessage) -> bool:
     return same and (not new.explicit_created_at or stored.created_us == new.created_us)
 
 
+def _unique(chunk: Sequence[NewMessage]) -> dict[str, NewMessage]:
+    """The chunk by msg_id, a retry inside it dropped; a msg_id repeated with different
+    fields raises."""
+    fresh: dict[str, NewMessage] = {}
+    for m in chunk:
+        seen = fresh.get(m.msg_id)
+        if seen is None:
+            fresh[m.msg_id] = m
+        elif not _same(_params(seen), m):
+            raise _conflict(m)
+    return fresh
+
+
+def _vector_dim(identity: dict[str, Any]) -> int:
+    dim = identity.get("dim")
+    if type(dim) is not int or dim < 1:
+        raise InvalidInputError(f"an embedder identity needs a positive int dim; got {dim!r}")
+    return dim
+
+
 def _conflict(new: NewMessage) -> InvalidInputError:
     return InvalidInputError(
         f"msg_id {new.msg_id!r} already exists with different fields; a msg_id names one message"
@@ -519,6 +539,42 @@ class Scope:
     token: list[int]
     size: int
     pending: bool
+
+
+class Exported(NamedTuple):
+    """What ``Store.exporting`` reads in one snapshot: how many messages are selected, the
+    embedder recorded for their vectors (None: none yet), and the messages themselves as
+    batches of (row, float32 vector bytes or None), in insertion order."""
+
+    total: int
+    embedder: dict[str, Any] | None
+    batches: Iterator[list[tuple[Row, bytes | None]]]
+
+
+def _selected(owner_id: str | None, conversation_id: str | None, before_us: int | None,
+              exclude_owners: Sequence[str] = (), through_id: int | None = None) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") over ``messages m`` picking the messages of an owner, of
+    one of its conversations, created before a time: any of them None is no condition.
+    (Retention's archive also leaves out the owners with policies of their own, and the
+    messages written after ``through_id``: see ``Store.forget``.)"""
+    conditions: list[str] = []
+    args: list[Any] = []
+    if owner_id is not None:
+        conditions.append("m.owner_id = ?")
+        args.append(owner_id)
+    if conversation_id is not None:
+        conditions.append("m.conversation_id = ?")
+        args.append(conversation_id)
+    if before_us is not None:
+        conditions.append("m.created_at < ?")
+        args.append(before_us)
+    if through_id is not None:
+        conditions.append("m.id <= ?")
+        args.append(through_id)
+    if exclude_owners:
+        conditions.append(f"m.owner_id NOT IN ({', '.join('?' * len(exclude_owners))})")
+        args.extend(exclude_owners)
+    return (" WHERE " + " AND ".join(conditions)) if conditions else "", args
 
 
 class Store:
@@ -1083,35 +1139,39 @@ class Store:
         concurrent writers (threads or processes) never duplicate one, and a message
         deleted meanwhile gets none (no orphans).
         """
-        dim = identity.get("dim")
-        if type(dim) is not int or dim < 1:
-            raise InvalidInputError(f"an embedder identity needs a positive int dim; got {dim!r}")
+        dim = _vector_dim(identity)
         with self.write() as conn:
-            self._bind(conn, identity)
-            table = self._vector_table(conn)
-            if table is None:
-                table = _VECTOR_TABLE.format(dim=dim, coarse=f",\n    {_COARSE}{dim}]" if dim % 8 == 0 else "")
-                conn.execute(table)
-                conn.execute(_VECTOR_DELETE_TRIGGER)
-            has_coarse = _COARSE in table
-            insert = (
-                "INSERT INTO message_vectors (rowid, owner_id, conversation_id, created_at,"
-                " embedding" + (", coarse)" if has_coarse else ")")
-                + " SELECT id, owner_id, conversation_id, created_at, ?1"
-                + (", vec_quantize_binary(?1)" if has_coarse else "")
-                + " FROM messages WHERE id = ?2"
-            )
-            written = 0
-            for row_id, vector in zip(ids, vectors, strict=True):
-                if len(vector) != dim * 4:
-                    raise InvalidInputError(
-                        f"vector for message {row_id} has {len(vector)} bytes; dim {dim} needs {dim * 4}"
-                    )
-                if conn.execute("DELETE FROM pending_vectors WHERE id = ?", (row_id,)).rowcount:
-                    if is_zero_vector(vector):  # no direction: not indexed (see zero_vectors)
-                        conn.execute("INSERT INTO zero_vectors (id) SELECT id FROM messages WHERE id = ?", (row_id,))
-                    else:
-                        written += conn.execute(insert, (vector, row_id)).rowcount
+            return self._write_vectors(conn, identity, dim, ids, vectors)
+
+    def _write_vectors(
+        self, conn: Any, identity: dict[str, Any], dim: int, ids: Sequence[int], vectors: Sequence[bytes]
+    ) -> int:
+        """``write_vectors`` inside the caller's transaction."""
+        self._bind(conn, identity)
+        table = self._vector_table(conn)
+        if table is None:
+            table = _VECTOR_TABLE.format(dim=dim, coarse=f",\n    {_COARSE}{dim}]" if dim % 8 == 0 else "")
+            conn.execute(table)
+            conn.execute(_VECTOR_DELETE_TRIGGER)
+        has_coarse = _COARSE in table
+        insert = (
+            "INSERT INTO message_vectors (rowid, owner_id, conversation_id, created_at,"
+            " embedding" + (", coarse)" if has_coarse else ")")
+            + " SELECT id, owner_id, conversation_id, created_at, ?1"
+            + (", vec_quantize_binary(?1)" if has_coarse else "")
+            + " FROM messages WHERE id = ?2"
+        )
+        written = 0
+        for row_id, vector in zip(ids, vectors, strict=True):
+            if len(vector) != dim * 4:
+                raise InvalidInputError(
+                    f"vector for message {row_id} has {len(vector)} bytes; dim {dim} needs {dim * 4}"
+                )
+            if conn.execute("DELETE FROM pending_vectors WHERE id = ?", (row_id,)).rowcount:
+                if is_zero_vector(vector):  # no direction: not indexed (see zero_vectors)
+                    conn.execute("INSERT INTO zero_vectors (id) SELECT id FROM messages WHERE id = ?", (row_id,))
+                else:
+                    written += conn.execute(insert, (vector, row_id)).rowcount
         return written
 
     def reset_vectors(self) -> int:
@@ -1305,6 +1365,39 @@ class Store:
                     found[row[0]] = Row._make(row[1:])
         return found
 
+    @contextlib.contextmanager
+    def exporting(
+        self, *, owner_id: str | None = None, conversation_id: str | None = None,
+        before_us: int | None = None, vectors: bool = False, batch_size: int = 1000,
+        exclude_owners: Sequence[str] = (), through_id: int | None = None,
+    ) -> Iterator[Exported]:
+        """The selected messages (see ``_selected``), read in one snapshot while the
+        ``with`` block lasts, in batches of ``batch_size``: memory stays bounded whatever
+        their number. With ``vectors``, each row comes with its vector (the zero vector for
+        a message embedded as one; None for a message still waiting for its vector)."""
+        where, args = _selected(owner_id, conversation_id, before_us, exclude_owners, through_id)
+        with self.read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM messages m{where}", args).fetchone()[0]
+            row = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+            identity = None if row is None else json.loads(row[0])
+            vector, vector_args = "NULL", []
+            dim = None if identity is None else identity.get("dim")
+            if vectors and self._vector_table(conn) is not None and type(dim) is int:
+                vector = (
+                    "CASE WHEN EXISTS (SELECT 1 FROM zero_vectors z WHERE z.id = m.id) THEN zeroblob(?)"
+                    " ELSE (SELECT v.embedding FROM message_vectors v WHERE v.rowid = m.id) END"
+                )
+                vector_args = [4 * dim]
+            cursor = conn.execute(
+                f"SELECT {_COLUMNS}, {vector} FROM messages m{where} ORDER BY m.id", [*vector_args, *args]
+            )
+
+            def batches() -> Iterator[list[tuple[Row, bytes | None]]]:
+                while rows := cursor.fetchmany(batch_size):
+                    yield [(Row._make(r[:8]), r[8]) for r in rows]
+
+            yield Exported(total, identity, batches())
+
     def conversation_ids(self, ids: Sequence[int]) -> dict[int, str]:
         """The conversation of each message id (missing ids are left out): what the
         automatic selector needs of a ranking, without the messages' text."""
@@ -1361,28 +1454,66 @@ class Store:
         Retries (same msg_id, same fields) are skipped; a msg_id reused with different
         fields, in the file or inside the chunk, raises before anything is written.
         """
-        fresh: dict[str, NewMessage] = {}
-        for m in chunk:
-            seen = fresh.get(m.msg_id)
-            if seen is None:
-                fresh[m.msg_id] = m
-            elif not _same(_params(seen), m):
-                raise _conflict(m)
+        fresh = _unique(chunk)
         with self.write() as conn:
-            given = [m.msg_id for m in fresh.values() if m.explicit_msg_id]
-            for start in range(0, len(given), _MAX_PARAMS):
-                part = given[start : start + _MAX_PARAMS]
-                marks = ",".join("?" * len(part))
-                for stored in conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part
-                ):
-                    m = fresh.pop(stored[0])
-                    if not _same(Row._make(stored), m):
-                        raise _conflict(m)
-            last_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
-            conn.executemany(_INSERT, [_params(m) for m in fresh.values()])
-            self._index_keywords(conn, last_id)
+            return self._insert_fresh(conn, fresh)
+
+    def _insert_fresh(self, conn: Any, fresh: dict[str, NewMessage]) -> int:
+        """``insert_many`` inside the caller's transaction, for messages by msg_id (none
+        repeated): stored ones are skipped (popped from ``fresh``), the rest written."""
+        given = [m.msg_id for m in fresh.values() if m.explicit_msg_id]
+        for start in range(0, len(given), _MAX_PARAMS):
+            part = given[start : start + _MAX_PARAMS]
+            marks = ",".join("?" * len(part))
+            for stored in conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part
+            ):
+                m = fresh.pop(stored[0])
+                if not _same(Row._make(stored), m):
+                    raise _conflict(m)
+        last_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        conn.executemany(_INSERT, [_params(m) for m in fresh.values()])
+        self._index_keywords(conn, last_id)
         return len(fresh)
+
+    def stored_as(self, chunk: Sequence[NewMessage]) -> list[bool | None]:
+        """For each message of ``chunk``, whether its msg_id is stored already: None (no),
+        True (with the same fields: a retry), False (with other fields: a conflict)."""
+        ids = list(dict.fromkeys(m.msg_id for m in chunk))
+        stored: dict[str, Row] = {}
+        with self.read() as conn:
+            for start in range(0, len(ids), _MAX_PARAMS):
+                part = ids[start : start + _MAX_PARAMS]
+                marks = ",".join("?" * len(part))
+                for row in conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part):
+                    stored[row[0]] = Row._make(row)
+        found = [stored.get(m.msg_id) for m in chunk]
+        return [None if row is None else _same(row, m) for row, m in zip(found, chunk)]
+
+    def import_chunk(
+        self, chunk: Sequence[NewMessage], vectors: dict[str, bytes], identity: dict[str, Any] | None,
+    ) -> tuple[int, int]:
+        """Store a chunk as ``insert_many`` does and, in the same transaction, the vectors
+        it came with (``vectors`` by msg_id, from the model ``identity``; see
+        ``write_vectors``: only a message still waiting gets one). Returns (new messages,
+        vectors written)."""
+        fresh = _unique(chunk)
+        dim = None if identity is None or not vectors else _vector_dim(identity)
+        with self.write() as conn:
+            new = self._insert_fresh(conn, dict(fresh))
+            if dim is None or identity is None:
+                return new, 0
+            wanted = list(vectors)
+            ids: dict[str, int] = {}
+            for start in range(0, len(wanted), _MAX_PARAMS):
+                part = wanted[start : start + _MAX_PARAMS]
+                marks = ",".join("?" * len(part))
+                ids.update(conn.execute(f"SELECT msg_id, id FROM messages WHERE msg_id IN ({marks})", part))
+            found = [msg_id for msg_id in wanted if msg_id in ids]
+            written = self._write_vectors(
+                conn, identity, dim, [ids[k] for k in found], [vectors[k] for k in found]
+            )
+        return new, written
 
     @staticmethod
     def _index_keywords(conn: Any, last_id: int) -> None:
@@ -1530,6 +1661,12 @@ class Store:
             ).fetchall())
             conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", (owner_id,))
             conn.executemany(f"INSERT INTO message_vectors (rowid, {columns}) VALUES ({values})", rows)
+
+    def count_selected(self, owner_id: str | None, before_us: int | None, exclude_owners: Sequence[str] = (),
+                       through_id: int | None = None) -> int:
+        """How many messages ``_selected`` picks."""
+        where, args = _selected(owner_id, None, before_us, exclude_owners, through_id)
+        return int(self._query(f"SELECT count(*) FROM messages m{where}", args)[0][0])
 
     def last_id(self) -> int:
         """The id of the newest message (0 when there is none)."""
@@ -1847,4 +1984,4 @@ def _vector_problems(conn: Any) -> list[str]:
         )
     return problems
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ConversationState", "Scope", "Store", "SummaryRow"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ConversationState", "Exported", "Scope", "Store", "SummaryRow"]

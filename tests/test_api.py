@@ -9,6 +9,7 @@ PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages", "Selection", "StrategyStats", "StrategyUsage",
     "Context", "ConversationSummary", "SummaryPolicy", "SummaryError", "Progress", "ReadOnlyError",
     "ForgetReport", "MaintenanceReport", "MaintenanceStep", "RetentionPolicy",
+    "ExportReport", "ImportReport", "BadLine",
     "LocalMemError", "InvalidInputError", "StoreError", "LockTimeoutError",
     "CorruptDatabaseError", "ModelMismatchError", "StorageFullError", "ModelError",
     "ModelNotFoundError", "StrategyUnavailableError", "ClosedError", "NotEmbeddedError", "load_embedder", "load_reranker",
@@ -30,7 +31,8 @@ def test_error_tree():
     for name in PUBLIC - {"Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages",
                           "Selection", "StrategyStats", "StrategyUsage", "load_embedder", "load_reranker",
                           "Context", "ConversationSummary", "SummaryPolicy", "Progress",
-                          "ForgetReport", "MaintenanceReport", "MaintenanceStep", "RetentionPolicy"}:
+                          "ForgetReport", "MaintenanceReport", "MaintenanceStep", "RetentionPolicy",
+                          "ExportReport", "ImportReport", "BadLine"}:
         assert issubclass(getattr(localmem, name), localmem.LocalMemError)
     # Stored but not embedded is not a lock timeout, whatever caused it: a caller retrying
     # writes on LockTimeoutError must not store the message twice.

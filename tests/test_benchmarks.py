@@ -31,6 +31,15 @@ def test_core_speed_quick_run_prints_every_row(tmp_path):
     assert results["add_many"]["n"] == results["add_many_plain"]["n"] > 0 and len(results["goals"]) == 3
 
 
+def test_transfer_speed_quick_run_prints_every_row(tmp_path):
+    stdout, results = run_benchmark(tmp_path, "transfer_speed.py", "--quick", timeout=300)
+    names = [row["name"] for row in results["rows"]]
+    for kind in ("jsonl", "jsonl + vectors", "parquet + vectors"):
+        assert f"export {kind}" in names and f"import {kind} again (no-op)" in names
+        assert f"import {kind}" in stdout
+    assert results["n"] == 2000 and all(row["seconds"] > 0 for row in results["rows"])
+
+
 @pytest.mark.slow
 @needs_minilm
 def test_models_speed_quick_run(tmp_path):

@@ -221,3 +221,37 @@ def test_read_only_memory_neither_forgets_nor_maintains(tmp_path):
             with pytest.raises(ReadOnlyError, match="read_only=True"):
                 call()
         assert mem.stats()["messages"] == 45
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_retention_archives_what_it_removes_and_import_brings_it_back(tmp_path, suffix):
+    path = tmp_path / "m.db"
+    archive = str(tmp_path / f"archive-{{owner}}-{{time}}.{suffix}")
+    policies = [RetentionPolicy(max_age_days=30, archive=archive),
+                RetentionPolicy(max_age_days=365, owner_id="bob", archive=archive)]
+    with Memory(path, embed="off", retention=policies) as mem:
+        _fill(mem)
+        before = {m.msg_id: m for o in ("alice", "bob", "carol") for m in mem.get_memory(
+            Strategy.RECENT_HISTORY, conversation_id=f"{o}-c", owner_id=o, limit=100, lookback_days=None).messages}
+        report = mem.maintain()
+        assert report.archived == report.forgotten == 25 and len(report.archives) == 2
+        assert sorted(p.rsplit("/", 1)[1].split("-")[1] for p in report.archives) == ["all", "bob"]
+        assert mem.maintain().archives == ()  # nothing old is left: no empty archive
+        for file in report.archives:
+            assert mem.import_(file).imported > 0
+        after = {m.msg_id: m for o in ("alice", "bob", "carol") for m in mem.get_memory(
+            Strategy.RECENT_HISTORY, conversation_id=f"{o}-c", owner_id=o, limit=100, lookback_days=None).messages}
+        assert after.keys() == before.keys()
+        assert all((a.content, a.created_at, a.role) == (before[k].content, before[k].created_at, before[k].role)
+                   for k, a in after.items())
+
+
+def test_an_archive_without_time_in_its_name_is_never_overwritten(tmp_path):
+    archive = tmp_path / "old.jsonl"
+    with Memory(tmp_path / "m.db", embed="off", retention=RetentionPolicy(30, archive=archive)) as mem:
+        _fill(mem)
+        assert mem.maintain().archived == 30
+        mem.add("user", "old again", conversation_id="c", owner_id="alice", created_at=NOW - timedelta(days=90))
+        with pytest.raises(InvalidInputError, match="exists"):
+            mem.maintain()
+        assert mem.stats()["messages"] == 16  # the old message stays: it was not archived
