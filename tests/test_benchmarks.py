@@ -23,6 +23,13 @@ def run_benchmark(tmp_path, script: str, *args: str, timeout: int = 600, env=Non
     return run.stdout, json.loads(out.read_text())
 
 
+def test_lifecycle_quick_run_prints_every_row(tmp_path):
+    stdout, results = run_benchmark(tmp_path, "lifecycle.py", "--quick", timeout=300)
+    for row in ("after importing", "after forget(before=)", "after maintain()", "baseline: a fresh file"):
+        assert row in stdout
+    assert results["n"] == 2000 and 0 < results["kept"] < 2000 and len(results["rows"]) == 4
+
+
 def test_core_speed_quick_run_prints_every_row(tmp_path):
     stdout, results = run_benchmark(tmp_path, "core_speed.py", "--quick", timeout=300)
     for row in ("floor", "schema SQL", "add()", "recent_history (hot window)", "add_many", "add_many, summaries=None"):
