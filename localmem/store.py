@@ -559,18 +559,11 @@ def _selected(owner_id: str | None, conversation_id: str | None, before_us: int 
     messages written after ``through_id``: see ``Store.forget``.)"""
     conditions: list[str] = []
     args: list[Any] = []
-    if owner_id is not None:
-        conditions.append("m.owner_id = ?")
-        args.append(owner_id)
-    if conversation_id is not None:
-        conditions.append("m.conversation_id = ?")
-        args.append(conversation_id)
-    if before_us is not None:
-        conditions.append("m.created_at < ?")
-        args.append(before_us)
-    if through_id is not None:
-        conditions.append("m.id <= ?")
-        args.append(through_id)
+    for condition, value in (("m.owner_id = ?", owner_id), ("m.conversation_id = ?", conversation_id),
+                             ("m.created_at < ?", before_us), ("m.id <= ?", through_id)):
+        if value is not None:
+            conditions.append(condition)
+            args.append(value)
     if exclude_owners:
         conditions.append(f"m.owner_id NOT IN ({', '.join('?' * len(exclude_owners))})")
         args.extend(exclude_owners)
@@ -1549,25 +1542,14 @@ class Store:
         (``checkpoint``) so that no old page stays in the -wal. ``exclude_owners`` keep
         theirs (retention's per-owner policies); ``through_id`` spares messages written
         after it (an archive read up to there)."""
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("owner_id = ?", owner_id), ("conversation_id = ?", conversation_id),
-                              ("created_at < ?", before_us), ("id <= ?", through_id)):
-            if value is not None:
-                where.append(column)
-                args.append(value)
         if owner_id is None and before_us is None:
             raise InvalidInputError("forget needs owner_id, before, or both")
-        if exclude_owners:
-            if len(exclude_owners) > _MAX_PARAMS:
-                raise InvalidInputError(f"at most {_MAX_PARAMS} owners can be excluded")
-            where.append(f"owner_id NOT IN ({', '.join('?' * len(exclude_owners))})")
-            args.extend(exclude_owners)
-        selection = " AND ".join(where)
+        if len(exclude_owners) > _MAX_PARAMS:
+            raise InvalidInputError(f"at most {_MAX_PARAMS} owners can be excluded")
+        where, args = _selected(owner_id, conversation_id, before_us, exclude_owners, through_id)
         with self.write() as conn:
-            rows = conn.execute(
-                f"SELECT owner_id, conversation_id, content FROM messages WHERE {selection}", args
-            ).fetchall()
+            rows = conn.execute(f"SELECT m.owner_id, m.conversation_id, m.content FROM messages m{where}",
+                                args).fetchall()
             if not rows:
                 return Forgotten(0, (), (), (), secure=self._secure(conn))
             # The index rows first, each in one statement: the delete triggers then find
@@ -1575,7 +1557,7 @@ class Store:
             # keyword row, or deleting vectors one at a time). Measured on 20k messages
             # forgetting the older half: 3.2 s -> 1.8 s; the triggers still repoint the
             # keyword row of each surviving successor.
-            doomed = f"SELECT id FROM messages WHERE {selection}"
+            doomed = f"SELECT m.id FROM messages m{where}"
             conn.execute(f"DELETE FROM messages_fts WHERE rowid IN ({doomed})", args)
             ddl = self._vector_table(conn)
             if ddl is not None:
@@ -1584,7 +1566,7 @@ class Store:
                     self._rebuild_vectors(conn, ddl, f"rowid NOT IN ({doomed})", args)
                 else:
                     conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", args)
-            conn.execute(f"DELETE FROM messages WHERE {selection}", args)
+            conn.execute(f"DELETE FROM messages AS m{where}", args)
             scopes = sorted({(o, c) for o, c, _ in rows})
             for o, c in scopes:
                 conn.execute("DELETE FROM summaries WHERE owner_id = ? AND conversation_id = ?", (o, c))
