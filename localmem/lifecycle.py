@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 # that is at least VACUUM_MIN_BYTES: VACUUM writes the whole file again (and as much to the
 # WAL), so it is worth it only for real space. (benchmarks/lifecycle.py measures both.)
 VACUUM_FREE_SHARE = 0.2
+# Retention removes at most this many messages a transaction, so that a first run over a
+# year of history does not hold the write lock for many seconds (forgetting 50k of 100k
+# messages at once held it 7.7 s: longer than the default lock_timeout of other writers).
+RETENTION_BATCH = 5000
 VACUUM_MIN_BYTES = 1 << 20
 _US_PER_DAY = 86_400_000_000
 
@@ -242,11 +246,11 @@ class Lifecycle:
         with self._lock:
             return self._forget(target, wait)
 
-    def _forget(self, sel: Target, wait: float) -> ForgetReport:
+    def _forget(self, sel: Target, wait: float, *, scrub: bool = True) -> ForgetReport:
         with self.gate.exclusive(self._store.lock_timeout):
-            return self._forget_now(sel, wait)
+            return self._forget_now(sel, wait, scrub)
 
-    def _forget_now(self, sel: Target, wait: float) -> ForgetReport:
+    def _forget_now(self, sel: Target, wait: float, scrub: bool) -> ForgetReport:
         seconds: dict[str, float] = {}
         start = step = time.perf_counter()
 
@@ -257,7 +261,7 @@ class Lifecycle:
             step = now
 
         gone = self._store.forget(sel.owner_id, sel.conversation_id, sel.before_us,
-                                  exclude_owners=sel.exclude_owners, through_id=sel.through_id)
+                                  exclude_owners=sel.exclude_owners, through_id=sel.through_id, scrub=scrub)
         lap("database")
         pending: list[str | None] = []
         if self._hot is not None:
@@ -352,12 +356,20 @@ class Lifecycle:
                         raise InvalidInputError("retention archives need an archiver")
                     archived += archive(path, policy.owner_id, cutoff, exclude, through)
                     archives.append(path)
-                report = self._forget(Target(policy.owner_id, None, cutoff, exclude, through), wait)
-                forgotten += report.messages
-                pending.extend(report.pending)
+                removed = 0
+                while True:  # at most RETENTION_BATCH messages a transaction: writers get turns
+                    upto = self._store.nth_selected_id(policy.owner_id, cutoff, exclude, through, RETENTION_BATCH)
+                    last = upto is None or upto == through
+                    # (the FTS5 and ANALYZE scrub once, in the keyword_index step below)
+                    report = self._forget(Target(policy.owner_id, None, cutoff, exclude, through if last else upto),
+                                          wait, scrub=False)
+                    removed += report.messages
+                    pending.extend(report.pending)
+                    if last:
+                        break
+                forgotten += removed
                 who = policy.owner_id or ("everyone else" if owned else "everyone")
-                done.append(f"{who}: {report.messages} older than "
-                            f"{policy.max_age_days:g} days removed")
+                done.append(f"{who}: {removed} older than {policy.max_age_days:g} days removed")
             return "; ".join(done)
 
         def strategy_log() -> str:
@@ -370,8 +382,8 @@ class Lifecycle:
             return f"{removed} entries older than {self._log.retention_days:g} days removed"
 
         def keyword_index() -> str:
-            self._store.optimize_keywords()
-            return "segments merged"
+            self._store.scrub()  # after retention too: what its deletes left in old segments
+            return "segments merged, deleted rows' terms dropped"
 
         def vectors() -> str:
             waste = self._store.vector_waste()

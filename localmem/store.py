@@ -1529,7 +1529,7 @@ class Store:
         return None if row is None else Deleted(*row)
 
     def forget(self, owner_id: str | None, conversation_id: str | None, before_us: int | None, *,
-               exclude_owners: Sequence[str] = (), through_id: int | None = None) -> Forgotten:
+               exclude_owners: Sequence[str] = (), through_id: int | None = None, scrub: bool = True) -> Forgotten:
         """Delete every message of the selection (an owner, one of its conversations,
         and/or everything older than ``before_us``) in one transaction, with all that
         holds their text or ids in the file: FTS5 rows (and FTS5's own leftover terms:
@@ -1541,7 +1541,8 @@ class Store:
         secure_delete on, freed cells and pages are zeroed; the caller then checkpoints
         (``checkpoint``) so that no old page stays in the -wal. ``exclude_owners`` keep
         theirs (retention's per-owner policies); ``through_id`` spares messages written
-        after it (an archive read up to there)."""
+        after it (an archive read up to there). ``scrub=False`` leaves the FTS5 and
+        ANALYZE steps to a later ``scrub()`` (retention's batches: one at the end)."""
         if owner_id is None and before_us is None:
             raise InvalidInputError("forget needs owner_id, before, or both")
         if len(exclude_owners) > _MAX_PARAMS:
@@ -1576,10 +1577,30 @@ class Store:
                 conn.execute("DELETE FROM owners WHERE owner_id = ? AND message_count = 0", (o,))
             emptied = tuple((o, c) for o, c in scopes if conn.execute(
                 "SELECT 1 FROM conversations WHERE owner_id = ? AND conversation_id = ?", (o, c)).fetchone() is None)
-            conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat4'").fetchone():
-                conn.execute("ANALYZE")
+            if scrub:
+                self._scrub(conn)
             return Forgotten(len(rows), tuple(scopes), emptied, tuple(r[2] for r in rows), secure=self._secure(conn))
+
+    @staticmethod
+    def _scrub(conn: Any) -> None:
+        """Drop deleted rows' traces that outlive their delete: FTS5 keeps a row's terms in
+        older index segments until 'optimize' rewrites the index, and ANALYZE's
+        ``sqlite_stat4`` samples copy index keys (owner ids, conversation ids, msg ids)."""
+        conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat4'").fetchone():
+            conn.execute("ANALYZE")
+
+    def scrub(self) -> None:
+        """``_scrub`` in a transaction of its own (after forgets with ``scrub=False``)."""
+        with self.write() as conn:
+            self._scrub(conn)
+
+    def nth_selected_id(self, owner_id: str | None, before_us: int | None, exclude_owners: Sequence[str],
+                        through_id: int | None, n: int) -> int | None:
+        """The id of the ``n``-th message ``_selected`` picks, in id order (None: fewer)."""
+        where, args = _selected(owner_id, None, before_us, exclude_owners, through_id)
+        rows = self._query(f"SELECT m.id FROM messages m{where} ORDER BY m.id LIMIT 1 OFFSET ?", [*args, n - 1])
+        return None if not rows else int(rows[0][0])
 
     @staticmethod
     def _rebuild_vectors(conn: Any, ddl: str, keep: str, args: Sequence[Any]) -> None:
@@ -1653,12 +1674,6 @@ class Store:
     def last_id(self) -> int:
         """The id of the newest message (0 when there is none)."""
         return int(self._query("SELECT coalesce(max(id), 0) FROM messages")[0][0])
-
-    def optimize_keywords(self) -> None:
-        """Merge the keyword index's segments into one (FTS5 'optimize'): searches read one
-        b-tree instead of many, and deleted rows' terms are dropped."""
-        with self.write() as conn:
-            conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
 
     def pages(self) -> tuple[int, int, int]:
         """(page size, pages in the file, pages on the freelist): how much VACUUM would give back."""

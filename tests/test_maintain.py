@@ -56,18 +56,30 @@ def test_retention_per_owner_and_for_everyone_else(tmp_path):
         assert _ages(mem, "bob") == [1, 40]
 
 
-def test_retention_leaves_no_trace_of_what_it_removes(tmp_path):
+@pytest.mark.parametrize(("old", "batch"), [(1, 5000), (45, 10), (40, 10)])
+def test_retention_leaves_no_trace_of_what_it_removes(tmp_path, monkeypatch, old, batch):
+    """Also in batches (a transaction each, the FTS5 scrub once at the end), the last
+    one partly full or empty."""
+    from localmem import lifecycle
+
+    monkeypatch.setattr(lifecycle, "RETENTION_BATCH", batch)
     db = str(tmp_path / "m.db")
     word = "Zqretainedmarker42"
     with Memory(db, embedder=HashEmbedder(), retention=RetentionPolicy(max_age_days=10)) as mem:
-        mem.add("user", f"old secret {word}", conversation_id="c", owner_id="o",
-                created_at=NOW - timedelta(days=20))
-        mem.add("user", "new talk", conversation_id="c", owner_id="o")
+        items = []
+        for i in range(old):  # one import: one index segment, old and new messages together
+            items.append({"role": "user", "content": f"old secret {i} {word}", "conversation_id": "c",
+                          "owner_id": "o", "created_at": NOW - timedelta(days=20 + i)})
+            items += [{"role": "user", "content": f"new talk {i} {j}", "conversation_id": "c",
+                       "owner_id": "o"} for j in range(3)]
+        mem.add_many(items)
         mem.flush()
         mem.get_memory(Strategy.HYBRID, query="old secret", conversation_id="c", owner_id="o")
         assert scan(db, [word])
-        assert mem.maintain().forgotten == 1
+        report = mem.maintain()
+        assert report.forgotten == old and report.complete
         assert not scan(db, [word])
+        assert mem.stats()["messages"] == 3 * old
 
 
 def test_vacuum_gives_back_the_space_of_deleted_rows(tmp_path):
