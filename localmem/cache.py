@@ -377,9 +377,11 @@ class _DiskTier:
         try:
             cache = self._current()
             if cache is None:
-                if self._closed or not (self.directory / "cache.db").exists():
+                no_folder = self._owned_tmp is None and self._root is None  # (an in-memory tier)
+                if no_folder or not (self.directory / "cache.db").exists():
                     return None  # nothing ever written here
-                return f"{self._label}: {self.directory} could not be opened, entries not erased"
+                state = "is closed" if self._closed else "could not be opened"
+                return f"{self._label}: {self.directory} {state}, entries not erased"
             cache.expire()
             if everything:
                 cache.clear()
@@ -707,13 +709,15 @@ class EmbeddingCache(_DiskTier):
     def forget(self, texts: Sequence[str], *, kind: str = "document") -> None:
         """Drop the vectors of ``texts`` from both tiers (a deleted message's text must not
         stay findable here)."""
-        problem = self.erase_texts(texts, kind=kind)
+        problem = self.erase_texts(texts, kinds=(kind,))
         if problem is not None:
             log.warning("localmem %s", problem)
 
-    def erase_texts(self, texts: Sequence[str], *, kind: str = "document") -> str | None:
-        """``forget``, reporting what was left undone (see ``erase``) instead of logging it."""
-        keys = self._keys(texts, kind)
+    def erase_texts(self, texts: Sequence[str], *, kinds: Sequence[str] = EMBEDDING_KINDS) -> str | None:
+        """``forget`` the vectors of ``texts`` of each of ``kinds`` (default: as documents
+        and as queries: a context embeds the latest user message as its query), reporting
+        what was left undone (see ``erase``) instead of logging it."""
+        keys = [key for kind in kinds for key in self._keys(texts, kind)]
         with self._lru_lock:
             for key in keys:
                 self._lru.pop(key, None)

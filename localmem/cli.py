@@ -280,24 +280,11 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time_arg(text: str | None, flag: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise InvalidInputError(f"{flag} must be an ISO 8601 time with its offset, e.g. 2025-01-01T00:00:00Z; "
-                                f"got {text!r}")
-    return value
-
-
 def cmd_forget(args: argparse.Namespace) -> int:
     """Delete an owner's, a conversation's or older messages, leaving no byte of them."""
     if args.conversation is not None and args.owner is None:
         raise InvalidInputError("--conversation needs --owner")
-    before = _time_arg(args.before, "--before")
+    before = _before(args.before)
     with _open_existing(args, embed="off") as mem:
         report = mem.forget(owner_id=args.owner, conversation_id=args.conversation, before=before)
     _print_json(asdict(report))
@@ -363,7 +350,7 @@ def _before(text: str | None) -> datetime | None:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write messages to a file (reading the database creates nothing beside it)."""
     before = _before(args.before)
-    with _open_existing(args, embed="off", hot_window=0, query_cache_ttl=0, strategy_log=False) as mem:
+    with _open_existing(args, read_only=True, embed="off", strategy_log=False) as mem:
         try:
             report = mem.export(
                 args.path, owner_id=args.owner, conversation_id=args.conversation, before=before,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import driver
-from .errors import InvalidInputError, LockTimeoutError
+from .errors import ClosedError, InvalidInputError, LockTimeoutError
 from .progress import ProgressCallback, Reporter
 from .records import ForgetReport
 from .store import Store
@@ -200,7 +200,8 @@ class ForgetGate:
     @contextlib.contextmanager
     def exclusive(self, timeout: float) -> Iterator[None]:
         if getattr(self._mine, "depth", 0):
-            raise RuntimeError("forget() called from inside a search or an embedding batch")
+            raise InvalidInputError("forget() cannot run inside a search, a context or an embedding batch "
+                                    "(from a callback of theirs): it waits for them to end")
         with self._cond:
             self._waiting += 1
             try:
@@ -211,6 +212,7 @@ class ForgetGate:
                     )
             finally:
                 self._waiting -= 1
+                self._cond.notify_all()  # work held back for this forget goes on if it gave up
             self._writer = True
         try:
             yield
@@ -238,12 +240,28 @@ class Lifecycle:
         self.gate = gate
         self._hot, self._queries, self._embeddings, self._log = hot, queries, embeddings, log
         self._refold = refold
-        # Forgets run one at a time: two at once would only wait for each other's locks.
-        self._lock = threading.Lock()
+        # Forgets and maintenance run one at a time (two at once would only wait for each
+        # other's locks); reentrant, so a progress callback of maintain() may forget.
+        self._lock = threading.RLock()
+        self._closing = False
         self._pending_checkpoint = False  # a forget's WAL is left for maintain()/close()
 
+    @contextlib.contextmanager
+    def _turn(self, what: str) -> Iterator[None]:
+        """This thread's turn for a forget or a maintenance run: waits for the one running,
+        at most ``lock_timeout``; refused once the Memory is closing."""
+        if not self._lock.acquire(timeout=self._store.lock_timeout):
+            raise LockTimeoutError(f"{what} waited past lock_timeout ({self._store.lock_timeout:g} s) for "
+                                   "another forget or maintain() of this Memory to end; nothing was done")
+        try:
+            if self._closing:
+                raise ClosedError(f"{what}: the Memory is closing")
+            yield
+        finally:
+            self._lock.release()
+
     def forget(self, target: Target, *, wait: float) -> ForgetReport:
-        with self._lock:
+        with self._turn("forget"):
             return self._forget(target, wait)
 
     def _forget(self, sel: Target, wait: float, *, scrub: bool = True) -> ForgetReport:
@@ -273,8 +291,12 @@ class Lifecycle:
             pending.append(self._embeddings.erase(gone.contents))
         lap("caches")
         if self._log is not None:
-            self._log.forget(sel.owner_id, sel.conversation_id, sel.before_us)
-            pending.append(self._log.checkpoint())
+            try:
+                self._log.forget(sel.owner_id, sel.conversation_id, sel.before_us, keep_owners=sel.exclude_owners)
+            except Exception as exc:  # noqa: BLE001 - reported: the messages are gone, the rest goes on
+                pending.append(f"strategy log {self._log.path}: entries not forgotten: {type(exc).__name__}: {exc}")
+            else:
+                pending.append(self._log.checkpoint())
             lap("strategy_log")
         if gone.messages and not gone.secure:
             self._store.vacuum()  # stale copies from before secure_delete: once per file
@@ -300,6 +322,12 @@ class Lifecycle:
             complete=not problems, pending=problems, seconds=seconds,
         )
 
+    def drain(self) -> None:
+        """Before the caches and the log close: wait for a forget or maintenance run in
+        progress to end (it would find them closed half-way), and refuse new ones."""
+        with self._lock:
+            self._closing = True
+
     def close(self) -> None:
         """A forget's checkpoint left pending: one more try before the file closes (the
         last connection to close checkpoints the WAL and removes it anyway)."""
@@ -308,7 +336,7 @@ class Lifecycle:
 
     def maintain(self, policies: Sequence[RetentionPolicy], *, archive: Archiver | None, vacuum: bool | None,
                  integrity: bool, wait: float, progress: ProgressCallback | None) -> MaintenanceReport:
-        with self._lock:
+        with self._turn("maintain"):
             return self._maintain(policies, archive, vacuum, integrity, wait, progress)
 
     def _file_bytes(self) -> int:
@@ -323,13 +351,13 @@ class Lifecycle:
         archives: list[str] = []
         archived = forgotten = 0
         bytes_before = self._file_bytes()
-        names = ["caches", "retention", "strategy_log", "keyword_index", "vectors", "checkpoint", "space",
+        names = ["caches", "retention", "keyword_index", "strategy_log", "vectors", "checkpoint", "space",
                  "integrity"]
         reporter = Reporter(progress, "maintain", len(names), unit="steps", stage=names[0])
 
         def step(name: str, run: Callable[[], str]) -> None:
             began = time.perf_counter()
-            reporter.stage(name, len(names), unit="steps")
+            reporter.stage(name, len(names), unit="steps", done=len(steps))
             detail = run()
             steps.append(MaintenanceStep(name, round(time.perf_counter() - began, 4), detail))
 
@@ -364,10 +392,10 @@ class Lifecycle:
                     report = self._forget(Target(policy.owner_id, None, cutoff, exclude, through if last else upto),
                                           wait, scrub=False)
                     removed += report.messages
+                    forgotten += report.messages
                     pending.extend(report.pending)
                     if last:
                         break
-                forgotten += removed
                 who = policy.owner_id or ("everyone else" if owned else "everyone")
                 done.append(f"{who}: {removed} older than {policy.max_age_days:g} days removed")
             return "; ".join(done)
@@ -375,7 +403,11 @@ class Lifecycle:
         def strategy_log() -> str:
             if self._log is None or self._log.retention_days is None:
                 return "no strategy log retention"
-            removed = self._log.prune(now_us() - int(self._log.retention_days * _US_PER_DAY))
+            try:
+                removed = self._log.prune(now_us() - int(self._log.retention_days * _US_PER_DAY))
+            except Exception as exc:  # noqa: BLE001 - reported; the log is retried next run
+                pending.append(f"strategy log {self._log.path}: retention not applied: {type(exc).__name__}: {exc}")
+                return "could not be written (see pending)"
             problem = self._log.checkpoint()
             if problem is not None:
                 pending.append(problem)
@@ -430,16 +462,23 @@ class Lifecycle:
             return f"{described}: VACUUM gave them back"
 
         step("caches", caches)
-        step("retention", retention)
-        step("strategy_log", strategy_log)
+        try:
+            step("retention", retention)
+        except BaseException:
+            if forgotten:  # batches went before the error: what their deletes left goes now
+                with contextlib.suppress(Exception):
+                    self._store.scrub()
+                    self._store.checkpoint(wait)
+            raise
         step("keyword_index", keyword_index)
+        step("strategy_log", strategy_log)
         step("vectors", vectors)
         step("checkpoint", checkpoint)
         step("space", space)
         result: str | None = None
         if integrity:
             began = time.perf_counter()
-            reporter.stage("integrity", len(names), unit="steps")
+            reporter.stage("integrity", len(names), unit="steps", done=len(steps))
             result = self._store.check_integrity()
             steps.append(MaintenanceStep("integrity", round(time.perf_counter() - began, 4), result))
         reporter.finish()

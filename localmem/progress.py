@@ -88,12 +88,12 @@ class Reporter:
         if self._callback is not None and time.monotonic() - self._last >= EVERY:
             self._send()
 
-    def stage(self, name: str, total: int | None = None, *, unit: str | None = None) -> None:
-        """Start step ``name`` of ``total`` units: the count starts again from 0 (the
-        step before ends with a report of its last count, if it was held back)."""
+    def stage(self, name: str, total: int | None = None, *, unit: str | None = None, done: int = 0) -> None:
+        """Start step ``name`` of ``total`` units: the count starts again from ``done``
+        (the step before ends with a report of its last count, if it was held back)."""
         if self._sent != (self._stage, self.done):
             self._send()
-        self._stage, self.total, self.done = name, total, 0
+        self._stage, self.total, self.done = name, total, done
         if unit is not None:
             self.unit = unit
         self._send()

@@ -311,6 +311,10 @@ SECURE_SINCE = "secure_delete_since"
 # deletes cost ~0.4 ms each when spread over the chunks, a rebuild ~0.05 ms per vector kept.
 _REBUILD_SHARE = 0.15
 _REBUILD_MIN = 2000
+_FORGET_SUMMARY = (
+    "UPDATE summaries SET version = version + 1, text = '', through_us = -9223372036854775808,"
+    " through_id = 0, folded = 0, updated_us = ? WHERE owner_id = ? AND conversation_id = ?"
+)
 _CHECKPOINT_TRY_MS = 50  # Store.checkpoint: how long one try waits for readers, lock held
 _CHECKPOINT_PAUSE = 0.1  # and the pause between tries, lock released
 _MAX_PARAMS = 500  # per IN (...) lookup, well under SQLite's limit
@@ -1570,7 +1574,14 @@ class Store:
             conn.execute(f"DELETE FROM messages AS m{where}", args)
             scopes = sorted({(o, c) for o, c, _ in rows})
             for o, c in scopes:
-                conn.execute("DELETE FROM summaries WHERE owner_id = ? AND conversation_id = ?", (o, c))
+                # The summary may quote what went: emptied, with a new version, so that a
+                # fold in flight (which read the old one) cannot save over it; deleted with
+                # the conversation's row when no message is left (a fold in flight then
+                # finds its messages gone). A deleted row would restart at version 1 and
+                # let that fold's stale text in.
+                conn.execute(_FORGET_SUMMARY, (now_us(), o, c))
+                conn.execute("DELETE FROM summaries WHERE owner_id = ? AND conversation_id = ? AND NOT EXISTS"
+                             " (SELECT 1 FROM messages WHERE owner_id = ? AND conversation_id = ?)", (o, c, o, c))
                 conn.execute("DELETE FROM conversations WHERE owner_id = ? AND conversation_id = ?"
                              " AND message_count = 0", (o, c))
             for o in sorted({o for o, _ in scopes}):

@@ -484,16 +484,28 @@ class StrategyLog:
                                  ("DELETE FROM explicit_choices WHERE day < ?", (before_us // _US_PER_DAY,)))
 
     def forget(self, owner_id: str | None = None, conversation_id: str | None = None,
-               before_us: int | None = None) -> int:
+               before_us: int | None = None, *, keep_owners: Sequence[str] = ()) -> int:
         """Drop an owner's entries (or one conversation's), or those older than
         ``before_us``, or both; buffered and stored. Returns how many stored ones went.
         Holds the file while it works, so no write in flight can put forgotten entries
         back. The per-day counts of explicit choices go with the owner (only the days
-        before ``before_us``, if given)."""
+        before ``before_us``, if given). ``keep_owners``: by age alone, these owners'
+        entries stay (retention policies of their own)."""
         if owner_id is None:
             if before_us is None:
                 raise ValueError("forget needs owner_id, before_us, or both")
-            return self.prune(before_us)
+            if not keep_owners:
+                return self.prune(before_us)
+            keep = set(keep_owners)
+            marks = ", ".join("?" * len(keep))
+            with self._file_lock:
+                with self._lock:
+                    self._buffer = deque(e for e in self._buffer if e.at_us >= before_us or e.owner_id in keep)
+                return self._rewrite(
+                    lambda e: e.at_us < before_us and e.owner_id not in keep, None, "first_us < ?", (before_us,),
+                    (f"DELETE FROM explicit_choices WHERE day < ? AND owner_id NOT IN ({marks})",
+                     (before_us // _US_PER_DAY, *keep)),
+                )
 
         def drop(e: LogEntry) -> bool:
             return _of(e, owner_id, conversation_id) and (before_us is None or e.at_us < before_us)

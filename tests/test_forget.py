@@ -326,3 +326,153 @@ def test_a_search_in_flight_cannot_put_forgotten_text_back_in_a_cache(tmp_path):
         assert report.complete and report.messages == 6 and found and found[0].messages
         hits = scan(db, [word], [embedder._vector(f"note {i} the code is {word}") for i in range(6)])
         assert not hits, summary(hits)
+
+
+# -- regressions found in review ---------------------------------------------------------
+
+
+def test_the_cached_query_vector_of_a_forgotten_message_goes_too(tmp_path):
+    """build_context with no query embeds the latest user message as a query: that cached
+    vector is forgotten with the message."""
+    db = str(tmp_path / "mem.db")
+    embedder = DenseEmbedder(dim=384)
+    secret = f"my passport number is {marker('Zq')} keep it safe"
+    with Memory(db, embedder=embedder, strategy_log=False) as mem:
+        mem.add("user", "hello there friend", conversation_id="c", owner_id="alice")
+        mem.add("user", secret, conversation_id="c", owner_id="alice")
+        mem.add("user", "bob talk", conversation_id="b", owner_id="bob")
+        mem.flush()
+        mem.build_context(conversation_id="c", owner_id="alice")
+        assert mem.forget(owner_id="alice").complete
+    hits = scan(db, [secret.split()[4]], [embedder._vector(secret)])
+    assert not hits, summary(hits)
+
+
+def test_a_fold_in_flight_cannot_save_a_summary_of_forgotten_text(tmp_path):
+    """The background fold read the summary (quoting what is then forgotten) before the
+    forget and saves after it, while another fold rebuilt the summary meanwhile: the
+    summary's version never repeats, so the stale fold's save is refused."""
+    secret = marker("Zq")
+    gate, folding = threading.Event(), threading.Event()
+
+    def summarizer(previous, messages):
+        if threading.current_thread().name == "localmem-summaries" and not gate.is_set():
+            folding.set()
+            gate.wait(30)  # a slow LLM call of the background fold
+        return (previous + " | " + " ".join(m.content for m in messages)).strip(" |")
+
+    db = str(tmp_path / "mem.db")
+    policy = SummaryPolicy(window_tokens=20, fold_tokens=10, chunk_tokens=100000, summarizer=summarizer, name="cat")
+    with Memory(db, embed="off", strategy_log=False, summaries=policy) as mem:
+        for i in range(4):
+            mem.add("user", f"old note {i} the code is {secret}", conversation_id="c", owner_id="o",
+                    created_at=OLD + timedelta(minutes=i))
+        for i in range(4):
+            mem.add("user", f"new note {i} about the weather", conversation_id="c", owner_id="o",
+                    created_at=NEW + timedelta(minutes=i))
+        mem.fold_summary(conversation_id="c", owner_id="o")
+        assert secret in mem.get_conversation_summary(conversation_id="c", owner_id="o").text
+        for i in range(4, 12):
+            mem.add("user", f"new note {i} about the weather", conversation_id="c", owner_id="o",
+                    created_at=NEW + timedelta(minutes=i))
+        assert folding.wait(10)
+        mem.forget(owner_id="o", before=CUT)
+        mem.fold_summary(conversation_id="c", owner_id="o")  # a second folder rebuilds it
+        gate.set()
+        mem.flush()
+        assert secret not in mem.get_conversation_summary(conversation_id="c", owner_id="o").text
+    assert not scan(db, [secret])
+
+
+def test_close_waits_for_a_maintenance_run_before_closing_the_caches(tmp_path, monkeypatch):
+    """close() during a retention run of the maintenance thread: the run finishes with the
+    caches still open, so its purge is not skipped."""
+    from localmem import RetentionPolicy
+
+    forgetting = threading.Event()
+    original = store_module.Store.forget
+
+    def slow_forget(self, *args, **kwargs):  # a large forget
+        forgetting.set()
+        time.sleep(0.5)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.Store, "forget", slow_forget)
+    db = str(tmp_path / "mem.db")
+    secret = marker("Zq")
+    mem = Memory(db, embedder=HashEmbedder(), retention=RetentionPolicy(max_age_days=7), maintenance_interval=0.2)
+    mem.add("user", f"old message the code is {secret}", conversation_id="c", owner_id="o",
+            created_at=datetime.now(timezone.utc) - timedelta(days=30))
+    mem.add("user", "new message about the code", conversation_id="c", owner_id="o")
+    mem.flush()
+    mem.get_memory(Strategy.SEMANTIC_SEARCH, query="the code", conversation_id="c", owner_id="o", lookback_days=None)
+    assert [h for h in scan(db, [secret]) if "queries" in h.file]
+    assert forgetting.wait(10)
+    mem.close()
+    assert mem._maintainer.runs == 1 and mem._maintainer.failures == 0
+    hits = scan(db, [secret])
+    assert not hits, summary(hits)
+
+
+def test_a_locked_strategy_log_leaves_the_forget_pending_not_failed(tmp_path):
+    """Another process holding the log: the messages are forgotten, the report says the
+    log's entries are not, and the database is still checkpointed."""
+    import sqlean
+
+    db = str(tmp_path / "mem.db")
+    with Memory(db, embedder=HashEmbedder()) as mem:
+        mem.add("user", "the code is secret", conversation_id="c", owner_id="o")
+        mem.get_memory(Strategy.RECENT_HISTORY, conversation_id="c", owner_id="o")
+        mem._log.flush()
+        other = sqlean.connect(db + "-log", isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            report = mem.forget(owner_id="o")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert report.messages == 1 and not report.complete
+        assert any("strategy log" in p and "locked" in p for p in report.pending), report.pending
+        assert "checkpoint" in report.seconds
+        assert mem.forget(owner_id="o").complete  # again, once the log is free: done
+
+
+def test_a_forget_that_gives_up_lets_the_work_it_held_back_go_on():
+    from localmem import LockTimeoutError
+    from localmem.lifecycle import ForgetGate
+
+    gate = ForgetGate()
+    reading, release, got_in = threading.Event(), threading.Event(), threading.Event()
+
+    def long_reader():
+        with gate.shared():
+            reading.set()
+            release.wait(10)
+
+    def search():
+        with gate.shared():
+            got_in.set()
+
+    gave_up: list[BaseException] = []
+
+    def forget() -> None:
+        try:
+            with gate.exclusive(0.5):
+                pass
+        except LockTimeoutError as exc:
+            gave_up.append(exc)
+
+    threads = [threading.Thread(target=long_reader)]
+    threads[0].start()
+    assert reading.wait(5)
+    threads.append(threading.Thread(target=forget))
+    threads[1].start()
+    while not gate._waiting:  # the forget waits for the reader
+        time.sleep(0.001)
+    threads.append(threading.Thread(target=search))
+    threads[2].start()  # and the search waits behind the forget
+    assert got_in.wait(5)  # once the forget gives up, the search goes on (the reader still reads)
+    assert gave_up and not release.is_set()
+    release.set()
+    for t in threads:
+        t.join()

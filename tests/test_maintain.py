@@ -13,7 +13,7 @@ from hash_embedder import HashEmbedder
 from localmem import InvalidInputError, Memory, Progress, RetentionPolicy, Strategy
 
 NOW = datetime.now(timezone.utc)
-STEPS = ["caches", "retention", "strategy_log", "keyword_index", "vectors", "checkpoint", "space", "integrity"]
+STEPS = ["caches", "retention", "keyword_index", "strategy_log", "vectors", "checkpoint", "space", "integrity"]
 
 
 def _fill(mem: Memory, owners=("alice", "bob", "carol"), days=(1, 40, 400), per_day: int = 5) -> None:
@@ -178,7 +178,7 @@ def test_cli_maintain_and_forget(tmp_path, run):
     code, out, _ = run("--db", db, "forget", "--before", "2025-01-01T00:00:00+00:00")
     assert code == 0 and '"messages": 0' in out
     code, _, err = run("--db", db, "forget", "--before", "2025-01-01")
-    assert code == 1 and "with its offset" in err
+    assert code == 1 and "needs its UTC offset" in err
     code, _, err = run("--db", db, "forget", "--conversation", "c")
     assert code == 1 and "--conversation needs --owner" in err
     code, out, _ = run("--db", db, "maintain", "--json", "--no-vacuum", "--no-integrity")

@@ -516,6 +516,8 @@ def test_an_unwritable_file_and_folder_in_an_unprivileged_process(filled, locked
         hybrid = [msg_id for msg_id, _, _ in answer(ro, "hybrid")[1]]
         recent = [msg_id for msg_id, _, _ in answer(ro, "recent_history")[1]]
     before = snapshot(locked.parent)
+    outbox = Path(tempfile.mkdtemp(prefix="localmem-export-"))  # where the child may write
+    outbox.chmod(0o777)
     child = Child(locked)
     try:
         me = child.ask("whoami")
@@ -536,12 +538,18 @@ def test_an_unwritable_file_and_folder_in_an_unprivileged_process(filled, locked
         assert stats["code"] == 0 and json.loads(stats["out"])["total_calls"] == 3, stats["err"]
         added = child.ask("cli", argv=["add", "--conversation", "c1", "--owner", "u1", "hi"])
         assert added["code"] == 1 and "cannot be written here" in added["err"], added
+        forgot = child.ask("cli", argv=["forget", "--owner", "u1"])
+        assert forgot["code"] == 1 and "cannot be written here" in forgot["err"], forgot
+        exported = child.ask("cli", argv=["export", str(outbox / "all.jsonl")])  # a read: works
+        assert exported["code"] == 0, exported["err"]
+        assert json.loads(exported["out"])["messages"] == len(TALK) + 3
 
         child.ask("open")
         assert child.ask("ask", strategy="hybrid", query="pizza")["ids"] == hybrid
         child.ask("close")
     finally:
         child.close()
+        shutil.rmtree(outbox, ignore_errors=True)
     assert snapshot(locked.parent) == before
 
 
