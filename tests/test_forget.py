@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,7 @@ def test_forget_leaves_no_trace_and_changes_nothing_else(tmp_path, monkeypatch, 
     assert scan(world.db, words, world.vectors()), "the markers must be on disk before the forget"
     keep = lambda o, c: not target(world, o, c)
     before = world.others(keep)
+    exports = {o: world.mem.export(tmp_path / f"{o}-before.jsonl", owner_id=o, vectors=True) for o in ("bob", "carol")}
 
     report = world.mem.forget(**args(world))
 
@@ -151,6 +153,10 @@ def test_forget_leaves_no_trace_and_changes_nothing_else(tmp_path, monkeypatch, 
     assert report.messages == count
     _clean(world, words)
     assert world.others(keep) == before
+    for o, first in exports.items():  # and their exports, byte for byte
+        again = world.mem.export(tmp_path / f"{o}-after.jsonl", owner_id=o, vectors=True)
+        assert again.messages == first.messages == 20
+        assert Path(again.path).read_bytes() == Path(first.path).read_bytes()
     assert world.mem.check_integrity() == "ok"
     # the memory goes on working: the survivors' caches fill again
     world.mem.get_memory(Strategy.HYBRID, query="the weather", conversation_id="bob-c0", owner_id="bob")
