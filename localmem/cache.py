@@ -63,6 +63,7 @@ DEFAULT_HOT_TTL = 3600.0
 DEFAULT_EMBEDDING_TTL = 90 * 86400.0
 DEFAULT_QUERY_TTL = 300.0
 EMBEDDING_KINDS = ("document", "query")
+_MODEL_PREFIX = "model:"  # a key of the counters tier naming a model that cached vectors
 # The longest a cache operation waits for a lock on the cache's own SQLite file (or the
 # Memory's lock_timeout, if shorter): past it the operation is a miss. Cache writes are
 # short transactions, so contention between processes clears well within it.
@@ -558,6 +559,27 @@ class EmbeddingCache(_DiskTier):
         super().__init__(directory, "embeddings", timeout=timeout, on_disk=on_disk)
         self._counters = _Counters(directory, "embedding-stats", disk=_CounterDisk, timeout=timeout,
                                    on_disk=on_disk)
+        self._note_model()
+
+    def _note_model(self) -> None:
+        """Record this model in the directory (beside the counters), so that erasing a
+        text reaches its vectors under every model that cached some: a re-embed leaves the
+        old model's entries behind, and their keys need that model's identity."""
+        try:
+            counters = self._counters._current()
+            if counters is not None:
+                counters.add(_MODEL_PREFIX + self.model_key, 1)
+        except _CACHE_ERRORS as exc:
+            self._counters._warn("model not recorded", exc)
+
+    def _model_keys(self) -> list[str]:
+        """Every model that cached vectors in this directory (this one included)."""
+        keys = {self.model_key}
+        counters = self._counters._current()
+        if counters is not None:
+            keys.update(key[len(_MODEL_PREFIX):] for key in counters.iterkeys()
+                        if isinstance(key, str) and key.startswith(_MODEL_PREFIX))
+        return sorted(keys)
 
     _label = "embedding cache"
 
@@ -565,7 +587,7 @@ class EmbeddingCache(_DiskTier):
         super().reset_locks_after_fork()
         self._lru_lock = threading.Lock()
 
-    def _keys(self, texts: Sequence[str], kind: str) -> list[str]:
+    def _keys(self, texts: Sequence[str], kind: str, model_key: str | None = None) -> list[str]:
         if kind not in EMBEDDING_KINDS:
             raise InvalidInputError(f"kind must be one of {EMBEDDING_KINDS}; got {kind!r}")
         if isinstance(texts, str):
@@ -574,7 +596,7 @@ class EmbeddingCache(_DiskTier):
         for text in texts:
             if type(text) is not str:
                 raise InvalidInputError(f"texts must be str; got {type(text).__name__}")
-            blob = json.dumps([self.model_key, kind, text], separators=(",", ":"))  # ASCII
+            blob = json.dumps([model_key or self.model_key, kind, text], separators=(",", ":"))  # ASCII
             keys.append(hashlib.sha256(blob.encode("ascii")).hexdigest())
         return keys
 
@@ -715,9 +737,14 @@ class EmbeddingCache(_DiskTier):
 
     def erase_texts(self, texts: Sequence[str], *, kinds: Sequence[str] = EMBEDDING_KINDS) -> str | None:
         """``forget`` the vectors of ``texts`` of each of ``kinds`` (default: as documents
-        and as queries: a context embeds the latest user message as its query), reporting
-        what was left undone (see ``erase``) instead of logging it."""
-        keys = [key for kind in kinds for key in self._keys(texts, kind)]
+        and as queries: a context embeds the latest user message as its query), under
+        every model that cached vectors here, reporting what was left undone (see
+        ``erase``) instead of logging it."""
+        try:
+            models = self._model_keys()
+        except _CACHE_ERRORS as exc:
+            return f"{self._label}: the models that cached vectors here are unreadable: {type(exc).__name__}: {exc}"
+        keys = [key for model in models for kind in kinds for key in self._keys(texts, kind, model)]
         with self._lru_lock:
             for key in keys:
                 self._lru.pop(key, None)
@@ -772,6 +799,7 @@ class EmbeddingCache(_DiskTier):
                     cache.clear()
             except _CACHE_ERRORS as exc:
                 tier._warn("not cleared", exc)
+        self._note_model()  # (vectors this model caches from now on must stay erasable)
 
     def release_thread(self) -> None:
         """Close the calling thread's connections (diskcache opens one per thread; close()

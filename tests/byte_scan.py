@@ -4,7 +4,8 @@ What counts as a trace of a marker: its UTF-8 bytes, lower-cased too (FTS5 folds
 every term FTS5 makes of it under localmem's tokenizer (computed by FTS5 itself through
 fts5vocab) and each term's last ``SUFFIX`` bytes, since FTS5 stores a term after the first
 on a page as its suffix past the prefix it shares with the one before; and, for a vector,
-its most varied 16-byte window of float32 bytes. The files: the database and its -wal,
+16-byte windows of its float32 bytes every 64 bytes (a vector can straddle a page
+boundary, where SQLite's page header splits it: each part is still found). The files: the database and its -wal,
 -shm and -journal, the strategy log (``<db>-log`` and its own), and everything under the
 cache folder. Free pages and WAL frames are bytes like any others: nothing is skipped.
 """
@@ -51,8 +52,9 @@ def patterns(markers: list[str], vectors: list[np.ndarray]) -> dict[str, bytes]:
             found[f"{marker}: term suffix {raw[-SUFFIX:]!r}"] = raw[-SUFFIX:]
     for i, vector in enumerate(vectors):
         raw = np.asarray(vector, dtype="<f4").tobytes()
-        at = max(range(0, len(raw) - 15, 4), key=lambda o: len(set(raw[o:o + 16])))
-        found[f"vector {i} @{at}"] = raw[at:at + 16]
+        for at in range(0, len(raw) - 15, 64):
+            if len(set(raw[at:at + 16])) >= 8:  # (a run of zeros matches anything)
+                found[f"vector {i} @{at}"] = raw[at:at + 16]
     # shorter or duller patterns match by chance (a mostly-zero test vector matches anything)
     return {name: p for name, p in found.items() if len(p) >= 6 and len(set(p)) >= 4}
 

@@ -24,6 +24,7 @@ from hash_embedder import HashEmbedder
 
 from localmem import InvalidInputError, Memory, Strategy, SummaryPolicy
 from localmem import store as store_module
+from localmem.indexer import check_vectors
 
 OLD = datetime(2024, 1, 1, tzinfo=timezone.utc)
 NEW = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -41,6 +42,15 @@ class DenseEmbedder(HashEmbedder):
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
         v = super()._vector(text) + np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32) * 0.05
         return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def stored_forms(embedder, texts) -> list[np.ndarray]:
+    """Each text's vector as the embedder gives it and as localmem stores it (normalised
+    again in float32, which can move the last bit of some components): the scan looks
+    for both."""
+    raw = [embedder._vector(t) for t in texts]
+    unit = check_vectors(np.stack(raw), len(raw), embedder.dim, "test")
+    return raw + list(unit)
 
 
 def marker(prefix: str) -> str:
@@ -95,7 +105,7 @@ class World:
         mem.flush()
 
     def vectors(self) -> list[np.ndarray]:
-        return [self.embedder._vector(t) for t in self.marked]
+        return stored_forms(self.embedder, self.marked)
 
     def others(self, keep) -> list:
         """Every stored fact about the rows ``keep(owner, conversation)`` selects."""
@@ -142,7 +152,8 @@ def test_forget_leaves_no_trace_and_changes_nothing_else(tmp_path, monkeypatch, 
     # entry of its own (later) time: forgetting by age does not reach it (documented).
     world = World(tmp_path, old_target=by_age, log_queries=not by_age)
     words = markers(world)
-    assert scan(world.db, words, world.vectors()), "the markers must be on disk before the forget"
+    assert scan(world.db, words), "the markers must be on disk before the forget"
+    assert scan(world.db, [], world.vectors()), "and the vectors"
     keep = lambda o, c: not target(world, o, c)
     before = world.others(keep)
     exports = {o: world.mem.export(tmp_path / f"{o}-before.jsonl", owner_id=o, vectors=True) for o in ("bob", "carol")}
@@ -330,7 +341,7 @@ def test_a_search_in_flight_cannot_put_forgotten_text_back_in_a_cache(tmp_path):
         report = mem.forget(owner_id="o")
         search.join()
         assert report.complete and report.messages == 6 and found and found[0].messages
-        hits = scan(db, [word], [embedder._vector(f"note {i} the code is {word}") for i in range(6)])
+        hits = scan(db, [word], stored_forms(embedder, [f"note {i} the code is {word}" for i in range(6)]))
         assert not hits, summary(hits)
 
 
@@ -350,7 +361,7 @@ def test_the_cached_query_vector_of_a_forgotten_message_goes_too(tmp_path):
         mem.flush()
         mem.build_context(conversation_id="c", owner_id="alice")
         assert mem.forget(owner_id="alice").complete
-    hits = scan(db, [secret.split()[4]], [embedder._vector(secret)])
+    hits = scan(db, [secret.split()[4]], stored_forms(embedder, [secret]))
     assert not hits, summary(hits)
 
 
@@ -482,3 +493,32 @@ def test_a_forget_that_gives_up_lets_the_work_it_held_back_go_on():
     release.set()
     for t in threads:
         t.join()
+
+
+def test_vectors_an_earlier_model_cached_are_forgotten_too(tmp_path):
+    """After a re-embed with another model the cache still holds the first model's
+    vectors of each text: forget erases a text's vectors under every model that cached
+    some in the folder."""
+    db = str(tmp_path / "mem.db")
+    secret = f"the vault code is {marker('Zq')}"
+    first = DenseEmbedder(dim=384, name="first-model")
+    with Memory(db, embedder=first, strategy_log=False) as mem:
+        mem.add("user", secret, conversation_id="c", owner_id="o")
+        mem.add("user", "keep this", conversation_id="k", owner_id="keep")
+        mem.flush()
+
+    class Second(DenseEmbedder):
+        name = "second-model"
+
+        def _vector(self, text):  # a different vector space
+            return super()._vector(text + " (second)")
+
+    second = Second(dim=384)
+    with Memory(db, embedder=second, reembed=True, strategy_log=False) as mem:
+        mem.flush()
+        vectors = stored_forms(first, [secret]) + stored_forms(second, [secret])
+        found = {h.pattern.split(" @")[0] for h in scan(db, [], vectors)}
+        assert found & {"vector 0", "vector 1"} and found & {"vector 2", "vector 3"}  # both models' vectors
+        assert mem.forget(owner_id="o").complete
+    hits = scan(db, [secret.split()[-1]], vectors)
+    assert not hits, summary(hits)
