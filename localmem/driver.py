@@ -18,6 +18,7 @@ import contextlib
 import functools
 import os
 import sqlite3
+import threading
 import urllib.parse
 import weakref
 from types import ModuleType
@@ -217,6 +218,18 @@ def _reset_in_child() -> None:
 # inside SQLite or a model) and holds the gates until the fork is done.
 _GATED: weakref.WeakSet[Any] = weakref.WeakSet()
 _HELD: list[Any] = []
+
+
+def stop_worker(worker: Any, timeout: float) -> None:
+    """Stop a background worker (the embedding indexer, the summary folder): set its
+    ``_stopping`` under its ``_cond``, wake it, and wait at most ``timeout`` for its
+    ``_thread`` to end (not when called from that thread: a close from inside its work)."""
+    with worker._cond:
+        worker._stopping = True
+        worker._cond.notify_all()
+        thread = worker._thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
 
 
 def gate_fork(worker: Any) -> None:

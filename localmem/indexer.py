@@ -214,12 +214,7 @@ class Indexer:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop after the current batch. Unfinished work stays queued in the file."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        driver.stop_worker(self, timeout)
         with self._store_lock:
             store, self._own_store = self._own_store, None
         if store is not None:

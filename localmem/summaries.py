@@ -335,12 +335,7 @@ class Folder:
     def close(self, timeout: float = 10.0) -> None:
         """Stop after the current fold (waiting at most ``timeout``: a summariser that
         calls an LLM may be slow); what is left is found again by the next write."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        driver.stop_worker(self, timeout)
 
     # -- the worker -------------------------------------------------------------------
 
