@@ -1568,7 +1568,7 @@ class Store:
             if ddl is not None:
                 stored = conn.execute("SELECT count(*) FROM message_vectors_rowids").fetchone()[0]
                 if len(rows) >= max(_REBUILD_MIN, stored * _REBUILD_SHARE):
-                    self._rebuild_vectors(conn, ddl, f"rowid NOT IN ({doomed})", args)
+                    self._rewrite_vectors(conn, ddl, f"rowid NOT IN ({doomed})", args, anew=True)
                 else:
                     conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", args)
             conn.execute(f"DELETE FROM messages AS m{where}", args)
@@ -1614,10 +1614,13 @@ class Store:
         return None if not rows else int(rows[0][0])
 
     @staticmethod
-    def _rebuild_vectors(conn: Any, ddl: str, keep: str, args: Sequence[Any]) -> None:
-        """Make the vector table anew with the vectors ``keep`` selects: sqlite-vec
-        deletes a row at a time (measured: 50k spread over 100k vectors, 20.7 s), while a
-        copy, a new table and one insert take a fraction of that, and pack the chunks.
+    def _rewrite_vectors(conn: Any, ddl: str, keep: str, args: Sequence[Any], *, anew: bool) -> None:
+        """Write the vectors ``keep`` selects again, packed into as few chunks as they need:
+        copied to a plain table, removed, inserted back. ``anew``: the vector table is
+        dropped and made again (every vector not kept goes with it: sqlite-vec deletes a
+        row at a time, measured 20.7 s for 50k spread over 100k vectors, and a copy, a new
+        table and one insert take a fraction of that); else only the kept rows are
+        deleted first (their old chunks empty, and sqlite-vec deletes an emptied chunk).
         In the caller's transaction. (A plain table, not TEMP: temp_store may put a temp
         table in a file outside the database's folder, which forget() could not scrub.)"""
         columns = "owner_id, conversation_id, created_at, embedding"
@@ -1628,8 +1631,11 @@ class Store:
         conn.execute("DROP TABLE IF EXISTS vector_copy")
         conn.execute(f"CREATE TABLE vector_copy AS SELECT rowid AS id, {columns} FROM message_vectors"
                      f" WHERE {keep}", args)
-        conn.execute("DROP TABLE message_vectors")
-        conn.execute(ddl)
+        if anew:
+            conn.execute("DROP TABLE message_vectors")
+            conn.execute(ddl)
+        else:
+            conn.execute("DELETE FROM message_vectors WHERE rowid IN (SELECT id FROM vector_copy)")
         # No ORDER BY: SQLite's sorter drops the subtype vec_bit() gives the bit vector.
         conn.execute(f"INSERT INTO message_vectors (rowid, {columns}) SELECT id, {values} FROM vector_copy")
         conn.execute("DROP TABLE vector_copy")
@@ -1664,17 +1670,8 @@ class Store:
             ddl = self._vector_table(conn)
             if ddl is None:
                 return
-            columns = "owner_id, conversation_id, created_at, embedding"
-            values = "?, ?, ?, ?, ?"
-            if _COARSE in ddl:  # a bit vector goes back in through vec_bit()
-                columns += ", coarse"
-                values += ", vec_bit(?)"
-            doomed = "SELECT id FROM messages WHERE owner_id = ?"
-            rows = sorted(conn.execute(
-                f"SELECT rowid, {columns} FROM message_vectors WHERE rowid IN ({doomed})", (owner_id,)
-            ).fetchall())
-            conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", (owner_id,))
-            conn.executemany(f"INSERT INTO message_vectors (rowid, {columns}) VALUES ({values})", rows)
+            self._rewrite_vectors(conn, ddl, "rowid IN (SELECT id FROM messages WHERE owner_id = ?)", (owner_id,),
+                                  anew=False)
 
     def count_selected(self, owner_id: str | None, before_us: int | None, exclude_owners: Sequence[str] = (),
                        through_id: int | None = None) -> int:
