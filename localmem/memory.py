@@ -71,6 +71,7 @@ from .validate import (
     check_min_relevance,
     check_positive,
     check_query,
+    check_selection,
     check_share,
     check_strategy,
     check_text,
@@ -78,7 +79,6 @@ from .validate import (
     from_utc_us,
     new_message,
     now_us,
-    to_utc_us,
 )
 
 EMBED_MODES = ("background", "sync", "off")
@@ -1368,18 +1368,10 @@ class Memory:
         finish it. Returns a ``ForgetReport``.
         """
         self._check_writable("forget")
-        if owner_id is not None:
-            owner_id = check_id(owner_id, "owner_id")
-        if conversation_id is not None:
-            conversation_id = check_id(conversation_id, "conversation_id")
-            if owner_id is None:
-                raise InvalidInputError("conversation_id needs its owner_id: conversations belong to an owner")
-        before_us = None if before is None else to_utc_us(before, "before")
+        owner_id, conversation_id, before_us = check_selection(owner_id, conversation_id, before)
         if owner_id is None and before_us is None:
             raise InvalidInputError("forget needs owner_id, before, or both (nothing is forgotten by default)")
-        wait = self._store.lock_timeout if wait is None else check_positive(wait, "wait", below=3601)
-        assert wait is not None
-        report = self._lifecycle.forget(Target(owner_id, conversation_id, before_us), wait=wait)
+        report = self._lifecycle.forget(Target(owner_id, conversation_id, before_us), wait=self._wait(wait))
         if report.messages:
             log.info("forgot %d messages", report.messages,
                      extra={"event": "forgot", "messages": report.messages, "complete": report.complete})
@@ -1412,12 +1404,16 @@ class Memory:
         check_flag(integrity, "integrity")
         if vacuum is not None:
             check_flag(vacuum, "vacuum")
-        wait = self._store.lock_timeout if wait is None else check_positive(wait, "wait", below=3601)
-        assert wait is not None
         return self._lifecycle.maintain(
-            self.retention, archive=self._archive, vacuum=vacuum, integrity=integrity, wait=wait,
+            self.retention, archive=self._archive, vacuum=vacuum, integrity=integrity, wait=self._wait(wait),
             progress=check_callback(progress),
         )
+
+    def _wait(self, wait: float | None) -> float:
+        """forget's and maintain's ``wait``: seconds a checkpoint waits for readers
+        (None: ``lock_timeout``)."""
+        checked = check_positive(wait, "wait", below=3601, none=True)
+        return self._store.lock_timeout if checked is None else checked
 
     def _archive(self, path: str, owner_id: str | None, before_us: int, exclude_owners: Sequence[str],
                  through_id: int) -> int:

@@ -49,14 +49,13 @@ from .validate import (
     MIN_US,
     NewMessage,
     check_flag,
-    check_id,
+    check_selection,
     from_utc_us,
     new_message,
-    to_utc_us,
 )
 
 __all__ = [
-    "BadLine", "ExportReport", "ImportReport", "check_selection", "export", "export_format", "import_",
+    "BadLine", "ExportReport", "ImportReport", "export", "export_format", "import_",
 ]
 
 FORMAT_VERSION = 1
@@ -129,16 +128,6 @@ class Header(NamedTuple):
 
 
 # -- arguments ---------------------------------------------------------------------------
-
-
-def check_selection(owner_id: Any, conversation_id: Any, before: Any) -> tuple[str | None, str | None, int | None]:
-    """Which messages: an owner's (or everyone's), one of its conversations, those created
-    before an aware datetime; as (owner_id, conversation_id, before in µs)."""
-    owner = None if owner_id is None else check_id(owner_id, "owner_id")
-    conversation = None if conversation_id is None else check_id(conversation_id, "conversation_id")
-    if conversation is not None and owner is None:
-        raise InvalidInputError("conversation_id needs owner_id: a conversation belongs to one owner")
-    return owner, conversation, None if before is None else to_utc_us(before, "before")
 
 
 def export_format(path: str, format: Any) -> str:

@@ -196,6 +196,19 @@ def to_utc_us(value: Any, what: str = "created_at") -> int:
     return us
 
 
+def check_selection(owner_id: Any, conversation_id: Any, before: Any) -> tuple[str | None, str | None, int | None]:
+    """Which messages (export, forget): an owner's (or everyone's), one of its
+    conversations, those created before an aware datetime; as (owner_id,
+    conversation_id, before in µs)."""
+    owner = None if owner_id is None else check_id(owner_id, "owner_id")
+    conversation = None if conversation_id is None else check_id(conversation_id, "conversation_id")
+    if conversation is not None and owner is None:
+        raise InvalidInputError(
+            "conversation_id needs owner_id (each conversation needs its owner_id: it belongs to one owner)"
+        )
+    return owner, conversation, None if before is None else to_utc_us(before, "before")
+
+
 def from_utc_us(us: int) -> datetime:
     """Microseconds since the epoch as an aware UTC datetime. A stored value outside the
     range (written by a localmem that did not check it) is a CorruptDatabaseError."""
