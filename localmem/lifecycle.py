@@ -301,14 +301,7 @@ class Lifecycle:
         if gone.messages and not gone.secure:
             self._store.vacuum()  # stale copies from before secure_delete: once per file
             lap("vacuum")
-        left = self._store.checkpoint(wait)
-        if left:
-            self._pending_checkpoint = True
-            pending.append(
-                f"database: {left} frames of {self._store.path}-wal not checkpointed: a reader (another "
-                "thread or process) holds an older snapshot, and the forgotten bytes stay in the -wal and "
-                "the file until it ends and a checkpoint runs (maintain(), close(), or another forget)"
-            )
+        pending.append(self._checkpoint(wait))
         lap("checkpoint")
         if self._refold is not None:  # conversations that keep messages get their summary rebuilt
             emptied = set(gone.emptied)
@@ -321,6 +314,18 @@ class Lifecycle:
             messages=gone.messages, conversations=len(gone.scopes), emptied=len(gone.emptied),
             complete=not problems, pending=problems, seconds=seconds,
         )
+
+    def _checkpoint(self, wait: float) -> str | None:
+        """The database's WAL copied back and truncated (``Store.checkpoint``): None when
+        done, else what is left pending (``close()`` tries again)."""
+        left = self._store.checkpoint(wait)
+        self._pending_checkpoint = bool(left)
+        if not left:
+            return None
+        return (f"database: {left} frames of {self._store.path}-wal not checkpointed: a reader (another "
+                "thread or process) holds an older snapshot, and the old pages (forgotten bytes among them) "
+                "stay in the -wal and the file until it ends and a checkpoint runs (maintain(), close(), or "
+                "another forget)")
 
     def drain(self) -> None:
         """Before the caches and the log close: wait for a forget or maintenance run in
@@ -430,11 +435,10 @@ class Lifecycle:
             return f"{freed} half-empty vector chunks of {len(waste)} owners packed"
 
         def checkpoint() -> str:
-            left = self._store.checkpoint(wait)
-            self._pending_checkpoint = bool(left)
-            if left:
-                pending.append(f"database: {left} WAL frames not checkpointed: a reader holds an older snapshot")
-                return f"{left} frames left: a reader holds an older snapshot"
+            problem = self._checkpoint(wait)
+            if problem is not None:
+                pending.append(problem)
+                return "frames left: a reader holds an older snapshot (see pending)"
             return "WAL copied back and truncated"
 
         def space() -> str:
