@@ -462,7 +462,9 @@ class Lifecycle:
             except LockTimeoutError as exc:
                 pending.append(f"space: VACUUM waited past lock_timeout ({exc})")
                 return f"{described}: VACUUM could not get the file"
-            self._store.checkpoint(wait)
+            problem = self._checkpoint(wait)  # (the VACUUM wrote the whole file to the WAL)
+            if problem is not None:
+                pending.append(problem)
             return f"{described}: VACUUM gave them back"
 
         step("caches", caches)
