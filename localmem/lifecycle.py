@@ -344,10 +344,6 @@ class Lifecycle:
         with self._turn("maintain"):
             return self._maintain(policies, archive, vacuum, integrity, wait, progress)
 
-    def _file_bytes(self) -> int:
-        path = self._store.path
-        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
-
     def _maintain(self, policies: Sequence[RetentionPolicy], archive: Archiver | None, vacuum: bool | None,
                   integrity: bool, wait: float, progress: ProgressCallback | None) -> MaintenanceReport:
         start = time.perf_counter()
@@ -355,7 +351,7 @@ class Lifecycle:
         pending: list[str] = []
         archives: list[str] = []
         archived = forgotten = 0
-        bytes_before = self._file_bytes()
+        bytes_before = self._store.file_bytes()
         names = ["caches", "retention", "keyword_index", "strategy_log", "vectors", "checkpoint", "space",
                  "integrity"]
         reporter = Reporter(progress, "maintain", len(names), unit="steps", stage=names[0])
@@ -482,15 +478,18 @@ class Lifecycle:
         step("checkpoint", checkpoint)
         step("space", space)
         result: str | None = None
-        if integrity:
-            began = time.perf_counter()
-            reporter.stage("integrity", len(names), unit="steps", done=len(steps))
+
+        def check() -> str:
+            nonlocal result
             result = self._store.check_integrity()
-            steps.append(MaintenanceStep("integrity", round(time.perf_counter() - began, 4), result))
+            return result
+
+        if integrity:
+            step("integrity", check)
         reporter.finish()
         return MaintenanceReport(
             steps=tuple(steps), archived=archived, forgotten=forgotten, archives=tuple(archives),
-            bytes_before=bytes_before, bytes_after=self._file_bytes(), integrity=result,
+            bytes_before=bytes_before, bytes_after=self._store.file_bytes(), integrity=result,
             complete=not pending, pending=tuple(pending), seconds=round(time.perf_counter() - start, 4),
         )
 

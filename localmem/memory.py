@@ -1442,11 +1442,7 @@ class Memory:
         vectors are stored and how many messages still wait for one, and the file size."""
         self._check_open()
         counts = self._store.counts()
-        size = 0
-        if self.path != ":memory:":
-            size = sum(
-                os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p)
-            )
+        size = self._store.file_bytes()
         vectors = {
             "embedder": self._store.embedder_identity(),
             "vectors": self._store.vector_count(),

@@ -1683,6 +1683,12 @@ class Store:
         """The id of the newest message (0 when there is none)."""
         return int(self._query("SELECT coalesce(max(id), 0) FROM messages")[0][0])
 
+    def file_bytes(self) -> int:
+        """The file's size with its WAL (0 in memory)."""
+        if self._in_memory:
+            return 0
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
     def pages(self) -> tuple[int, int, int]:
         """(page size, pages in the file, pages on the freelist): how much VACUUM would give back."""
         with self.read() as conn:
