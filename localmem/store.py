@@ -259,6 +259,34 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 AND new.created_at < through_us;
         END""",
     ),
+    # 4 -> 5: a third keyword column, ``next``, holding the following message of the
+    # conversation at half weight (bm25(messages_fts, 1.0, 0.5, 0.5)): a question turn
+    # ("You play any instruments?") is found by the words of its answer, as a reply is by
+    # its question's (``prev``). On LoCoMo with score fusion and the signals (measured
+    # offline on the same candidates): recall@10 0.765 -> 0.781, no embedding cost. The table is rebuilt, as for ``prev``.
+    (
+        "DROP TRIGGER messages_after_delete",
+        "DROP TABLE messages_fts",
+        """CREATE VIRTUAL TABLE messages_fts USING fts5(
+            content, prev, next, tokenize='porter unicode61 remove_diacritics 2'
+        )""",
+        """INSERT INTO messages_fts (rowid, content, prev, next)
+            SELECT id, content, lag(content) OVER w, lead(content) OVER w FROM messages
+            WINDOW w AS (PARTITION BY owner_id, conversation_id ORDER BY created_at, id)""",
+        # A deleted message's neighbours take each other as ``prev`` and ``next``.
+        f"""CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
+            UPDATE messages_fts SET prev = {_NEIGHBOUR.format(m="old", cmp="<", order="DESC", col="content")}
+                WHERE rowid = {_NEIGHBOUR.format(m="old", cmp=">", order="ASC", col="id")};
+            UPDATE messages_fts SET next = {_NEIGHBOUR.format(m="old", cmp=">", order="ASC", col="content")}
+                WHERE rowid = {_NEIGHBOUR.format(m="old", cmp="<", order="DESC", col="id")};
+            DELETE FROM messages_fts WHERE rowid = old.id;
+            UPDATE conversations SET version = {_DELETED}, message_count = message_count - 1
+                WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
+            UPDATE owners SET version = {_DELETED}, message_count = message_count - 1
+                WHERE owner_id = old.owner_id;
+            DELETE FROM zero_vectors WHERE id = old.id;
+        END""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Statements that give every version in the file the current write stamp: run when a
@@ -290,11 +318,23 @@ _INSERT = (
     "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at,"
     " feature, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# Index the messages with id > ?, each with its predecessor as ``prev``.
-_INSERT_FTS = (
-    "INSERT INTO messages_fts (rowid, content, prev) SELECT m.id, m.content, "
-    + _NEIGHBOUR.format(m="m", cmp="<", order="DESC", col="content")
-    + " FROM messages m WHERE m.id > ?"
+# Keyword rows for messages, each with its predecessor as ``prev`` and its successor as
+# ``next``: _INSERT_FTS for the messages with id > ?, _REINDEX_FTS for a list of ids
+# ({marks}: its ?s).
+_FTS_ROWS = (
+    "INSERT INTO messages_fts (rowid, content, prev, next) SELECT m.id, m.content, "
+    + _NEIGHBOUR.format(m="m", cmp="<", order="DESC", col="content") + ", "
+    + _NEIGHBOUR.format(m="m", cmp=">", order="ASC", col="content")
+    + " FROM messages m WHERE "
+)
+_INSERT_FTS = _FTS_ROWS + "m.id > ?"
+_REINDEX_FTS = _FTS_ROWS + "m.id IN ({marks})"
+# New messages (id > ?) whose predecessor is an older message: that one's ``next`` is now
+# the new message. Every append finds one per conversation it writes to.
+_FOLLOWED = (
+    "SELECT p.id, m.content FROM messages m JOIN messages p ON p.id = "
+    + _NEIGHBOUR.format(m="m", cmp="<", order="DESC", col="id")
+    + " WHERE m.id > ?1 AND p.id <= ?1"
 )
 # New messages (id > ?) whose successor is an older message: that one's ``prev`` is now the
 # new message (a backdated insert). Append-only writes find none.
@@ -1296,7 +1336,7 @@ class Store:
         (id, bm25 score: lower is better), best first. Build ``match`` with
         ``keyword_query()``: raw user text is never FTS5 syntax."""
         sql = (
-            "SELECT m.id, bm25(messages_fts, 1.0, 0.5) AS score FROM messages_fts"
+            "SELECT m.id, bm25(messages_fts, 1.0, 0.5, 0.5) AS score FROM messages_fts"
             " JOIN messages m ON m.id = messages_fts.rowid"
             " WHERE messages_fts MATCH ? AND m.owner_id = ?"
         )
@@ -1311,6 +1351,40 @@ class Store:
         args.append(k)
         with self.read("keyword") as conn:
             return conn.execute(sql, args).fetchall()
+
+    def cosines(self, vector: bytes, ids: Sequence[int]) -> dict[int, float]:
+        """The cosine similarity between ``vector`` and each message of ``ids`` that has a
+        vector (the others are left out): the fusion's score for a message that the
+        keyword search found and the dense search did not rank."""
+        if not ids or is_zero_vector(vector):
+            return {}
+        found: dict[int, float] = {}
+        with self.read() as conn:
+            if self._vector_table(conn) is None:
+                return {}
+            for start in range(0, len(ids), _MAX_PARAMS):
+                part = json.dumps(list(ids[start : start + _MAX_PARAMS]))
+                for row_id, distance in conn.execute(
+                    "SELECT v.rowid, vec_distance_cosine(v.embedding, ?) FROM json_each(?) j"
+                    " JOIN message_vectors v ON v.rowid = j.value", (vector, part)
+                ):
+                    if distance is not None:
+                        found[row_id] = 1.0 - distance
+        return found
+
+    def successors(self, ids: Sequence[int]) -> dict[int, int]:
+        """The next message of each message of ``ids`` in its conversation's (created_at,
+        id) order, as {id: successor id}; a conversation's last message is left out."""
+        found: dict[int, int] = {}
+        with self.read() as conn:
+            for start in range(0, len(ids), _MAX_PARAMS):
+                part = json.dumps(list(ids[start : start + _MAX_PARAMS]))
+                found.update(conn.execute(
+                    "SELECT m.id, " + _NEIGHBOUR.format(m="m", cmp=">", order="ASC", col="id")
+                    + " AS next FROM json_each(?) j JOIN messages m ON m.id = j.value WHERE next IS NOT NULL",
+                    (part,),
+                ).fetchall())
+        return found
 
     def recent_similarity(self, vector: bytes, owner_id: str, conversation_id: str, n: int) -> float | None:
         """The best cosine between ``vector`` and the newest ``n`` messages of the
@@ -1516,10 +1590,13 @@ class Store:
     def _index_keywords(conn: Any, last_id: int) -> None:
         """Index the messages with id > ``last_id`` (one statement: FTS5 writes one segment
         per statement, not per row), and repoint the ``prev`` of any older message that a
-        backdated one now precedes."""
+        backdated one now precedes, and the ``next`` of the older message each new one now
+        follows."""
         conn.execute(_INSERT_FTS, (last_id,))
         for successor, content in conn.execute(_DISPLACED, (last_id,)).fetchall():
             conn.execute("UPDATE messages_fts SET prev = ? WHERE rowid = ?", (content, successor))
+        for predecessor, content in conn.execute(_FOLLOWED, (last_id,)).fetchall():
+            conn.execute("UPDATE messages_fts SET next = ? WHERE rowid = ?", (content, predecessor))
 
     def delete(self, msg_id: str) -> Deleted | None:
         """Delete a message; triggers remove its FTS5 row, vector and queue entry. Returns
@@ -1563,7 +1640,18 @@ class Store:
             # forgetting the older half: 3.2 s -> 1.8 s; the triggers still repoint the
             # keyword row of each surviving successor.
             doomed = f"SELECT m.id FROM messages m{where}"
+            # The survivors next to what goes lose their keyword rows too, and get them
+            # back written from the survivors alone: while the delete runs (a row at a
+            # time), the triggers would copy a doomed neighbour's text into their prev or
+            # next column, new index data holding what is being forgotten.
+            bordering = [row_id for (row_id,) in conn.execute(
+                f"SELECT DISTINCT n FROM (SELECT {_NEIGHBOUR.format(m='m', cmp='<', order='DESC', col='id')} AS n"
+                f" FROM messages m{where} UNION ALL SELECT {_NEIGHBOUR.format(m='m', cmp='>', order='ASC', col='id')}"
+                f" FROM messages m{where}) WHERE n IS NOT NULL AND n NOT IN ({doomed})", [*args, *args, *args])]
             conn.execute(f"DELETE FROM messages_fts WHERE rowid IN ({doomed})", args)
+            for start in range(0, len(bordering), _MAX_PARAMS):
+                marks = ",".join("?" * len(bordering[start : start + _MAX_PARAMS]))
+                conn.execute(f"DELETE FROM messages_fts WHERE rowid IN ({marks})", bordering[start : start + _MAX_PARAMS])
             ddl = self._vector_table(conn)
             if ddl is not None:
                 stored = conn.execute("SELECT count(*) FROM message_vectors_rowids").fetchone()[0]
@@ -1572,6 +1660,9 @@ class Store:
                 else:
                     conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", args)
             conn.execute(f"DELETE FROM messages AS m{where}", args)
+            for start in range(0, len(bordering), _MAX_PARAMS):
+                part = bordering[start : start + _MAX_PARAMS]
+                conn.execute(_REINDEX_FTS.format(marks=",".join("?" * len(part))), part)
             scopes = sorted({(o, c) for o, c, _ in rows})
             for o, c in scopes:
                 # The summary may quote what went: emptied, with a new version, so that a
@@ -1880,16 +1971,16 @@ class Store:
             indexed = conn.execute("SELECT count(*) FROM messages_fts").fetchone()[0]
             total = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
             stale = conn.execute(
-                "SELECT count(*) FROM (SELECT id, lag(content) OVER (PARTITION BY owner_id,"
-                " conversation_id ORDER BY created_at, id) AS prev FROM messages) x"
-                " JOIN messages_fts f ON f.rowid = x.id WHERE f.prev IS NOT x.prev"
+                "SELECT count(*) FROM (SELECT id, lag(content) OVER w AS prev, lead(content) OVER w AS next"
+                " FROM messages WINDOW w AS (PARTITION BY owner_id, conversation_id ORDER BY created_at, id)) x"
+                " JOIN messages_fts f ON f.rowid = x.id WHERE f.prev IS NOT x.prev OR f.next IS NOT x.next"
             ).fetchone()[0]
             if unindexed or indexed != total:
                 problems.append(
                     f"fts5: {unindexed} messages missing from the keyword index, which has {indexed} rows for {total} messages"
                 )
             if stale:
-                problems.append(f"fts5: {stale} keyword rows hold the wrong previous message")
+                problems.append(f"fts5: {stale} keyword rows hold the wrong previous or next message")
             out_of_range = conn.execute(
                 "SELECT count(*) FROM messages WHERE created_at NOT BETWEEN ? AND ?", (MIN_US, MAX_US)
             ).fetchone()[0]

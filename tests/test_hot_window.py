@@ -241,8 +241,9 @@ def test_two_copies_sharing_a_cache_folder_never_serve_each_other(db_path, tmp_p
         b.add("user", "only in b", **OK)
         assert [x.content for x in recent(b).messages] == ["common ground", "only in b"]
         assert [x.content for x in recent(a).messages] == ["common ground", "only in a"]
-        assert {x.content for x in _semantic(b, "only").messages} == {"only in b"}
-        assert {x.content for x in _semantic(a, "only").messages} == {"only in a"}
+        # ("common ground" may come too: the keyword index holds its successor's words)
+        assert {x.content for x in _semantic(b, "only").messages} - {"common ground"} == {"only in b"}
+        assert {x.content for x in _semantic(a, "only").messages} - {"common ground"} == {"only in a"}
 
 
 def test_a_version_changes_with_every_write_and_never_comes_back(mem):

@@ -83,9 +83,12 @@ def test_retention_leaves_no_trace_of_what_it_removes(tmp_path, monkeypatch, old
 
 
 def test_vacuum_gives_back_the_space_of_deleted_rows(tmp_path):
+    # The two conversations written one after the other: the forgotten one's rows fill
+    # whole pages, which the delete frees. (Interleaved, each page would lose half its
+    # rows and stay: the free-page count would not see that space; vacuum=True would.)
     with Memory(tmp_path / "m.db", embed="off", hot_window=0) as mem:
         mem.add_many({"role": "user", "content": f"message {i} " + "padding words " * 40,
-                      "conversation_id": f"c{i % 2}", "owner_id": "o"} for i in range(3000))
+                      "conversation_id": f"c{i * 2 // 3000}", "owner_id": "o"} for i in range(3000))
         mem.forget(owner_id="o", conversation_id="c0")
         kept = mem.maintain(vacuum=False)
         assert kept.steps[6].detail.endswith("no VACUUM (vacuum=False)")

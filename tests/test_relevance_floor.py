@@ -55,9 +55,11 @@ def test_a_query_nothing_answers_gets_an_explicit_empty_answer(mem):
 def test_a_keyword_match_is_evidence_a_weak_dense_neighbour_is_not(mem):
     ask = dict(query="pizza dough recipe", limit=4, **IDS)
     fused = contents(mem.get_memory(Strategy.SEMANTIC_SEARCH, min_relevance=0.7, **ask))
-    # "recipe" is below 0.7 in cosine (1/sqrt(3)) but BM25 matched it: kept. The weather
-    # and the train share nothing with the query: dropped.
-    assert fused == ["pizza dough recipe from Naples", "recipe"]
+    # "recipe" is below 0.7 in cosine (1/sqrt(3)) but BM25 matched it: kept. So is the
+    # train, by the words of the message after it (the keyword index's ``next`` column):
+    # the turn before an answer is its context. The weather shares nothing: dropped.
+    assert fused[:2] == ["pizza dough recipe from Naples", "recipe"]
+    assert fused[2:] == ["train to Porto at noon"]
     dense = mem.get_memory(Strategy.SEMANTIC_SEARCH, min_relevance=0.7, keyword=False, **ask)
     assert contents(dense) == ["pizza dough recipe from Naples"]
     assert all(m.score >= 0.7 for m in dense.messages)

@@ -225,14 +225,18 @@ def test_the_chosen_driver_loads_sqlite_vec():
         conn.close()
 
 
-def prev_column(db_path) -> dict[str, str | None]:
+def prev_column(db_path, column: str = "prev") -> dict[str, str | None]:
     conn = raw(db_path)
     try:
         return dict(conn.execute(
-            "SELECT m.content, f.prev FROM messages m JOIN messages_fts f ON f.rowid = m.id"
+            f"SELECT m.content, f.{column} FROM messages m JOIN messages_fts f ON f.rowid = m.id"
         ).fetchall())
     finally:
         conn.close()
+
+
+def next_column(db_path) -> dict[str, str | None]:
+    return prev_column(db_path, "next")
 
 
 def test_the_keyword_index_knows_each_messages_predecessor(mem, db_path):
@@ -243,17 +247,32 @@ def test_the_keyword_index_knows_each_messages_predecessor(mem, db_path):
     mem.add("user", "third", created_at=t0 + timedelta(minutes=2), **OK)
     mem.add("user", "elsewhere", conversation_id="c2", owner_id="u1", created_at=t0)
     assert prev_column(db_path) == {"first": None, "third": "first", "elsewhere": None}
+    assert next_column(db_path) == {"first": "third", "third": None, "elsewhere": None}
     mem.add("user", "second", created_at=t0 + timedelta(minutes=1), msg_id="m2", **OK)  # backdated
     assert prev_column(db_path) == {"first": None, "second": "first", "third": "second", "elsewhere": None}
+    assert next_column(db_path) == {"first": "second", "second": "third", "third": None, "elsewhere": None}
     mem.add_many([{"role": "user", "content": "zero", "created_at": t0 - timedelta(minutes=1)},
                   {"role": "user", "content": "fourth", "created_at": t0 + timedelta(minutes=3)}], **OK)
     assert prev_column(db_path)["first"] == "zero" and prev_column(db_path)["fourth"] == "third"
+    assert next_column(db_path)["zero"] == "first" and next_column(db_path)["third"] == "fourth"
+    assert next_column(db_path)["fourth"] is None
     assert mem.delete("m2")
-    assert prev_column(db_path)["third"] == "first"
+    assert prev_column(db_path)["third"] == "first" and next_column(db_path)["first"] == "third"
     assert mem.check_integrity() == "ok"
-    # A reply is found by the words of the message it answers (at half weight).
+    # A reply is found by the words of the message it answers, and a message by the words
+    # of its reply (each at half weight).
     got = mem._store.keyword('"third"', 10, owner_id="u1", conversation_id="c1")
-    assert [mem._store.rows_by_id([i])[i].content for i, _ in got] == ["third", "fourth"]
+    found = [mem._store.rows_by_id([i])[i].content for i, _ in got]
+    assert found[0] == "third" and sorted(found[1:]) == ["first", "fourth"]
+
+
+def test_integrity_check_notices_a_stale_successor(mem, db_path):
+    mem.add("user", "one", **OK)
+    mem.add("user", "two", **OK)
+    conn = raw(db_path)
+    conn.execute("UPDATE messages_fts SET next = 'wrong' WHERE next = 'two'")
+    conn.close()
+    assert "previous or next message" in mem.check_integrity()
 
 
 def test_integrity_check_notices_a_stale_predecessor(mem, db_path):
@@ -262,7 +281,7 @@ def test_integrity_check_notices_a_stale_predecessor(mem, db_path):
     conn = raw(db_path)
     conn.execute("UPDATE messages_fts SET prev = 'wrong' WHERE prev = 'one'")
     conn.close()
-    assert "previous message" in mem.check_integrity()
+    assert "previous or next message" in mem.check_integrity()
 
 
 def test_integrity_check_notices_a_message_without_its_fts_row(mem, db_path):
@@ -370,7 +389,7 @@ def test_check_integrity_counts_times_no_datetime_can_hold(db_path):
         "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at)"
         " VALUES ('far', 'c1', 'u1', 'user', 'year zero', ?)", (-62135596800 * 10**6 - 1,)
     )
-    conn.execute("INSERT INTO messages_fts (rowid, content, prev) SELECT id, content, 'fine' FROM messages WHERE msg_id = 'far'")
+    conn.execute("INSERT INTO messages_fts (rowid, content, prev, next) SELECT id, content, 'fine', NULL FROM messages WHERE msg_id = 'far'")
     conn.close()
     with Memory(db_path, embed="off") as m:
         assert "1 have a created_at outside the years 1 to 9999" in m.check_integrity()
@@ -389,3 +408,41 @@ def test_check_integrity_after_another_connection_wrote(db_path):
         b.add("user", "more words", **OK)
         b.delete(b.get_memory("recent_history", **OK).messages[0].msg_id)
         assert a.check_integrity() == "ok"
+
+
+def test_a_version_4_file_gets_the_next_column(db_path):
+    """A file written before the keyword index had ``next`` is rebuilt with it on open."""
+    conn = driver.connect(str(db_path))
+    for statements in MIGRATIONS[:4]:
+        for sql in statements:
+            conn.execute(sql)
+    conn.executemany(
+        "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at) VALUES (?, ?, 'u1', 'user', ?, ?)",
+        [("a", "c1", "question about turtles?", 1), ("b", "c1", "yes, two of them", 2), ("c", "c2", "alone", 1)],
+    )
+    conn.execute("INSERT INTO messages_fts (rowid, content, prev) SELECT id, content, NULL FROM messages")
+    conn.execute("UPDATE messages_fts SET prev = 'question about turtles?' WHERE content = 'yes, two of them'")
+    conn.execute("INSERT INTO meta VALUES ('instance_id', 'x')")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    with Memory(db_path, embed="off") as mem:
+        assert mem.stats()["schema_version"] == SCHEMA_VERSION
+        assert mem.check_integrity() == "ok"
+    assert next_column(db_path) == {"question about turtles?": "yes, two of them", "yes, two of them": None, "alone": None}
+    assert prev_column(db_path)["yes, two of them"] == "question about turtles?"
+
+
+def test_forget_rewrites_the_neighbours_keyword_rows_from_the_survivors(mem, db_path):
+    """Forgetting the older part of a conversation: the first survivor's ``prev`` is then
+    nothing, and no keyword row ever held the forgotten text (its neighbours' rows are
+    written again from the survivors, not repointed one deleted row at a time)."""
+    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    for i, text in enumerate(["gone one", "gone two", "kept one", "kept two"]):
+        mem.add("user", text, created_at=t0 + timedelta(days=i), **OK)
+    mem.add("user", "other chat", conversation_id="c2", owner_id="u1", created_at=t0)
+    report = mem.forget(owner_id="u1", before=t0 + timedelta(days=2))
+    assert report.messages == 3
+    assert prev_column(db_path) == {"kept one": None, "kept two": "kept one"}
+    assert next_column(db_path) == {"kept one": "kept two", "kept two": None}
+    assert mem.check_integrity() == "ok"
