@@ -10,8 +10,8 @@ share of the question's evidence turns among them, averaged over questions.
 
 Runs through the public API only (``Memory.add_many``, ``flush``, ``get_memory(
 Strategy.CROSS_CONVERSATION, lookback_days=None)``), so it works on any data in this
-format. Configurations: the default (dense KNN fused with BM25 by reciprocal rank fusion,
-then the relevance floor), the same with ``min_relevance=None`` (no floor), ``keyword=False``
+format. Configurations: the default (dense KNN fused with BM25 by score fusion, the signals,
+then the relevance floor: localmem/retrieval.py), the same with ``min_relevance=None`` (no floor), ``keyword=False``
 (dense only), ``dense=False`` (BM25 only), each with ``rerank=False``. Prints
 recall@1/5/10/20/50 overall and per question category.
 

@@ -18,7 +18,8 @@ whether BM25 matched it) on two sides:
 
 Runs through the public API (``Memory.add_many``, ``flush``, ``get_memory``); the loader is
 benchmarks/locomo.py's. For each query it makes three calls on the owner: the default fused
-ranking (limit 50, the fusion depth; score = RRF), ``dense=False`` (limit 50; score =
+ranking (limit 50, the fusion depth; score = the fused score: RRF when the floor was
+chosen, score fusion and signals since issue 17), ``dense=False`` (limit 50; score =
 -bm25, and an empty list means BM25 matched nothing) and ``keyword=False`` over all the
 owner's messages (score = cosine similarity, so every fused candidate gets its exact
 cosine, including those only BM25 found: a floor in the library must look those up).

@@ -23,7 +23,7 @@ from .errors import LocalMemError, ModelError
 from .memory import Memory
 from .models import DEFAULT_EMBEDDER
 from .records import MemoryResult, RetrievedMessage, Strategy
-from .retrieval import FUSION_DEPTH, RRF_K
+from .retrieval import FUSION_DEPTH, KEYWORD_WEIGHT
 
 OWNER = "maya"
 
@@ -216,9 +216,9 @@ def _score(ask: Ask, m: RetrievedMessage, ranks: tuple[dict[str, int], dict[str,
     if not ask.keyword:
         return f"{m.score:5.3f} cosine"
     if ranks is None:
-        return f"{m.score:5.3f} RRF"
+        return f"{m.score:5.3f} fused"
     meaning, keywords = (f"#{r[m.msg_id]}" if m.msg_id in r else "-" for r in ranks)
-    return f"{m.score:5.3f} RRF (meaning {meaning}, keywords {keywords})"
+    return f"{m.score:5.3f} fused (meaning {meaning}, keywords {keywords})"
 
 
 def show(tour: Tour, ask: Ask, result: MemoryResult, title: str = "") -> None:
@@ -299,14 +299,14 @@ def scene_recency_misses_it(tour: Tour) -> None:
 
 def scene_keywords_or_meaning(tour: Tour) -> None:
     """The same question by keywords only, by meaning only, and fused."""
-    top = 2 / (RRF_K + 1)
     bm25 = ("BM25 = keyword relevance (higher is better, no fixed scale; a message also matches"
-            "\n   the words of the one before it, at half weight: a reply is found by its question)")
+            "\n   the words of the ones before and after it, at half weight: a reply is found by its question)")
     if tour.dense:
         print("\n2. Keywords, meaning, or both: each question asked three ways")
         print(f"   scores: {bm25};\n   cosine = how close the vectors are (1 = same direction);"
-              f" RRF = fused, the sum of 1/({RRF_K} + rank)\n   over the two rankings ({top:.3f}:"
-              f" first in both; {top / 2:.3f}: first in one, absent from the other)")
+              f" fused = {KEYWORD_WEIGHT:g} x BM25 / the best BM25\n   + {1 - KEYWORD_WEIGHT:g} x cosine / the best"
+              " cosine, plus what the signals add (a question\n   passes part of its score to its answer;"
+              " a time or a name in the query; length)")
     else:
         print("\n2. Keyword search: what it finds, and what it cannot")
         print(f"   scores: {bm25}")

@@ -33,7 +33,7 @@ class Explained:
     msg_id: str
     conversation_id: str
     content: str
-    first_rank: int  # in the first stage's ranking, before the floor
+    first_rank: int  # in the first stage's ranking (what the floor dropped last)
     first_score: float
     cosine: float | None
     keyword_rank: int | None
@@ -151,10 +151,13 @@ def explain(
         return Explanation(strategy, query, limit, stages, (), None, None)
     kept = {c.row_id: c for c in trace.kept}
     reranked = {c.row_id: (rank, c) for rank, c in enumerate(trace.reranked, start=1)}
-    rows = store.rows_by_id([c.row_id for c in trace.fused])
+    # The first stage's final order (after the floor and the signals), then what the
+    # floor dropped, in the fusion's order.
+    ranking = trace.kept + [c for c in trace.fused if c.row_id not in kept]
+    rows = store.rows_by_id([c.row_id for c in ranking])
     answer = {msg_id: rank for rank, msg_id in enumerate(answer_ids, start=1)}
     out = []
-    for first_rank, c in enumerate(trace.fused, start=1):
+    for first_rank, c in enumerate(ranking, start=1):
         row = rows.get(c.row_id)
         if row is None:  # deleted meanwhile
             continue

@@ -716,9 +716,12 @@ class Memory:
           ``choose_ms``. The query's vector and the owner's ranking the choice read are
           reused by the search it chooses.
 
-        Searching by meaning fuses the dense (cosine) ranking with FTS5 BM25 by reciprocal
-        rank fusion; ``score`` is then the fused score, sum of ``1 / (10 + rank)`` over the
-        two rankings. ``keyword=False`` searches by vectors alone and ``score`` is the
+        Searching by meaning fuses the dense (cosine) ranking with FTS5 BM25 by score
+        fusion (``localmem.retrieval``: 0.6 x BM25 / the best BM25 + 0.4 x cosine / the
+        best cosine among the candidates), then adds the signals (``localmem.signals``: a
+        question passes part of its score to its answer, a time or a name the query gives
+        favours the messages that match, and length counts); ``score`` is then that sum
+        (about 0 to 1.5). ``keyword=False`` searches by vectors alone and ``score`` is the
         cosine similarity; ``dense=False`` by BM25 alone and ``score`` is ``-bm25`` (higher
         is better; no model is needed). ``query=None`` searches with the conversation's latest user
         message (the original design's "user input"); with none, the semantic part is empty.

@@ -3,13 +3,18 @@
 Every search runs the same stages, each a function with a typed output:
 
 1. ``gather``: candidates, the dense KNN ranking (sqlite-vec, cosine) and the keyword
-   ranking (FTS5 BM25), each to a depth, in the scope (owner, conversation, time);
-2. ``fuse``: one ranking, by reciprocal rank fusion when both lists exist, each
-   ``Candidate`` keeping its rank and score in each list;
+   ranking (FTS5 BM25), each to a depth, in the scope (owner, conversation, time), with
+   both scores of every candidate (a cosine computed for what only BM25 found, the BM25
+   score of what only the KNN found, when it matched at all);
+2. ``fuse``: one ranking, by score fusion when both lists exist (max-normalised BM25
+   and cosine, weighted), each ``Candidate`` keeping its rank and score in each list;
 3. ``floor``: the relevance floor, dropping what has nothing in common with the query;
-4. ``rerank_stage``: a cross-encoder (or any scorer) orders the first candidates, and a
+4. ``adjust``: what the query and the messages say besides the rankings (``signals``):
+   a question passes part of its score to its answer, a time or a name the query gives
+   favours the messages that match it, and substance counts;
+5. ``rerank_stage``: a cross-encoder (or any scorer) orders the first candidates, and a
    threshold drops weak ones, keeping at least ``min_keep`` (optional);
-5. order and limit: the best ``limit``.
+6. order and limit: the best ``limit``.
 
 The strategies (``strategies.py``) decide what to search and turn candidates into
 messages; ``Memory`` validates and caches.
@@ -21,39 +26,38 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, NamedTuple, TypedDict
 
+from . import signals
 from .errors import ModelError, call_model
 from .records import Row, SearchStages
+from .signals import STOPWORDS
 from .store import EXACT_SEARCH_MAX, Store
+from .validate import from_utc_us
 
-__all__ = ["CONFIDENT", "FUSION_DEPTH", "RRF_K", "STOPWORDS", "Candidate", "Lists", "Rerank", "Retrieval",
-           "Searcher", "Trace", "floor", "fuse", "gather", "keyword_query", "rerank_stage", "retrieve", "rrf",
-           "score_with", "skip_reason"]
+__all__ = ["CONFIDENT", "FUSION_DEPTH", "KEYWORD_WEIGHT", "SCORED_DEPTH", "STOPWORDS", "Candidate", "Lists",
+           "Rerank", "Retrieval", "Searcher", "Trace", "adjust", "floor", "fuse", "gather", "keyword_query",
+           "rerank_stage", "retrieve", "score_with", "skip_reason"]
 
-# Reciprocal rank fusion (Cormack et al., 2009): score = sum over lists of 1 / (RRF_K + rank).
-# Each list contributes its top FUSION_DEPTH (or the limit, if larger). On LoCoMo (5
-# conversations, 762 questions) K=10 beat the customary 60 at every depth: recall@10 0.65
-# against 0.59 at depth 50, since with a deep list and K=60 a middling message found by
-# both rankings outranks the top hit of one.
-RRF_K = 10
+# Score fusion: KEYWORD_WEIGHT x BM25 / the pool's best BM25 + (1 - KEYWORD_WEIGHT) x
+# cosine / the pool's best cosine, over the top FUSION_DEPTH of each list (or the limit,
+# if larger). On LoCoMo (benchmarks/locomo.py; decided on three conversations, confirmed
+# on two; benchmarks/locomo_signals.py) it beat reciprocal rank fusion (K=10, which had
+# beaten the customary 60): recall@1 0.299 -> 0.377, recall@10 0.722 -> 0.744. Rank
+# fusion gives the second message of the stronger list as much as the first of the
+# weaker. Min-max and z-score normalisation measured within 0.005 of it; weights 0.5-0.7
+# within 0.01.
+KEYWORD_WEIGHT = 0.6
 FUSION_DEPTH = 50
+# How deep the keyword search reads scores (candidates come from its top FUSION_DEPTH):
+# a message the KNN found that BM25 ranks lower still has its BM25 score to fuse. SQLite
+# scores every match in the scope to sort them anyway; reading more rows costs little.
+SCORED_DEPTH = 1000
 _MAX_QUERY_WORDS = 64
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-
-# Function words left out of keyword queries (English and Portuguese): OR-ing "what" or
-# "the" into BM25 only adds noise. On LoCoMo, dropping them lifts BM25 recall@10 by 5 points.
-# (One string, split: easier to read and edit than a list of quoted words.)
-STOPWORDS = frozenset(
-    "a an and are as at be by did do does for from had has have he her his how i in is it "  # noqa: SIM905
-    "its my of on or she that the their they this to was were what when where which who "
-    "why will with you your "
-    "o os as um uma uns umas de do da dos das em no na nos nas para por com que e é se "
-    "ao aos à às eu ele ela eles elas meu minha seu sua foi ser são qual quando onde como".split()
-)
 
 
 def keyword_query(text: str) -> str | None:
@@ -126,23 +130,17 @@ class Searcher:
         return max(wanted, FUSION_DEPTH) if self.keyword and self.dense else wanted
 
 
-def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
-    """Fuse ranked id lists: (id, sum of 1 / (k + rank)), best first (ties: smaller id)."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, row_id in enumerate(ranking, start=1):
-            scores[row_id] = scores.get(row_id, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
-
-
 class Candidate(NamedTuple):  # a NamedTuple: fusion makes up to 100 per search
     """A message on its way through the pipeline, with what each stage knew of it.
 
-    ``score`` is the ranking score at the end: the RRF score when both lists were fused,
-    the cosine similarity when searching by vectors alone, ``-bm25`` (higher is better)
-    by keywords alone. ``cosine`` and ``dense_rank`` are set when the dense list held the
-    message, ``bm25`` (as ``-bm25``) and ``keyword_rank`` when the keyword list did (ranks
-    from 1).
+    ``score`` is the ranking score at the end of the first stage: the fused score when
+    both lists were searched (plus what ``adjust`` added: ``signals``), the cosine
+    similarity when searching by vectors alone, ``-bm25`` (higher is better) by keywords
+    alone. ``cosine`` is set when the message has a vector (the dense list's, or computed
+    for the fusion), ``bm25`` (as ``-bm25``) when the keyword search matched it;
+    ``dense_rank`` and ``keyword_rank`` are its places in those rankings (from 1; the
+    keyword ranking is read to ``SCORED_DEPTH``). ``reply_to``: the row id of the question
+    this message answers, for a message that entered the ranking as an answer.
     """
 
     row_id: int
@@ -151,23 +149,31 @@ class Candidate(NamedTuple):  # a NamedTuple: fusion makes up to 100 per search
     dense_rank: int | None = None
     bm25: float | None = None
     keyword_rank: int | None = None
-    first_rank: int | None = None  # place after fusion and the floor, from 1
+    first_rank: int | None = None  # place in the first stage's final ranking, from 1
     rerank_score: float | None = None
     row: Row | None = None  # the message, once a stage needed its text
+    signals: float = 0.0  # what adjust() added to the fused score
+    reply_to: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Lists:
     """Stage 1's output: the dense and keyword rankings, best first, as (row id, score)
-    with score the cosine similarity and ``-bm25``. ``None`` for a list not searched."""
+    with score the cosine similarity and ``bm25`` (lower is better), each to the search's
+    depth (``None`` for a list not searched). With both: ``bm25_of`` holds ``-bm25`` of
+    every keyword match read (to ``SCORED_DEPTH``), ``cosine_of`` the cosine of every
+    message of either list that has a vector."""
 
     dense: list[tuple[int, float]] | None
     keyword: list[tuple[int, float]] | None
+    bm25_of: dict[int, float] = field(default_factory=dict)
+    cosine_of: dict[int, float] = field(default_factory=dict)
 
 
 def gather(searcher: Searcher, query: str, depth: int, scope: _SearchScope) -> Lists:
     """Stage 1, candidates: the top ``depth`` of each ranking the searcher uses (BM25 runs
-    beside the KNN scan in a thread when ``searcher.parallel``)."""
+    beside the KNN scan in a thread when ``searcher.parallel``), and, when both are used,
+    each candidate's score in the other list."""
     match = keyword_query(query) if searcher.keyword else None
     if not searcher.dense:
         return Lists(None, searcher.store.keyword(match, depth, **scope) if match else [])
@@ -177,32 +183,45 @@ def gather(searcher: Searcher, query: str, depth: int, scope: _SearchScope) -> L
     if not searcher.keyword:
         return Lists(dense(), None)
     if match is None:
-        return Lists(dense(), [])
+        ranked = dense()
+        return Lists(ranked, [], {}, dict(ranked))
+    scored = max(depth, SCORED_DEPTH)
     if not searcher.parallel:
-        return Lists(dense(), searcher.store.keyword(match, depth, **scope))
-    ranked, sparse = _beside(dense, lambda: searcher.store.keyword(match, depth, **scope))
-    return Lists(ranked, sparse)
+        ranked, sparse = dense(), searcher.store.keyword(match, scored, **scope)
+    else:
+        ranked, sparse = _beside(dense, lambda: searcher.store.keyword(match, scored, **scope))
+    cosine_of = dict(ranked)
+    unscored = [row_id for row_id, _ in sparse[:depth] if row_id not in cosine_of]
+    if unscored:
+        cosine_of.update(searcher.store.cosines(searcher.vector(query), unscored))
+    return Lists(ranked, sparse[:depth], {row_id: -bm25 for row_id, bm25 in sparse}, cosine_of)
 
 
 def fuse(lists: Lists) -> list[Candidate]:
-    """Stage 2, fusion: one ranking, best first. Both lists: reciprocal rank fusion
-    (``rrf``); one list: that list, its own score kept (BM25's as ``-bm25``)."""
-    dense = {row_id: (rank, cos) for rank, (row_id, cos) in enumerate(lists.dense or (), start=1)}
-    keyword = {row_id: (rank, -bm25) for rank, (row_id, bm25) in enumerate(lists.keyword or (), start=1)}
-
-    none = (None, None)
-
-    def candidate(row_id: int, score: float) -> Candidate:  # by position: up to 100 per search
-        d_rank, cosine = dense.get(row_id, none)
-        k_rank, bm25 = keyword.get(row_id, none)
-        return Candidate(row_id, score, cosine, d_rank, bm25, k_rank)
-
+    """Stage 2, fusion: one ranking, best first (ties: smaller id). Both lists: score
+    fusion over the union of the two (``KEYWORD_WEIGHT``); one list: that list, its own
+    score kept (BM25's as ``-bm25``)."""
     if lists.dense is None:
-        return [candidate(row_id, -bm25) for row_id, bm25 in lists.keyword or ()]
+        return [Candidate(row_id, -bm25, bm25=-bm25, keyword_rank=rank)
+                for rank, (row_id, bm25) in enumerate(lists.keyword or (), start=1)]
     if lists.keyword is None:
-        return [candidate(row_id, cos) for row_id, cos in lists.dense]
-    fused = rrf([[i for i, _ in lists.dense], [i for i, _ in lists.keyword]])
-    return [candidate(row_id, score) for row_id, score in fused]
+        return [Candidate(row_id, cos, cos, rank) for rank, (row_id, cos) in enumerate(lists.dense, start=1)]
+    dense_rank = {row_id: rank for rank, (row_id, _) in enumerate(lists.dense, start=1)}
+    keyword_rank = {row_id: rank for rank, row_id in enumerate(lists.bm25_of, start=1)}
+    pool = list(dict.fromkeys([row_id for row_id, _ in lists.dense] + [row_id for row_id, _ in lists.keyword]))
+    best_bm25 = max((lists.bm25_of.get(i, 0.0) for i in pool), default=0.0)
+    best_cosine = max((lists.cosine_of.get(i, 0.0) for i in pool), default=0.0)
+    out = []
+    for row_id in pool:
+        bm25, cosine = lists.bm25_of.get(row_id), lists.cosine_of.get(row_id)
+        score = 0.0
+        if bm25 is not None and best_bm25 > 0:
+            score += KEYWORD_WEIGHT * bm25 / best_bm25
+        if cosine is not None and best_cosine > 0:
+            score += (1.0 - KEYWORD_WEIGHT) * cosine / best_cosine
+        out.append(Candidate(row_id, score, cosine, dense_rank.get(row_id), bm25, keyword_rank.get(row_id)))
+    out.sort(key=lambda c: (-c.score, c.row_id))
+    return out
 
 
 def floor(found: list[Candidate], lists: Lists, min_relevance: float | None) -> list[Candidate]:
@@ -223,9 +242,52 @@ def floor(found: list[Candidate], lists: Lists, min_relevance: float | None) -> 
     return [c for c in found if c.bm25 is not None or (c.cosine is not None and c.cosine >= min_relevance)]
 
 
+def adjust(store: Store, query: str, kept: list[Candidate], now: datetime) -> list[Candidate]:
+    """Stage 4, signals (``localmem.signals``) on the fused ranking: each message that
+    asks a question passes ``REPLY_SHARE`` of its score to the next message of its
+    conversation (which joins the ranking if it was not in it: an answer like "Yes! It
+    was amazing" shares no word with the query); every message gets
+    ``CONVERSATION_SHARE`` of the best fused score in its conversation, and what the
+    query's time and names and its own length add (``signals.bonus``). Best first (ties:
+    smaller id), each with its row. A message deleted meanwhile is left out."""
+    if not kept:
+        return kept
+    hints = signals.hints(query, now)
+    rows = store.rows_by_id([c.row_id for c in kept])
+    ranked = [c._replace(row=rows[c.row_id]) for c in kept if c.row_id in rows]
+    asking = [c for c in ranked if signals.asks(c.row.content)]  # type: ignore[union-attr]
+    answers = store.successors([c.row_id for c in asking]) if asking else {}
+    passed: dict[int, float] = {}
+    question: dict[int, int] = {}
+    for c in asking:
+        reply = answers.get(c.row_id)
+        if reply is not None:
+            passed[reply] = passed.get(reply, 0.0) + signals.REPLY_SHARE * c.score
+            question.setdefault(reply, c.row_id)
+    present = {c.row_id for c in ranked}
+    joining = [row_id for row_id in passed if row_id not in present]
+    if joining:
+        more = store.rows_by_id(joining)
+        ranked += [Candidate(row_id, 0.0, row=more[row_id], reply_to=question[row_id])
+                   for row_id in joining if row_id in more]
+    best: dict[str, float] = {}  # the best fused score in each conversation
+    for c in ranked:
+        conversation = c.row.conversation_id  # type: ignore[union-attr]
+        best[conversation] = max(best.get(conversation, 0.0), c.score)
+    out = []
+    for c in ranked:
+        row = c.row
+        assert row is not None
+        added = (passed.get(c.row_id, 0.0) + signals.CONVERSATION_SHARE * best[row.conversation_id]
+                 + signals.bonus(row.content, from_utc_us(row.created_us), hints))
+        out.append(c._replace(score=c.score + added, signals=added))
+    out.sort(key=lambda c: (-c.score, c.row_id))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Rerank:
-    """Stage 4's settings: ``model.score(query, texts)`` gives relevance in [0, 1]; it
+    """Stage 5's settings: ``model.score(query, texts)`` gives relevance in [0, 1]; it
     sees the first ``candidates`` messages (never fewer than the limit); those scoring
     under ``threshold`` (None: no threshold) are dropped, but the best ``min_keep`` stay."""
 
@@ -258,10 +320,11 @@ def skip_reason(rerank: Rerank, kept: list[Candidate]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """Every stage's list, for the explain view: ``fused`` the first stage's ranking
-    before the floor, ``kept`` after it (in order), ``reranked`` every candidate
-    the reranker scored in its order (empty when it did not run), and the floor and
-    threshold in effect."""
+    """Every stage's list, for the explain view: ``fused`` the fusion's ranking before
+    the floor, ``kept`` the first stage's final ranking (after the floor and the
+    signals; answers that joined through their question included), ``reranked`` every
+    candidate the reranker scored in its order (empty when it did not run), and the
+    floor and threshold in effect."""
 
     fused: list[Candidate]
     kept: list[Candidate]  # in order; their first_rank is their place here, from 1
@@ -298,17 +361,18 @@ def score_with(rerank: Rerank, query: str, texts: list[str]) -> list[float]:
 def rerank_stage(
     store: Store, rerank: Rerank, query: str, kept: list[Candidate], limit: int
 ) -> tuple[list[Candidate], list[Candidate]]:
-    """Stage 4: the reranker orders the first ``max(candidates, limit)`` messages (ties
+    """Stage 5: the reranker orders the first ``max(candidates, limit)`` messages (ties
     keep the first stage's order), the threshold drops weak ones unless fewer than
     ``min_keep`` pass. Returns (every scored candidate in rerank order, the survivors in
     that order). ``min_keep`` picks only among what passed the relevance floor."""
     pool = kept[: max(rerank.candidates, limit)]
-    rows = store.rows_by_id([c.row_id for c in pool])
-    pool = [c._replace(first_rank=rank, row=rows[c.row_id])
-            for rank, c in enumerate(pool, start=1) if c.row_id in rows]
+    missing = [c.row_id for c in pool if c.row is None]
+    rows = store.rows_by_id(missing) if missing else {}
+    pool = [c._replace(first_rank=rank, row=c.row or rows[c.row_id])
+            for rank, c in enumerate(pool, start=1) if c.row is not None or c.row_id in rows]
     if not pool:
         return [], []
-    scores = score_with(rerank, query, [rows[c.row_id].content for c in pool])
+    scores = score_with(rerank, query, [c.row.content for c in pool])  # type: ignore[union-attr]
     ordered = sorted(
         (c._replace(rerank_score=s) for c, s in zip(pool, scores, strict=True)),
         key=lambda c: -(c.rerank_score or 0.0),
@@ -338,15 +402,17 @@ def retrieve(
     min_relevance: float | None = None,
     rerank: Rerank | None = None,
 ) -> Retrieval:
-    """The pipeline: candidates, fusion, the relevance floor, the reranker (when given),
-    then the ``limit`` best. Each list is searched to ``FUSION_DEPTH`` (or the number the
-    reranker or the limit needs, if larger) when both are fused, to that number alone
-    (``Searcher.depth``)."""
+    """The pipeline: candidates, fusion, the relevance floor, the signals (when both
+    rankings were fused), the reranker (when given), then the ``limit`` best. Each list
+    is searched to ``FUSION_DEPTH`` (or the number the reranker or the limit needs, if
+    larger) when both are fused, to that number alone (``Searcher.depth``)."""
     started = time.perf_counter()
     scope: _SearchScope = {"owner_id": owner_id, "conversation_id": conversation_id, "since_us": since_us}
     lists = gather(searcher, query, searcher.depth(limit, rerank), scope)
     fused = fuse(lists)
-    kept = floor(fused, lists, min_relevance)
+    kept = floored = floor(fused, lists, min_relevance)
+    if lists.dense is not None and lists.keyword is not None:
+        kept = adjust(searcher.store, query, floored, datetime.now(timezone.utc))
     retrieved = time.perf_counter()
     ordered: list[Candidate] = []
     passed: list[Candidate] = []
@@ -362,7 +428,7 @@ def retrieve(
     below_threshold = len(ordered) - len(passed)
     stages = SearchStages(
         retrieval_ms=(retrieved - started) * 1000, rerank_ms=(done - retrieved) * 1000,
-        candidates=len(fused), below_floor=len(fused) - len(kept), reranked=len(ordered),
+        candidates=len(fused), below_floor=len(fused) - len(floored), reranked=len(ordered),
         below_threshold=below_threshold, rerank_skipped=skipped,
     )
     trace = Trace(fused, kept, ordered, min_relevance, None if rerank is None else rerank.threshold)

@@ -99,7 +99,7 @@ def test_demo_tells_its_story_on_a_temporary_database(run, temp_dir):
     week = answer(first, "cross_conversation", "last 7 days", "fused: meaning + keywords")
     assert not any("peanut allergy" in line for line in week)
     everything = answer(first, "cross_conversation", "all time", "fused: meaning + keywords")
-    assert everything[0].startswith("   0.182 RRF (meaning #1, keywords #1) · meal-prep, 44 days ago · [user]")
+    assert re.match(r"   \d\.\d{3} fused \(meaning #1, keywords #1\) · meal-prep, 44 days ago · \[user\]", everything[0])
     assert "severe peanut allergy" in everything[0]
     assert everything[-1] == "   -> the allergy: #1; it was said 44 days ago in 'meal-prep'"
 
@@ -110,13 +110,13 @@ def test_demo_tells_its_story_on_a_temporary_database(run, temp_dir):
     dense = answer(out, paraphrase, "meaning only (dense)")
     assert " cosine · half-marathon" in dense[0] and "My left knee gets sore" in dense[0]
     fused = answer(out, paraphrase, "fused: meaning + keywords")
-    assert "RRF (meaning #1, keywords -)" in fused[0] and "My left knee" in fused[0]
+    assert "fused (meaning #1, keywords -)" in fused[0] and "My left knee" in fused[0]
     assert fused[-1] == "   -> the message asked about: keywords not found, meaning #1, fused #1"
     keywords = answer(out, '"TP1327"', "keywords only (BM25)")
     assert " BM25 · lisbon-weekend" in keywords[0] and "Outbound: TP1327" in keywords[0]
     assert "Return: TP1330" in answer(out, '"TP1327"', "meaning only (dense)")[0]  # the wrong flight
     fused = answer(out, '"TP1327"', "fused: meaning + keywords")
-    assert "RRF (meaning #2, keywords #1)" in fused[0] and "Outbound: TP1327" in fused[0]
+    assert "fused (meaning #2, keywords #1)" in fused[0] and "Outbound: TP1327" in fused[0]
     assert fused[-1] == "   -> the message asked about: keywords #1, meaning #2, fused #1"
 
     # 3. The same calls again: from the caches, and saying so.
@@ -137,7 +137,7 @@ def test_demo_tells_its_story_on_a_temporary_database(run, temp_dir):
     assert answer(floor, '"What is 15% of 240?"', "meaning + keywords · computed")[0].startswith(
         "   nothing relevant: none of ")
     unfloored = answer(floor, "min_relevance=None", "no relevance floor")
-    assert len(unfloored) == 4 and all(" RRF " in line for line in unfloored[:3])
+    assert len(unfloored) == 4 and all(" fused " in line for line in unfloored[:3])
     # It wrote to a fresh file under the temp dir, and said where.
     (db,) = temp_dir.glob("localmem-demo-*/memory.db")
     assert str(db) in out
@@ -158,7 +158,7 @@ def test_demo_without_a_model_says_so_and_labels_keyword_answers_honestly(tmp_pa
         if header.split(" · ")[0] in ("== semantic_search", "== hybrid", "== cross_conversation"):
             assert " · keywords only (BM25) · " in header, header
     # Nothing is labelled as found by meaning.
-    for word in ("meaning", "fused", "cosine", "RRF", "dense"):
+    for word in ("meaning", "fused", "cosine", "dense"):
         assert word not in out, word
     assert "semantic" not in out.replace("== semantic_search", "")
     # The old answer is still found, by its keyword, and recency still misses it.

@@ -3,6 +3,7 @@ the query cache, background embedding and re-embedding."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -164,7 +165,12 @@ def test_keyword_false_scores_are_cosine_similarities(smem):
     got = smem.get_memory(Strategy.SEMANTIC_SEARCH, query="pizza", conversation_id="c", owner_id="u", keyword=False)
     assert got.messages[0].score == pytest.approx(1.0, abs=1e-5)
     fused = smem.get_memory(Strategy.SEMANTIC_SEARCH, query="pizza", conversation_id="c", owner_id="u")
-    assert fused.messages[0].score == pytest.approx(2 / 11)  # first in both rankings, K=10
+    # Best in both rankings: 0.6 + 0.4 = 1; then the signals: the best score of its
+    # conversation (its own) and one word of length.
+    from localmem import signals
+
+    expected = 1.0 + signals.CONVERSATION_SHARE * 1.0 + signals.LENGTH_WEIGHT * math.log(2)
+    assert fused.messages[0].score == pytest.approx(expected)
 
 
 # -- KNN against brute force ------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""What a search knows besides its two rankings: the query's time and names, and each
+candidate's shape. The pipeline's stage 4 (``retrieval.adjust``) adds these to the fused
+score of each candidate; this module reads them from text and knows nothing of the store.
+
+Each signal was measured on LoCoMo (benchmarks/locomo.py, five conversations; decided on
+three, confirmed on the other two: benchmarks/quality_directions.py prints every step):
+
+* **Replies** (``REPLY_SHARE``): a message that asks a question (``asks``) passes a
+  share of its score to the message that follows it in its conversation, its answer. The question turn
+  ("You play any instruments?") matches a query best; the answer ("Yes, I play clarinet")
+  is what the caller needs. recall@1 +0.025.
+* **Conversations** (``CONVERSATION_SHARE``): every message gets a share of the best
+  fused score in its conversation: a conversation where something matches well is where
+  the rest of the answer is likely to be. recall@5 +0.012, recall@10 +0.008 (a share of
+  0.1-0.4 measured; more costs multi-hop questions, whose answer is spread out).
+* **Time** (``TIME_BONUS``): a query that names a time ("in July 2023", "on 13 October,
+  2023", "last May", "em maio de 2023", "last year") favours messages written in that span
+  or up to ``TIME_SLACK`` after it (people tell what they did after they did it).
+  recall@10 +0.014; temporal questions +0.03.
+* **Names** (``NAME_BONUS``): capitalised words of the query (people, places, things:
+  "What did Caroline research?") favour messages that contain them. recall@1 +0.006.
+* **Substance** (``LENGTH_WEIGHT``): ``log(1 + distinct words)``: between two messages
+  the rankings score alike, the one with more to say ("Thanks!" rarely answers a
+  question). recall@10 +0.016.
+
+The constants are in units of the fused score (``retrieval.fuse``: 1.0 is the best of
+both rankings).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+REPLY_SHARE = 0.2
+CONVERSATION_SHARE = 0.2
+TIME_BONUS = 0.3
+TIME_SLACK = timedelta(days=14)
+NAME_BONUS = 0.1
+LENGTH_WEIGHT = 0.08
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Function words left out of keyword queries (English and Portuguese): OR-ing "what" or
+# "the" into BM25 only adds noise. On LoCoMo, dropping them lifts BM25 recall@10 by 5 points.
+# (One string, split: easier to read and edit than a list of quoted words.)
+STOPWORDS = frozenset(
+    "a an and are as at be by did do does for from had has have he her his how i in is it "  # noqa: SIM905
+    "its my of on or she that the their they this to was were what when where which who "
+    "why will with you your "
+    "o os as um uma uns umas de do da dos das em no na nos nas para por com que e é se "
+    "ao aos à às eu ele ela eles elas meu minha seu sua foi ser são qual quando onde como".split()
+)
+# A query's capitalised words that are not names: those, and more question words.
+_NOT_NAMES = STOPWORDS | frozenset("can could if should whom whose would quais quem porque".split())  # noqa: SIM905
+_UTC = timezone.utc
+
+# Month names, English and Portuguese, full and abbreviated, folded (no accents). Written
+# out: the calendar module's names follow the process locale.
+_MONTHS: dict[str, int] = {}
+for _names in ("january february march april may june july august september october november december",
+               "jan feb mar apr may jun jul aug sep oct nov dec",
+               "janeiro fevereiro marco abril maio junho julho agosto setembro outubro novembro dezembro"):
+    _MONTHS.update((name, number) for number, name in enumerate(_names.split(), start=1))
+_MONTHS["sept"] = 9
+_MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DAY = r"(\d{1,2})(?:st|nd|rd|th|º)?"
+_YEAR = r"((?:19|20)\d\d)"
+_OF = r"(?:\s+(?:de|of))?"  # "13 de outubro de 2023", "3rd of March"
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("day month year", re.compile(rf"\b{_DAY}{_OF}\s+({_MONTH})\.?,?{_OF}\s+{_YEAR}\b")),
+    ("month day year", re.compile(rf"\b({_MONTH})\.?\s+{_DAY},?\s+{_YEAR}\b")),
+    ("month year", re.compile(rf"\b({_MONTH})\.?,?{_OF}(?:\s+of)?\s+{_YEAR}\b")),
+    ("year", re.compile(rf"\b(?:in|during|of|since|em|durante|de)\s+{_YEAR}\b")),
+    ("month", re.compile(rf"\b(?:in|during|since|last|this|em|desde|no mes de)\s+({_MONTH})\b")),
+)
+_RELATIVE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b(?:yesterday|ontem)\b"), "yesterday"),
+    (re.compile(r"\b(?:today|hoje)\b"), "today"),
+    (re.compile(r"\b(?:last week|semana passada)\b"), "last week"),
+    (re.compile(r"\b(?:last month|mes passado)\b"), "last month"),
+    (re.compile(r"\b(?:last year|ano passado)\b"), "last year"),
+)
+
+
+def fold(text: str) -> str:
+    """Lower case without accents ("Março" -> "marco"), as the keyword index folds."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A time a query names: ``[start, end)``, or a month of any year (``month``, with
+    ``start`` and ``end`` None) for "in June"."""
+
+    start: datetime | None
+    end: datetime | None
+    month: int | None = None
+
+    def holds(self, when: datetime) -> bool:
+        """Whether a message written at ``when`` may tell of this time: in it, or up to
+        ``TIME_SLACK`` after it."""
+        if self.month is not None:
+            return when.month == self.month or (when - TIME_SLACK).month == self.month
+        assert self.start is not None and self.end is not None
+        return self.start <= when < self.end + TIME_SLACK
+
+
+@dataclass(frozen=True, slots=True)
+class QueryHints:
+    """What a query says besides its words: the time it names (None: none) and its
+    capitalised words, folded (``names``)."""
+
+    span: Span | None
+    names: tuple[str, ...]
+
+
+def _month_span(year: int, month: int) -> Span:
+    start = datetime(year, month, 1, tzinfo=_UTC)
+    return Span(start, datetime(year + month // 12, month % 12 + 1, 1, tzinfo=_UTC))
+
+
+def time_span(query: str, now: datetime) -> Span | None:
+    """The first time ``query`` names (English or Portuguese), or None: a date, a month
+    of a year, a year, a month alone ("in June": that month of any year), or a time
+    relative to ``now`` (yesterday, today, last week, last month, last year). A date that
+    does not exist ("31 February 2023") names nothing."""
+    text = fold(query)
+    for kind, pattern in _PATTERNS:
+        match = pattern.search(text)
+        if match is None:
+            continue
+        try:
+            if kind == "day month year":
+                start = datetime(int(match[3]), _MONTHS[match[2]], int(match[1]), tzinfo=_UTC)
+                return Span(start, start + timedelta(days=1))
+            if kind == "month day year":
+                start = datetime(int(match[3]), _MONTHS[match[1]], int(match[2]), tzinfo=_UTC)
+                return Span(start, start + timedelta(days=1))
+        except ValueError:  # no such day
+            return None
+        if kind == "month year":
+            return _month_span(int(match[2]), _MONTHS[match[1]])
+        if kind == "year":
+            year = int(match[1])
+            return Span(datetime(year, 1, 1, tzinfo=_UTC), datetime(year + 1, 1, 1, tzinfo=_UTC))
+        return Span(None, None, _MONTHS[match[1]])
+    for pattern, name in _RELATIVE:
+        if pattern.search(text):
+            return _relative(name, now)
+    return None
+
+
+def _relative(name: str, now: datetime) -> Span:
+    today = datetime(now.year, now.month, now.day, tzinfo=_UTC)
+    if name == "today":
+        return Span(today, today + timedelta(days=1))
+    if name == "yesterday":
+        return Span(today - timedelta(days=1), today)
+    if name == "last week":
+        monday = today - timedelta(days=today.weekday())
+        return Span(monday - timedelta(days=7), monday)
+    if name == "last month":
+        year, month = (now.year - 1, 12) if now.month == 1 else (now.year, now.month - 1)
+        return _month_span(year, month)
+    return Span(datetime(now.year - 1, 1, 1, tzinfo=_UTC), datetime(now.year, 1, 1, tzinfo=_UTC))
+
+
+def names(query: str) -> tuple[str, ...]:
+    """The query's capitalised words that are not question or function words or months
+    (the time signal reads those), folded and without a possessive ("Caroline's" ->
+    "caroline"), in order, once each."""
+    found = []
+    for word in re.findall(r"[^\W\d_][\w'’]*", query):
+        base = re.sub(r"['’]s?$", "", word)
+        if len(base) > 1 and base[0].isupper() and fold(base) not in _NOT_NAMES and fold(base) not in _MONTHS:
+            found.append(fold(base))
+    return tuple(dict.fromkeys(found))
+
+
+def hints(query: str, now: datetime) -> QueryHints:
+    """Everything this module reads in a query."""
+    return QueryHints(time_span(query, now), names(query))
+
+
+def asks(text: str) -> bool:
+    """Whether a message asks something: it holds a question mark. (Measured against
+    "ends with one": a question is often followed by more, "How was it? Send photos!",
+    or by an attachment note; recall@5 +0.004, recall@10 +0.004 on LoCoMo.)"""
+    return "?" in text or "？" in text
+
+
+def words(text: str) -> frozenset[str]:
+    """The distinct words of a message, folded."""
+    return frozenset(_WORD.findall(fold(text)))
+
+
+def bonus(text: str, when: datetime, query: QueryHints) -> float:
+    """What the time, the names and the length add to a message's fused score."""
+    distinct = words(text)
+    added = LENGTH_WEIGHT * math.log1p(len(distinct))
+    if query.span is not None and query.span.holds(when):
+        added += TIME_BONUS
+    if query.names:
+        added += NAME_BONUS * sum(name in distinct for name in query.names) / len(query.names)
+    return added
+
+
+__all__ = [
+    "CONVERSATION_SHARE",
+    "LENGTH_WEIGHT",
+    "NAME_BONUS",
+    "REPLY_SHARE",
+    "STOPWORDS",
+    "TIME_BONUS",
+    "TIME_SLACK",
+    "QueryHints",
+    "Span",
+    "asks",
+    "bonus",
+    "fold",
+    "hints",
+    "names",
+    "time_span",
+    "words",
+]
