@@ -103,6 +103,22 @@ def load(path: Path) -> tuple[list[dict], list[tuple[str, int, set[str]]]]:
     return messages, questions
 
 
+def ingest(mem: Memory, files: list[Path], limit: int | None) -> tuple[list[tuple[str, str, int, set[str]]], int]:
+    """Every conversation file into ``mem`` (one owner each), embedded; the questions as
+    (owner, question, category, evidence), ``limit`` of them spread evenly when given,
+    and how many there were in all."""
+    questions = []
+    for path in files:
+        messages, qs = load(path)
+        mem.add_many(messages)
+        questions += [(path.stem, *q) for q in qs]
+    mem.flush()
+    total = len(questions)
+    if limit is not None and limit < total:
+        questions = [questions[i * total // limit] for i in range(limit)]
+    return questions, total
+
+
 def load_reranker(value: str, int8: bool) -> Any:
     """--reranker's model: a folder (or .onnx file) if that path exists, else a registry
     name (found as localmem finds models: LOCALMEM_MODELS_DIR, the Hugging Face cache, a
@@ -152,15 +168,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, \
             Memory(Path(tmp) / "locomo.db", query_cache_ttl=0, reranker=reranker) as mem:
         started = time.perf_counter()
-        questions = []
-        for path in files:
-            messages, qs = load(path)
-            mem.add_many(messages)
-            questions += [(path.stem, *q) for q in qs]
-        mem.flush()
-        total = len(questions)
-        if args.limit_questions is not None and args.limit_questions < total:
-            questions = [questions[i * total // args.limit_questions] for i in range(args.limit_questions)]
+        questions, total = ingest(mem, files, args.limit_questions)
         print(f"{mem.stats()['messages']} messages embedded in {time.perf_counter() - started:.1f} s; "
               f"{len(questions)} questions from {len(files)} conversations"
               + (f" (--limit-questions: {len(questions)} of {total}, spread evenly)" if len(questions) < total else ""))

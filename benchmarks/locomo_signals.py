@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from locomo import CATEGORIES, DEFAULT_DATA, load
+from locomo import CATEGORIES, DEFAULT_DATA, ingest
 
 from localmem import Memory, Strategy, retrieval, signals
 
@@ -116,15 +116,7 @@ def main() -> int:
         return 2
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, Memory(Path(tmp) / "locomo.db", query_cache_ttl=0) as mem:
-        questions = []
-        for path in files:
-            messages, qs = load(path)
-            mem.add_many(messages)
-            questions += [(path.stem, *q) for q in qs]
-        mem.flush()
-        total = len(questions)
-        if args.limit_questions is not None and args.limit_questions < total:
-            questions = [questions[i * total // args.limit_questions] for i in range(args.limit_questions)]
+        questions, _ = ingest(mem, files, args.limit_questions)
         print(f"{len(questions)} questions; decide on {', '.join(DECIDE)}, confirm on {', '.join(CONFIRM)}\n")
         header = "".join(f"{'R@' + str(k):>7}" for k in KS)
         print(f"{'':34}{'decide':>21}{'confirm':>21}{'all five':>21}   R@10 by category")

@@ -83,6 +83,14 @@ _EMPTY_SUMMARY = (
     " WHERE owner_id = {m}.owner_id AND conversation_id = {m}.conversation_id"
 )
 
+# What the delete trigger does after repointing the neighbours' keyword rows (schema 3 on).
+_AFTER_DELETE = f"""DELETE FROM messages_fts WHERE rowid = old.id;
+            UPDATE conversations SET version = {_DELETED}, message_count = message_count - 1
+                WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
+            UPDATE owners SET version = {_DELETED}, message_count = message_count - 1
+                WHERE owner_id = old.owner_id;
+            DELETE FROM zero_vectors WHERE id = old.id;"""
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: messages, FTS5, conversations, meta.
     (
@@ -221,12 +229,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"""CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
             UPDATE messages_fts SET prev = {_NEIGHBOUR.format(m="old", cmp="<", order="DESC", col="content")}
                 WHERE rowid = {_NEIGHBOUR.format(m="old", cmp=">", order="ASC", col="id")};
-            DELETE FROM messages_fts WHERE rowid = old.id;
-            UPDATE conversations SET version = {_DELETED}, message_count = message_count - 1
-                WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
-            UPDATE owners SET version = {_DELETED}, message_count = message_count - 1
-                WHERE owner_id = old.owner_id;
-            DELETE FROM zero_vectors WHERE id = old.id;
+            {_AFTER_DELETE}
         END""",
     ),
     # 3 -> 4: each conversation's running summary (localmem/summaries.py folds the messages
@@ -279,12 +282,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 WHERE rowid = {_NEIGHBOUR.format(m="old", cmp=">", order="ASC", col="id")};
             UPDATE messages_fts SET next = {_NEIGHBOUR.format(m="old", cmp=">", order="ASC", col="content")}
                 WHERE rowid = {_NEIGHBOUR.format(m="old", cmp="<", order="DESC", col="id")};
-            DELETE FROM messages_fts WHERE rowid = old.id;
-            UPDATE conversations SET version = {_DELETED}, message_count = message_count - 1
-                WHERE owner_id = old.owner_id AND conversation_id = old.conversation_id;
-            UPDATE owners SET version = {_DELETED}, message_count = message_count - 1
-                WHERE owner_id = old.owner_id;
-            DELETE FROM zero_vectors WHERE id = old.id;
+            {_AFTER_DELETE}
         END""",
     ),
 )
@@ -314,6 +312,7 @@ BEGIN
 END"""
 
 _COLUMNS = "msg_id, conversation_id, owner_id, role, content, created_at, feature, metadata"  # a Row
+_M_COLUMNS = ", ".join(f"m.{name.strip()}" for name in _COLUMNS.split(","))  # the same, of messages m
 _INSERT = (
     "INSERT INTO messages (msg_id, conversation_id, owner_id, role, content, created_at,"
     " feature, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -1262,6 +1261,7 @@ class Store:
         conversation_id: str | None = None,
         since_us: int | None = None,
         exact_max: int = EXACT_SEARCH_MAX,
+        spare: bool = False,
     ) -> list[tuple[int, float]]:
         """The ``k`` messages nearest ``vector`` (float32 bytes) in the scope, as
         (id, cosine similarity), most similar first.
@@ -1270,6 +1270,8 @@ class Store:
         ones scan the sign bits first (Hamming distance, 32x less data) for
         ``OVERSAMPLE * k`` candidates (at least ``MIN_CANDIDATES``), then re-score those with
         their float vectors: approximate, measured in benchmarks/semantic_speed.py.
+        ``spare``: on that path, return every candidate re-scored (more than ``k``), still
+        best first; their cosines cost nothing more, and fusion needs cosines.
         """
         filters = ["owner_id = ?"]
         args: list[Any] = [owner_id]
@@ -1311,7 +1313,7 @@ class Store:
                     if distance is not None  # NaN: a vector with no direction
                 ]
                 scored.sort(key=lambda pair: (-pair[1], pair[0]))
-                return scored[:k]
+                return scored if spare else scored[:k]
             rows = [
                 row for row in conn.execute(
                     "SELECT rowid, distance FROM message_vectors WHERE embedding MATCH ?"
@@ -1372,19 +1374,25 @@ class Store:
                         found[row_id] = 1.0 - distance
         return found
 
-    def successors(self, ids: Sequence[int]) -> dict[int, int]:
-        """The next message of each message of ``ids`` in its conversation's (created_at,
-        id) order, as {id: successor id}; a conversation's last message is left out."""
-        found: dict[int, int] = {}
+    def rows_and_successors(self, ids: Sequence[int]) -> tuple[dict[int, Row], dict[int, int]]:
+        """``rows_by_id(ids)``, and the next message of each in its conversation's
+        (created_at, id) order as {id: successor id} (a conversation's last message is left
+        out): one snapshot, one statement."""
+        rows: dict[int, Row] = {}
+        successors: dict[int, int] = {}
         with self.read() as conn:
             for start in range(0, len(ids), _MAX_PARAMS):
-                part = json.dumps(list(ids[start : start + _MAX_PARAMS]))
-                found.update(conn.execute(
-                    "SELECT m.id, " + _NEIGHBOUR.format(m="m", cmp=">", order="ASC", col="id")
-                    + " AS next FROM json_each(?) j JOIN messages m ON m.id = j.value WHERE next IS NOT NULL",
-                    (part,),
-                ).fetchall())
-        return found
+                part = list(ids[start : start + _MAX_PARAMS])
+                marks = ",".join("?" * len(part))
+                for row in conn.execute(
+                    f"SELECT m.id, {_M_COLUMNS}, "
+                    + _NEIGHBOUR.format(m="m", cmp=">", order="ASC", col="id")
+                    + f" FROM messages m WHERE m.id IN ({marks})", part
+                ):
+                    rows[row[0]] = Row._make(row[1:-1])
+                    if row[-1] is not None:
+                        successors[row[0]] = row[-1]
+        return rows, successors
 
     def recent_similarity(self, vector: bytes, owner_id: str, conversation_id: str, n: int) -> float | None:
         """The best cosine between ``vector`` and the newest ``n`` messages of the

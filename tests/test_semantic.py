@@ -198,6 +198,14 @@ def test_knn_equals_numpy_brute_force(tmp_path_factory, n, k, seed):
                 continue  # approximate past MIN_CANDIDATES: measured in benchmarks, not here
             assert [ids[0] + int(j) for j in expected] == [i for i, _ in got]
             np.testing.assert_allclose([s for _, s in got], (vectors @ query)[expected], atol=1e-5)
+        # spare: the approximate path hands over every candidate it re-scored, best first,
+        # with exact cosines; its first k are the ranking without it.
+        spare = store.knn(query.tobytes(), k, owner_id="u", conversation_id="c", exact_max=0, spare=True)
+        assert spare[:k] == store.knn(query.tobytes(), k, owner_id="u", conversation_id="c", exact_max=0)
+        assert len(spare) == min(n, max(2 * k, 160))
+        assert [s for _, s in spare] == sorted((s for _, s in spare), reverse=True)
+        np.testing.assert_allclose([s for _, s in spare], [float(vectors[i - ids[0]] @ query) for i, _ in spare],
+                                   atol=1e-5)
     finally:
         store.close()
 

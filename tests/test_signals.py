@@ -19,6 +19,10 @@ def day(y: int, m: int, d: int) -> datetime:
     return datetime(y, m, d, tzinfo=UTC)
 
 
+def us(when: datetime) -> int:
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
 @pytest.mark.parametrize("query, span", [
     ("What did Joanna do on 1 May, 2022?", Span(day(2022, 5, 1), day(2022, 5, 2))),
     ("What painting did she show on October 13, 2023?", Span(day(2023, 10, 13), day(2023, 10, 14))),
@@ -56,6 +60,12 @@ def test_a_span_holds_what_was_said_in_it_or_soon_after():
     assert not may.holds(day(2023, 4, 30)) and not may.holds(day(2023, 6, 1) + signals.TIME_SLACK)
     june = Span(None, None, 6)
     assert june.holds(day(2019, 6, 2)) and june.holds(day(2024, 7, 10)) and not june.holds(day(2024, 8, 1))
+    # holds_us (the store's µs) agrees, to the microsecond at each edge
+    edge = timedelta(microseconds=1)
+    for span in (may, june):
+        for when in (day(2023, 5, 1), day(2023, 5, 1) - edge, day(2023, 6, 1) + signals.TIME_SLACK,
+                     day(2023, 6, 1) + signals.TIME_SLACK - edge, day(2019, 6, 2), day(2024, 8, 1)):
+            assert span.holds_us(us(when)) is span.holds(when), (span, when)
 
 
 @pytest.mark.parametrize("query, found", [
@@ -85,12 +95,12 @@ def test_a_message_that_asks(text, asking):
 
 def test_bonus_adds_time_names_and_length():
     hints = signals.hints("What did Caroline do in May 2023?", NOW)
-    plain = signals.bonus("went hiking", day(2022, 1, 1), hints)
+    plain = signals.bonus("went hiking", us(day(2022, 1, 1)), hints)
     assert plain == pytest.approx(signals.LENGTH_WEIGHT * 1.0986, rel=1e-3)  # log(1 + 2 words)
-    in_time = signals.bonus("went hiking", day(2023, 5, 20), hints)
+    in_time = signals.bonus("went hiking", us(day(2023, 5, 20)), hints)
     assert in_time - plain == pytest.approx(signals.TIME_BONUS)
-    named = signals.bonus("Caroline went hiking", day(2022, 1, 1), hints)
-    assert named - signals.bonus("Somebody went hiking", day(2022, 1, 1), hints) == pytest.approx(signals.NAME_BONUS)
+    named = signals.bonus("Caroline went hiking", us(day(2022, 1, 1)), hints)
+    assert named - signals.bonus("Somebody went hiking", us(day(2022, 1, 1)), hints) == pytest.approx(signals.NAME_BONUS)
 
 
 # -- through the pipeline ------------------------------------------------------------------
