@@ -77,7 +77,7 @@ def setting(off: tuple[str, ...] = (), *, rrf: bool = False, no_signals: bool = 
         if rrf:
             retrieval.fuse = rrf_fuse
         if rrf or no_signals:
-            retrieval.adjust = lambda store, query, kept, now: kept
+            retrieval.adjust = lambda store, query, kept, lists, now: kept
         yield
     finally:
         for name, value in saved.items():

@@ -721,8 +721,8 @@ class Memory:
         best cosine among the candidates), then adds the signals (``localmem.signals``: a
         question passes part of its score to its answer, a time or a name the query gives
         favours the messages that match, and length counts); ``score`` is then that sum
-        (about 0 to 1.5). ``keyword=False`` searches by vectors alone and ``score`` is the
-        cosine similarity; ``dense=False`` by BM25 alone and ``score`` is ``-bm25`` (higher
+        (mostly 0 to 2; never negative). ``keyword=False`` searches by vectors alone and
+        ``score`` is the cosine similarity; ``dense=False`` by BM25 alone and ``score`` is ``-bm25`` (higher
         is better; no model is needed). ``query=None`` searches with the conversation's latest user
         message (the original design's "user input"); with none, the semantic part is empty.
         Messages whose vectors are still being computed are found by keywords only: call
@@ -732,10 +732,11 @@ class Memory:
         relevance floor of the searching strategies, a cosine similarity: when the query's
         best dense match is below it, nothing in the scope answers the query and the
         answer is empty (its summary says "no relevant memory"); otherwise messages below
-        it are dropped unless BM25 matched them. ``"auto"`` is the floor measured for the
-        embedder (0.35 for all-MiniLM-L6-v2; none for a model not measured), ``None`` turns
-        it off. ``dense=False`` searches have no similarity to judge by, hence no floor;
-        in ``hybrid`` it applies to the semantic part only.
+        it are dropped unless BM25 matched them or they answer a question that stayed (the
+        message after it: its question is the evidence). ``"auto"`` is the floor measured
+        for the embedder (0.35 for all-MiniLM-L6-v2; none for a model not measured),
+        ``None`` turns it off. ``dense=False`` searches have no similarity to judge by,
+        hence no floor; in ``hybrid`` it applies to the semantic part only.
 
         With a ``reranker``, the searching strategies reorder their answer with it (the
         semantic part of ``hybrid``): it scores the first ``rerank_candidates`` messages

@@ -3,7 +3,7 @@ candidate's shape. The pipeline's stage 4 (``retrieval.adjust``) adds these to t
 score of each candidate; this module reads them from text and knows nothing of the store.
 
 Each signal was measured on LoCoMo (benchmarks/locomo.py, five conversations; decided on
-three, confirmed on the other two: benchmarks/quality_directions.py prints every step):
+three, confirmed on the other two: benchmarks/locomo_signals.py prints every step):
 
 * **Replies** (``REPLY_SHARE``): a message that asks a question (``asks``) passes a
   share of its score to the message that follows it in its conversation, its answer. The question turn
@@ -53,10 +53,17 @@ STOPWORDS = frozenset(
     "o os as um uma uns umas de do da dos das em no na nos nas para por com que e é se "
     "ao aos à às eu ele ela eles elas meu minha seu sua foi ser são qual quando onde como".split()
 )
-# A query's capitalised words that are not names: those, and more question words.
-_NOT_NAMES = STOPWORDS | frozenset("can could if should whom whose would quais quem porque".split())  # noqa: SIM905
+# A query's capitalised words that are not names: those, more question words, and the
+# verbs and greetings a request opens with.
+_NOT_NAMES = STOPWORDS | frozenset(
+    "can could if should whom whose would quais quem porque "  # noqa: SIM905
+    "tell show give find list remind recall remember describe explain summarize summarise "
+    "please hey hi hello thanks ok okay yes no "
+    "diga conte mostre lembre lembra descreva explique resuma por favor oi ola obrigado sim nao".split()
+)
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_FIRST = datetime.min.replace(tzinfo=_UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 # Month names, English and Portuguese, full and abbreviated, folded (no accents). Written
@@ -68,15 +75,15 @@ for _names in ("january february march april may june july august september octo
     _MONTHS.update((name, number) for number, name in enumerate(_names.split(), start=1))
 _MONTHS["sept"] = 9
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
-_DAY = r"(\d{1,2})(?:st|nd|rd|th|º)?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th|o)?"  # "13º" is folded to "13o"
 _YEAR = r"((?:19|20)\d\d)"
 _OF = r"(?:\s+(?:de|of))?"  # "13 de outubro de 2023", "3rd of March"
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("day month year", re.compile(rf"\b{_DAY}{_OF}\s+({_MONTH})\.?,?{_OF}\s+{_YEAR}\b")),
     ("month day year", re.compile(rf"\b({_MONTH})\.?\s+{_DAY},?\s+{_YEAR}\b")),
     ("month year", re.compile(rf"\b({_MONTH})\.?,?{_OF}(?:\s+of)?\s+{_YEAR}\b")),
-    ("year", re.compile(rf"\b(?:in|during|of|since|em|durante|de)\s+{_YEAR}\b")),
-    ("month", re.compile(rf"\b(?:in|during|since|last|this|em|desde|no mes de)\s+({_MONTH})\b")),
+    ("year", re.compile(rf"\b(?:in|during|since|em|durante|desde)\s+{_YEAR}\b")),  # not "of 2000 items"
+    ("month", re.compile(rf"\b(?:in|during|since|last|em|desde|no mes de)\s+({_MONTH})\b")),
 )
 _RELATIVE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:yesterday|ontem)\b"), "yesterday"),
@@ -111,7 +118,8 @@ class Span:
         """Whether a message written at ``when`` may tell of this time: in it, or up to
         ``TIME_SLACK`` after it."""
         if self.month is not None:
-            return when.month == self.month or (when - TIME_SLACK).month == self.month
+            earlier = when - TIME_SLACK if when - _FIRST >= TIME_SLACK else when  # year 1
+            return when.month == self.month or earlier.month == self.month
         assert self.start is not None and self.end is not None
         return self.start <= when < self.end + TIME_SLACK
 
@@ -143,13 +151,15 @@ def _month_span(year: int, month: int) -> Span:
 def time_span(query: str, now: datetime) -> Span | None:
     """The first time ``query`` names (English or Portuguese), or None: a date, a month
     of a year, a year, a month alone ("in June": that month of any year), or a time
-    relative to ``now`` (yesterday, today, last week, last month, last year). A date that
-    does not exist ("31 February 2023") names nothing."""
+    relative to ``now`` (yesterday, today, last week, last month, last year; in UTC
+    days). A date that does not exist ("31 February 2023") names nothing."""
     text = fold(query)
     for kind, pattern in _PATTERNS:
         match = pattern.search(text)
         if match is None:
             continue
+        if kind == "month" and match[1] == "may" and not re.search(r"\bMay\b", query):
+            continue  # "since may be", "in may help": the verb, unless written as the month
         try:
             if kind == "day month year":
                 start = datetime(int(match[3]), _MONTHS[match[2]], int(match[1]), tzinfo=_UTC)
@@ -187,14 +197,16 @@ def _relative(name: str, now: datetime) -> Span:
 
 
 def names(query: str) -> tuple[str, ...]:
-    """The query's capitalised words that are not question or function words or months
-    (the time signal reads those), folded and without a possessive ("Caroline's" ->
-    "caroline"), in order, once each."""
+    """The query's capitalised words that are not question or function words, request
+    verbs or months (the time signal reads those), folded and without a possessive
+    ("Caroline's" -> "caroline"), in order, once each."""
     found = []
     for word in re.findall(r"[^\W\d_][\w'’]*", query):
         base = re.sub(r"['’]s?$", "", word)
-        if len(base) > 1 and base[0].isupper() and fold(base) not in _NOT_NAMES and fold(base) not in _MONTHS:
-            found.append(fold(base))
+        if not base[0].isupper() or fold(base) in _NOT_NAMES or fold(base) in _MONTHS:
+            continue
+        # as words() splits a message: "O'Brien" is "o" and "brien"; one letter is no name
+        found += [part for part in _WORD.findall(fold(base)) if len(part) > 1]
     return tuple(dict.fromkeys(found))
 
 
@@ -231,7 +243,7 @@ def bonus(text: str, when_us: int, query: QueryHints) -> float:
     if query.span is not None and query.span.holds_us(when_us):
         added += TIME_BONUS
     if query.names:
-        added += NAME_BONUS * sum(name in distinct for name in query.names) / len(query.names)
+        added += NAME_BONUS * len(distinct.intersection(query.names)) / len(query.names)
     return added
 
 

@@ -112,7 +112,7 @@ class World:
         with self.mem._store.read() as conn:
             messages = [r for r in conn.execute(
                 "SELECT m.id, m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, m.created_at, m.feature,"
-                " m.metadata, v.embedding, f.content, f.prev FROM messages m"
+                " m.metadata, v.embedding, f.content, f.prev, f.next FROM messages m"
                 " LEFT JOIN message_vectors v ON v.rowid = m.id JOIN messages_fts f ON f.rowid = m.id ORDER BY m.id"
             ) if keep(r[3], r[2])]
             summaries = [r for r in conn.execute("SELECT * FROM summaries ORDER BY 1, 2") if keep(r[0], r[1])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from hash_embedder import HashEmbedder
 
@@ -105,7 +106,7 @@ def test_bonus_adds_time_names_and_length():
 
 # -- through the pipeline ------------------------------------------------------------------
 
-OWNER = dict(owner_id="u1")
+OWNER = {"owner_id": "u1"}
 
 
 def test_a_question_passes_its_score_to_its_answer(tmp_path):
@@ -161,3 +162,99 @@ def test_signals_apply_to_fused_search_only(tmp_path):
         dense = mem.get_memory(Strategy.SEMANTIC_SEARCH, query="pizza", conversation_id="c1", keyword=False,
                                min_relevance=None, **OWNER)
         assert all(-1.0 <= m.score <= 1.0 for m in dense.messages)
+
+
+# -- found in review ------------------------------------------------------------------------
+
+
+class Scripted(HashEmbedder):
+    """Vectors by marker word, so a test sets each message's cosine to the query "zebra":
+    QUESTION 1.0, HIGH 0.5, LOW 0.3, NEG -0.9, KW 0.01, anything else 0."""
+
+    name = "scripted"
+
+    def _vector(self, text):
+        v = np.zeros(self.dim, np.float32)
+        for marker, (axis, cos) in {"QUESTION": (1, 1.0), "HIGH": (1, 0.5), "LOW": (2, 0.3), "NEG": (1, -0.9),
+                                    "KW": (1, 0.01)}.items():
+            if marker in text:
+                v[0], v[axis + 1] = cos, np.sqrt(1 - cos * cos)
+                return v
+        if text == "zebra":
+            v[0] = 1.0
+        else:
+            v[5] = 1.0
+        return v
+
+
+def _chat(mem, texts, conversation="c"):
+    t0 = day(2024, 1, 1)
+    for k, text in enumerate(texts):
+        mem.add("user", text, conversation_id=conversation, owner_id="o", created_at=t0 + timedelta(minutes=k))
+
+
+def test_an_answer_ranked_past_the_adjusted_candidates_moves_up_once(tmp_path):
+    """The question is among the first ADJUST_DEPTH, its answer further down: the answer
+    moves up, and appears once (in the answer, in explain, and to a reranker)."""
+    with Memory(tmp_path / "m.db", embedder=Scripted(), embed="sync") as mem:
+        _chat(mem, [f"HIGH zebra note {k}" for k in range(40)] + ["QUESTION did you like it?",
+              "ANSWER yes it was amazing"] + [f"LOW other thing {k}" for k in range(40)])
+        got = mem.get_memory(Strategy.SEMANTIC_SEARCH, conversation_id="c", owner_id="o", query="zebra", limit=150)
+        ids = [m.msg_id for m in got.messages]
+        assert len(ids) == len(set(ids)) == 82
+        assert [m.content for m in got.messages].index("ANSWER yes it was amazing") < 60
+        explained = mem.explain(Strategy.SEMANTIC_SEARCH, conversation_id="c", owner_id="o", query="zebra", limit=150)
+        assert len({c.msg_id for c in explained.candidates}) == len(explained.candidates) == 82
+
+
+def test_an_answer_stays_past_the_floor_through_its_question(tmp_path):
+    """The answer has nothing of the query (cosine 0, no keyword): the floor would drop
+    it; it stays as the answer of a question that passed, with its cosine known."""
+    with Memory(tmp_path / "m.db", embedder=Scripted(), embed="sync", min_relevance=0.5) as mem:
+        _chat(mem, ["QUESTION did you like it?", "ANSWER yes it was amazing", "OTHER unrelated chat"])
+        got = mem.get_memory(Strategy.SEMANTIC_SEARCH, conversation_id="c", owner_id="o", query="zebra")
+        assert [m.content for m in got.messages] == ["QUESTION did you like it?", "ANSWER yes it was amazing"]
+        assert got.stages.below_floor == 1  # only OTHER: the answer came back
+        explained = mem.explain(Strategy.SEMANTIC_SEARCH, conversation_id="c", owner_id="o", query="zebra")
+        fates = {c.content: (c.fate, c.cosine) for c in explained.candidates}
+        assert fates["ANSWER yes it was amazing"] == ("kept", pytest.approx(0.0, abs=1e-6))
+        assert fates["OTHER unrelated chat"][0] == "below the relevance floor"
+
+
+def test_a_negative_cosine_counts_as_none_and_passes_nothing_on(tmp_path):
+    with Memory(tmp_path / "m.db", embedder=Scripted(), embed="sync", min_relevance=None) as mem:
+        _chat(mem, ["KW zebra", "NEG anything?", "ANSWER yes"])
+        got = mem.get_memory(Strategy.SEMANTIC_SEARCH, conversation_id="c", owner_id="o", query="zebra", limit=5)
+        assert all(m.score >= 0 for m in got.messages)
+        assert got.messages[0].content == "KW zebra"
+
+
+def test_a_month_of_any_year_near_the_first_datetime(tmp_path):
+    """A message from the first days of year 1 (the earliest time a datetime holds) and a
+    query naming a month: no OverflowError."""
+    assert not Span(None, None, 12).holds(datetime(1, 1, 3, tzinfo=UTC))
+    assert Span(None, None, 1).holds(datetime(1, 1, 3, tzinfo=UTC))
+    with Memory(tmp_path / "m.db", embedder=HashEmbedder(), embed="sync") as mem:
+        mem.add("user", "we went skiing", conversation_id="c", owner_id="o", created_at=datetime(1, 1, 2, tzinfo=UTC))
+        got = mem.get_memory(Strategy.SEMANTIC_SEARCH, conversation_id="c", owner_id="o", query="skiing in December")
+        assert [m.content for m in got.messages] == ["we went skiing"]
+
+
+@pytest.mark.parametrize("query, span", [
+    ("this may help", None),
+    ("since may be useful", None),
+    ("in May", Span(None, None, 5)),
+    ("a list of 2000 items", None),
+    ("13º de outubro de 2023", Span(day(2023, 10, 13), day(2023, 10, 14))),
+])
+def test_words_that_look_like_times(query, span):
+    assert time_span(query, NOW) == span
+
+
+@pytest.mark.parametrize("query, found", [
+    ("What did O'Brien say?", ("brien",)),  # as a message's words split: "o", "brien"
+    ("Tell me about the trip", ()),
+    ("Remind me what Ana said", ("ana",)),
+])
+def test_names_as_messages_hold_them(query, found):
+    assert names(query) == found
