@@ -3,25 +3,26 @@ candidate's shape. The pipeline's stage 4 (``retrieval.adjust``) adds these to t
 score of each candidate; this module reads them from text and knows nothing of the store.
 
 Each signal was measured on LoCoMo (benchmarks/locomo.py, five conversations; decided on
-three, confirmed on the other two: benchmarks/locomo_signals.py prints every step):
+three, confirmed on the other two: benchmarks/locomo_signals.py prints every step; the
+gains below are what taking the signal out of the default loses, on all five):
 
-* **Replies** (``REPLY_SHARE``): a message that asks a question (``asks``) passes a
-  share of its score to the message that follows it in its conversation, its answer. The question turn
-  ("You play any instruments?") matches a query best; the answer ("Yes, I play clarinet")
-  is what the caller needs. recall@1 +0.025.
+* **Replies** (``REPLY_SHARE``): a message that asks a question (``asks``) passes a share
+  of its score to the message that follows it in its conversation, its answer. The
+  question turn ("You play any instruments?") matches a query best; the answer ("Yes, I
+  play clarinet") is what the caller needs. recall@1 +0.033.
 * **Conversations** (``CONVERSATION_SHARE``): every message gets a share of the best
   fused score in its conversation: a conversation where something matches well is where
-  the rest of the answer is likely to be. recall@5 +0.012, recall@10 +0.008 (a share of
+  the rest of the answer is likely to be. recall@5 and recall@10 +0.008 (a share of
   0.1-0.4 measured; more costs multi-hop questions, whose answer is spread out).
 * **Time** (``TIME_BONUS``): a query that names a time ("in July 2023", "on 13 October,
   2023", "last May", "em maio de 2023", "last year") favours messages written in that span
   or up to ``TIME_SLACK`` after it (people tell what they did after they did it).
-  recall@10 +0.014; temporal questions +0.03.
+  recall@10 +0.019; temporal questions +0.035.
 * **Names** (``NAME_BONUS``): capitalised words of the query (people, places, things:
-  "What did Caroline research?") favour messages that contain them. recall@1 +0.006.
+  "What did Caroline research?") favour messages that contain them. recall@1 +0.005.
 * **Substance** (``LENGTH_WEIGHT``): ``log(1 + distinct words)``: between two messages
   the rankings score alike, the one with more to say ("Thanks!" rarely answers a
-  question). recall@10 +0.016.
+  question). recall@1 +0.022, recall@10 +0.009.
 
 The constants are in units of the fused score (``retrieval.fuse``: 1.0 is the best of
 both rankings).
