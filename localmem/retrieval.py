@@ -24,7 +24,6 @@ messages; ``Memory`` validates and caches.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from typing import Any, NamedTuple, TypedDict
 from . import signals
 from .errors import ModelError, call_model
 from .records import Row, SearchStages
-from .signals import STOPWORDS
+from .signals import STOPWORDS, WORD
 from .store import EXACT_SEARCH_MAX, Store
 
 __all__ = ["ADJUST_DEPTH", "CONFIDENT", "FUSION_DEPTH", "KEYWORD_WEIGHT", "SCORED_DEPTH", "STOPWORDS", "Candidate", "Lists",
@@ -64,7 +63,6 @@ SCORED_DEPTH = 200
 # default 0.793); the stage's time is about linear in it.
 ADJUST_DEPTH = 60
 _MAX_QUERY_WORDS = 64
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def keyword_query(text: str) -> str | None:
@@ -75,7 +73,7 @@ def keyword_query(text: str) -> str | None:
     the words they contain (or dropped, being punctuation). Stopwords are left out unless
     the query has nothing else.
     """
-    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    words = list(dict.fromkeys(w.lower() for w in WORD.findall(text)))
     words = ([w for w in words if w not in STOPWORDS] or words)[:_MAX_QUERY_WORDS]
     if not words:
         return None

@@ -43,7 +43,8 @@ TIME_SLACK = timedelta(days=14)
 NAME_BONUS = 0.1
 LENGTH_WEIGHT = 0.08
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+# A word, as keyword queries and the signals split text (the keyword index tokenises alike).
+WORD = re.compile(r"\w+", re.UNICODE)
 # Function words left out of keyword queries (English and Portuguese): OR-ing "what" or
 # "the" into BM25 only adds noise. On LoCoMo, dropping them lifts BM25 recall@10 by 5 points.
 # (One string, split: easier to read and edit than a list of quoted words.)
@@ -207,7 +208,7 @@ def names(query: str) -> tuple[str, ...]:
         if not base[0].isupper() or fold(base) in _NOT_NAMES or fold(base) in _MONTHS:
             continue
         # as words() splits a message: "O'Brien" is "o" and "brien"; one letter is no name
-        found += [part for part in _WORD.findall(fold(base)) if len(part) > 1]
+        found += [part for part in WORD.findall(fold(base)) if len(part) > 1]
     return tuple(dict.fromkeys(found))
 
 
@@ -233,7 +234,7 @@ def words(text: str) -> frozenset[str]:
     """The distinct words (runs of word characters) of a message, folded."""
     if text.isascii():
         return frozenset(text.lower().translate(_ASCII_NON_WORD).split())
-    return frozenset(_WORD.findall(fold(text)))
+    return frozenset(WORD.findall(fold(text)))
 
 
 def bonus(text: str, when_us: int, query: QueryHints) -> float:

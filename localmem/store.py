@@ -427,6 +427,26 @@ def _vector_dim(identity: dict[str, Any]) -> int:
     return dim
 
 
+def _in_chunks(values: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
+    """``values`` in parts of at most ``_MAX_PARAMS``, each with its ``?, ?, ...`` for an
+    ``IN (...)``: SQLite limits the parameters of a statement."""
+    for start in range(0, len(values), _MAX_PARAMS):
+        part = list(values[start : start + _MAX_PARAMS])
+        yield part, ",".join("?" * len(part))
+
+
+def _cosines(conn: Any, vector: bytes, ids: Sequence[int]) -> Iterator[tuple[int, float]]:
+    """(id, cosine similarity to ``vector``) of each message of ``ids`` with a stored
+    vector, one point lookup each in one statement (the loop in C: vec0 turns the join's
+    rowid equality into its rowid index); a vector with no direction (NaN) is left out."""
+    for row_id, distance in conn.execute(
+        "SELECT j.value, vec_distance_cosine(v.embedding, ?) FROM json_each(?) j"
+        " JOIN message_vectors v ON v.rowid = j.value", (vector, json.dumps(list(ids)))
+    ):
+        if distance is not None:
+            yield row_id, 1.0 - distance
+
+
 def _conflict(new: NewMessage) -> InvalidInputError:
     return InvalidInputError(
         f"msg_id {new.msg_id!r} already exists with different fields; a msg_id names one message"
@@ -1301,17 +1321,7 @@ class Store:
                     f" AND k = ? AND {where}",
                     [vector, wanted, *args],
                 ).fetchall()
-                # One statement: a point lookup per candidate, the loop in C (vec0 turns
-                # the join's rowid equality into its rowid index).
-                scored = [
-                    (row_id, 1.0 - distance)
-                    for row_id, distance in conn.execute(
-                        "SELECT j.value, vec_distance_cosine(v.embedding, ?) FROM json_each(?) j"
-                        " JOIN message_vectors v ON v.rowid = j.value",
-                        (vector, json.dumps([row_id for (row_id,) in candidates])),
-                    )
-                    if distance is not None  # NaN: a vector with no direction
-                ]
+                scored = list(_cosines(conn, vector, [row_id for (row_id,) in candidates]))
                 scored.sort(key=lambda pair: (-pair[1], pair[0]))
                 return scored if spare else scored[:k]
             rows = [
@@ -1360,19 +1370,10 @@ class Store:
         keyword search found and the dense search did not rank."""
         if not ids or is_zero_vector(vector):
             return {}
-        found: dict[int, float] = {}
         with self.read() as conn:
             if self._vector_table(conn) is None:
                 return {}
-            for start in range(0, len(ids), _MAX_PARAMS):
-                part = json.dumps(list(ids[start : start + _MAX_PARAMS]))
-                for row_id, distance in conn.execute(
-                    "SELECT v.rowid, vec_distance_cosine(v.embedding, ?) FROM json_each(?) j"
-                    " JOIN message_vectors v ON v.rowid = j.value", (vector, part)
-                ):
-                    if distance is not None:
-                        found[row_id] = 1.0 - distance
-        return found
+            return dict(_cosines(conn, vector, ids))
 
     def rows_and_successors(self, ids: Sequence[int]) -> tuple[dict[int, Row], dict[int, int]]:
         """``rows_by_id(ids)``, and the next message of each in its conversation's
@@ -1380,19 +1381,19 @@ class Store:
         out): one snapshot, one statement."""
         rows: dict[int, Row] = {}
         successors: dict[int, int] = {}
-        with self.read() as conn:
-            for start in range(0, len(ids), _MAX_PARAMS):
-                part = list(ids[start : start + _MAX_PARAMS])
-                marks = ",".join("?" * len(part))
-                for row in conn.execute(
-                    f"SELECT m.id, {_M_COLUMNS}, "
-                    + _NEIGHBOUR.format(m="m", cmp=">", order="ASC", col="id")
-                    + f" FROM messages m WHERE m.id IN ({marks})", part
-                ):
-                    rows[row[0]] = Row._make(row[1:-1])
-                    if row[-1] is not None:
-                        successors[row[0]] = row[-1]
+        for row in self._rows(ids, _NEIGHBOUR.format(m="m", cmp=">", order="ASC", col="id")):
+            rows[row[0]] = Row._make(row[1:-1])
+            if row[-1] is not None:
+                successors[row[0]] = row[-1]
         return rows, successors
+
+    def _rows(self, ids: Sequence[int], extra: str | None = None) -> list[tuple[Any, ...]]:
+        """(id, a Row's fields, then ``extra``'s value if given: an expression over
+        ``messages m``) of each message of ``ids`` that exists, in one snapshot."""
+        columns = f"m.id, {_M_COLUMNS}" + ("" if extra is None else f", {extra}")
+        with self.read() as conn:
+            return [row for part, marks in _in_chunks(ids) for row in conn.execute(
+                f"SELECT {columns} FROM messages m WHERE m.id IN ({marks})", part)]
 
     def recent_similarity(self, vector: bytes, owner_id: str, conversation_id: str, n: int) -> float | None:
         """The best cosine between ``vector`` and the newest ``n`` messages of the
@@ -1407,10 +1408,7 @@ class Store:
                 " ORDER BY created_at DESC, id DESC LIMIT ?", (conversation_id, owner_id, n))]
             if not ids:
                 return None
-            distances = [d for (d,) in conn.execute(
-                "SELECT vec_distance_cosine(v.embedding, ?) FROM json_each(?) j"
-                " JOIN message_vectors v ON v.rowid = j.value", (vector, json.dumps(ids))) if d is not None]
-        return 1.0 - min(distances) if distances else None
+            return max((cos for _, cos in _cosines(conn, vector, ids)), default=None)
 
     def any_keyword_match(self, match: str, owner_id: str, since_us: int | None = None,
                           scan: int = 5_000) -> bool | None:
@@ -1433,16 +1431,7 @@ class Store:
 
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, Row]:
         """Message rows by their integer id; missing ids are left out."""
-        found: dict[int, Row] = {}
-        with self.read() as conn:
-            for start in range(0, len(ids), _MAX_PARAMS):
-                part = list(ids[start : start + _MAX_PARAMS])
-                marks = ",".join("?" * len(part))
-                for row in conn.execute(
-                    f"SELECT id, {_COLUMNS} FROM messages WHERE id IN ({marks})", part
-                ):
-                    found[row[0]] = Row._make(row[1:])
-        return found
+        return {row[0]: Row._make(row[1:]) for row in self._rows(ids)}
 
     @contextlib.contextmanager
     def exporting(
@@ -1482,9 +1471,7 @@ class Store:
         automatic selector needs of a ranking, without the messages' text."""
         found: dict[int, str] = {}
         with self.read() as conn:
-            for start in range(0, len(ids), _MAX_PARAMS):
-                part = list(ids[start : start + _MAX_PARAMS])
-                marks = ",".join("?" * len(part))
+            for part, marks in _in_chunks(ids):
                 found.update(conn.execute(f"SELECT id, conversation_id FROM messages WHERE id IN ({marks})", part))
         return found
 
@@ -1541,9 +1528,7 @@ class Store:
         """``insert_many`` inside the caller's transaction, for messages by msg_id (none
         repeated): stored ones are skipped (popped from ``fresh``), the rest written."""
         given = [m.msg_id for m in fresh.values() if m.explicit_msg_id]
-        for start in range(0, len(given), _MAX_PARAMS):
-            part = given[start : start + _MAX_PARAMS]
-            marks = ",".join("?" * len(part))
+        for part, marks in _in_chunks(given):
             for stored in conn.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part
             ):
@@ -1561,9 +1546,7 @@ class Store:
         ids = list(dict.fromkeys(m.msg_id for m in chunk))
         stored: dict[str, Row] = {}
         with self.read() as conn:
-            for start in range(0, len(ids), _MAX_PARAMS):
-                part = ids[start : start + _MAX_PARAMS]
-                marks = ",".join("?" * len(part))
+            for part, marks in _in_chunks(ids):
                 for row in conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part):
                     stored[row[0]] = Row._make(row)
         found = [stored.get(m.msg_id) for m in chunk]
@@ -1584,9 +1567,7 @@ class Store:
                 return new, 0
             wanted = list(vectors)
             ids: dict[str, int] = {}
-            for start in range(0, len(wanted), _MAX_PARAMS):
-                part = wanted[start : start + _MAX_PARAMS]
-                marks = ",".join("?" * len(part))
+            for part, marks in _in_chunks(wanted):
                 ids.update(conn.execute(f"SELECT msg_id, id FROM messages WHERE msg_id IN ({marks})", part))
             found = [msg_id for msg_id in wanted if msg_id in ids]
             written = self._write_vectors(
@@ -1657,9 +1638,8 @@ class Store:
                 f" FROM messages m{where} UNION ALL SELECT {_NEIGHBOUR.format(m='m', cmp='>', order='ASC', col='id')}"
                 f" FROM messages m{where}) WHERE n IS NOT NULL AND n NOT IN ({doomed})", [*args, *args, *args])]
             conn.execute(f"DELETE FROM messages_fts WHERE rowid IN ({doomed})", args)
-            for start in range(0, len(bordering), _MAX_PARAMS):
-                marks = ",".join("?" * len(bordering[start : start + _MAX_PARAMS]))
-                conn.execute(f"DELETE FROM messages_fts WHERE rowid IN ({marks})", bordering[start : start + _MAX_PARAMS])
+            for part, marks in _in_chunks(bordering):
+                conn.execute(f"DELETE FROM messages_fts WHERE rowid IN ({marks})", part)
             ddl = self._vector_table(conn)
             if ddl is not None:
                 stored = conn.execute("SELECT count(*) FROM message_vectors_rowids").fetchone()[0]
@@ -1668,9 +1648,8 @@ class Store:
                 else:
                     conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", args)
             conn.execute(f"DELETE FROM messages AS m{where}", args)
-            for start in range(0, len(bordering), _MAX_PARAMS):
-                part = bordering[start : start + _MAX_PARAMS]
-                conn.execute(_REINDEX_FTS.format(marks=",".join("?" * len(part))), part)
+            for part, marks in _in_chunks(bordering):
+                conn.execute(_REINDEX_FTS.format(marks=marks), part)
             scopes = sorted({(o, c) for o, c, _ in rows})
             for o, c in scopes:
                 # The summary may quote what went: emptied, with a new version, so that a
