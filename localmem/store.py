@@ -31,15 +31,19 @@ from __future__ import annotations
 import array
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import driver
+import numpy as np
+
+from . import driver, vector_index
 from .errors import (
     ClosedError,
     CorruptDatabaseError,
@@ -285,6 +289,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             {_AFTER_DELETE}
         END""",
     ),
+    # 5 -> 6: the approximate index of large owners (localmem/vector_index.py) lives in files
+    # beside the database; here is which file each owner's is (``vector_indexes``: the
+    # vector generation it belongs to, the log position it covers) and what changed since
+    # (``vector_log``: the ids whose vector was written or deleted, kept only for owners
+    # that have an index, and trimmed when a newer file is published).
+    (
+        """CREATE TABLE vector_indexes (
+            owner_id   TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            seq        INTEGER NOT NULL,
+            file       TEXT,
+            count      INTEGER NOT NULL,
+            trained    INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE vector_log (
+            seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner_id TEXT NOT NULL,
+            id       INTEGER NOT NULL
+        )""",
+        "CREATE INDEX vector_log_by_owner ON vector_log (owner_id, seq)",
+        """CREATE TRIGGER messages_after_delete_indexed AFTER DELETE ON messages
+            WHEN EXISTS (SELECT 1 FROM vector_indexes WHERE owner_id = old.owner_id) BEGIN
+            INSERT INTO vector_log (owner_id, id) VALUES (old.owner_id, old.id);
+        END""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Statements that give every version in the file the current write stamp: run when a
@@ -306,6 +335,10 @@ _VECTOR_TABLE = """CREATE VIRTUAL TABLE message_vectors USING vec0(
     embedding float[{dim}] distance_metric=cosine{coarse}
 )"""
 _COARSE = "coarse bit["  # the sign-bit column's declaration, up to its dimension
+_LOG_VECTOR = (
+    "INSERT INTO vector_log (owner_id, id) SELECT owner_id, id FROM messages"
+    " WHERE id = ? AND owner_id IN (SELECT owner_id FROM vector_indexes)"
+)
 _VECTOR_DELETE_TRIGGER = """CREATE TRIGGER messages_after_delete_vector AFTER DELETE ON messages
 BEGIN
     DELETE FROM message_vectors WHERE rowid = old.id;
@@ -368,6 +401,11 @@ _MMAP_SIZE = 1 << 30  # bytes of the file read through mmap (SQLite caps it at i
 EXACT_SEARCH_MAX = 5_000
 OVERSAMPLE = 2
 MIN_CANDIDATES = 160
+# Owners past vector_index.INDEX_MIN: candidates asked of their index (at least), each
+# re-scored with its exact vector (a point lookup in sqlite-vec).
+INDEX_CANDIDATES = 40
+
+log = logging.getLogger(__name__)
 
 # SQLite primary result codes (https://sqlite.org/rescode.html).
 _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
@@ -646,6 +684,7 @@ class Store:
 
     def __init__(
         self, path: str, *, durability: str = "normal", lock_timeout: float = 5.0, read_only: bool = False,
+        index_dir: str | None = None,
     ):
         if durability not in ("normal", "full"):
             raise InvalidInputError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -680,6 +719,14 @@ class Store:
         self._idle: dict[str, list[Any]] = {}
         self._readers: list[Any] = []  # every read connection, to close them
         self._closed = False
+        # Large owners' approximate indexes (localmem/vector_index.py): their folder (none
+        # for an in-memory database: its owners are searched by sqlite-vec alone), the open
+        # ones, and the owners whose file this process is building.
+        self.index_dir = None if self._in_memory else Path(index_dir if index_dir is not None else path + "-index")
+        self.index_min = vector_index.INDEX_MIN
+        self._indexes: dict[str, vector_index.OwnerIndex] = {}
+        self._index_lock = threading.Lock()
+        self._index_builds: set[str] = set()
         if not self._in_memory:
             _refuse_hard_links(path)
         with self._mapped_errors():
@@ -804,6 +851,7 @@ class Store:
         self._tidy = False  # the parent's to do
         self._conn = None if self.read_only else self._open()
         self._stamped = False  # a new connection: the child's writes get a stamp of their own
+        self._index_builds = set()  # the parent's build threads are not the child's
 
     def close(self) -> None:
         with self._lock:
@@ -827,6 +875,10 @@ class Store:
                     conn.close()
             if self._tidy:
                 driver.tidy_wal(self.path)
+            with self._index_lock:
+                for index in self._indexes.values():
+                    index.close()
+                self._indexes.clear()
 
     @property
     def closed(self) -> bool:
@@ -840,6 +892,7 @@ class Store:
     def reset_locks_after_fork(self) -> None:
         self._lock = threading.RLock()
         self._pool_lock = threading.Lock()
+        self._index_lock = threading.Lock()
 
     # -- transactions -----------------------------------------------------------------
 
@@ -1218,6 +1271,8 @@ class Store:
             + " FROM messages WHERE id = ?2"
         )
         written = 0
+        # An owner with an approximate index learns of new vectors from the log.
+        logged = conn.execute("SELECT EXISTS (SELECT 1 FROM vector_indexes)").fetchone()[0]
         for row_id, vector in zip(ids, vectors, strict=True):
             if len(vector) != dim * 4:
                 raise InvalidInputError(
@@ -1228,6 +1283,8 @@ class Store:
                     conn.execute("INSERT INTO zero_vectors (id) SELECT id FROM messages WHERE id = ?", (row_id,))
                 else:
                     written += conn.execute(insert, (vector, row_id)).rowcount
+                    if logged:
+                        conn.execute(_LOG_VECTOR, (row_id,))
         return written
 
     def reset_vectors(self) -> int:
@@ -1239,8 +1296,218 @@ class Store:
             conn.execute("DROP TABLE IF EXISTS message_vectors")
             conn.execute("DELETE FROM meta WHERE key = 'embedder'")
             conn.execute("DELETE FROM zero_vectors")
+            dropped = self._drop_indexes(conn, None)
             conn.execute("INSERT OR IGNORE INTO pending_vectors (id) SELECT id FROM messages")
-            return conn.execute("SELECT count(*) FROM pending_vectors").fetchone()[0]
+            queued = conn.execute("SELECT count(*) FROM pending_vectors").fetchone()[0]
+        self._remove_index_files(dropped)
+        return queued
+
+    # -- the approximate index of large owners (localmem/vector_index.py) -------------
+
+    @staticmethod
+    def _generation(conn: Any) -> int:
+        return conn.execute("SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta"
+                            " WHERE key = 'vector_generation'), 0)").fetchone()[0]
+
+    def _indexed_knn(self, conn: Any, vector: bytes, k: int, owner_id: str, conversation_id: str | None,
+                     since_us: int | None, spare: bool) -> list[tuple[int, float]] | None:
+        """``knn`` through the owner's approximate index, in the caller's snapshot: the
+        log's changes since the file applied, its candidates re-scored with their exact
+        vectors. None when the owner has no usable file yet (one is built meanwhile, in
+        the background; sqlite-vec answers until then)."""
+        row = conn.execute("SELECT generation, file FROM vector_indexes WHERE owner_id = ?", (owner_id,)).fetchone()
+        if row is None or row[1] is None or row[0] != self._generation(conn):
+            with self._index_lock:
+                self._indexes.pop(owner_id, None)
+            self._build_later(owner_id)
+            return None
+        index = self._open_index(owner_id, row[1])
+        if index is None:
+            self._build_later(owner_id)
+            return None
+        with index.lock:
+            logged = conn.execute("SELECT seq, id FROM vector_log WHERE owner_id = ? AND seq > ? ORDER BY seq",
+                                  (owner_id, index.seq)).fetchall()
+            if logged:
+                ids = list(dict.fromkeys(row_id for _, row_id in logged))
+                now: dict[int, tuple[str, int, bytes]] = {}
+                for part, marks in _in_chunks(ids):
+                    now.update((r[0], (r[1], r[2], r[3])) for r in conn.execute(
+                        "SELECT rowid, conversation_id, created_at, embedding FROM message_vectors"
+                        f" WHERE rowid IN ({marks})", part))
+                index.apply(logged[-1][0], [(row_id, now.get(row_id)) for row_id in ids])
+            if index.needs_merge():
+                self._build_later(owner_id)
+            query = np.frombuffer(vector, np.float32)
+            wanted = min(_MAX_K, max(OVERSAMPLE * k, INDEX_CANDIDATES))
+            candidates = index.search(query, wanted, conversation_id=conversation_id, since_us=since_us)
+        scored = list(_cosines(conn, vector, [row_id for row_id, _ in candidates]))
+        scored.sort(key=lambda pair: (-pair[1], pair[0]))
+        return scored if spare else scored[:k]
+
+    def _open_index(self, owner_id: str, name: str) -> vector_index.OwnerIndex | None:
+        """The owner's index on the published file ``name`` (opened on first use, or when
+        a newer file replaced this process's); None if it cannot be read."""
+        assert self.index_dir is not None
+        with self._index_lock:
+            index = self._indexes.get(owner_id)
+            if index is not None and index.base.path.name == name:
+                return index
+            try:
+                index = vector_index.OwnerIndex(vector_index.IndexFile(self.index_dir / name))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("%s: the vector index of an owner is unreadable (%s); it is built anew", self.path, exc)
+                self._indexes.pop(owner_id, None)
+                return None
+            self._indexes[owner_id] = index  # the one it replaces closes when no search holds it
+            return index
+
+    def _build_later(self, owner_id: str) -> None:
+        """Build (or merge) the owner's index in a background thread of this process,
+        unless one is running here already, or the store cannot write."""
+        if self.read_only or self._closed or self.index_dir is None:
+            return
+        with self._index_lock:
+            if owner_id in self._index_builds:
+                return
+            self._index_builds.add(owner_id)
+        threading.Thread(target=self._build_in_background, args=(owner_id,), daemon=True,
+                         name="localmem-vector-index").start()
+
+    def _build_in_background(self, owner_id: str) -> None:
+        try:
+            self.build_vector_index(owner_id, wait=False)
+        except Exception as exc:  # noqa: BLE001 - a thread's end: the searches go on through sqlite-vec; say why
+            if not self._closed:
+                log.warning("%s: building the vector index of an owner failed: %s", self.path, exc)
+        finally:
+            with self._index_lock:
+                self._index_builds.discard(owner_id)
+
+    def build_vector_index(self, owner_id: str, *, wait: bool = True) -> bool:
+        """Write the owner's approximate index file anew from its stored vectors and
+        publish it (see localmem/vector_index.py); True when published. One builder per
+        owner at a time, across processes: with ``wait=False`` this returns False at once
+        if another holds the owner's lock. The lists trained for the previous file are
+        kept while the owner has grown less than RETRAIN_GROWTH x since (a merge: no
+        k-means). Searches go on meanwhile, on the previous file or sqlite-vec."""
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path} is open read-only: no index is built")
+        if self.index_dir is None:
+            raise InvalidInputError("an in-memory database keeps no vector index files")
+        folder = self.index_dir
+        with vector_index.owner_lock(folder, owner_id, wait=wait) as held:
+            if not held:
+                return False
+            with self.write() as conn:
+                generation = self._generation(conn)
+                row = conn.execute("SELECT generation, file FROM vector_indexes WHERE owner_id = ?",
+                                   (owner_id,)).fetchone()
+                if row is None or row[0] != generation:  # from now on, the owner's changes are logged
+                    conn.execute("INSERT INTO vector_indexes (owner_id, generation, seq, file, count, trained)"
+                                 " VALUES (?, ?, 0, NULL, 0, 0) ON CONFLICT (owner_id) DO UPDATE SET"
+                                 " generation = excluded.generation, seq = 0, file = NULL, count = 0, trained = 0",
+                                 (owner_id, generation))
+                    conn.execute("DELETE FROM vector_log WHERE owner_id = ?", (owner_id,))
+                    row = (generation, None)
+            for path in vector_index.stale_files(folder, owner_id, keep=row[1]):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            built = self._build_index_file(owner_id, generation, row[1])
+            if built is None:
+                return False
+            with self.write() as conn:
+                now = conn.execute("SELECT generation FROM vector_indexes WHERE owner_id = ?", (owner_id,)).fetchone()
+                if now is None or now[0] != generation:  # dropped (forget, a new model) meanwhile
+                    with contextlib.suppress(OSError):
+                        built.path.unlink()
+                    return False
+                conn.execute("UPDATE vector_indexes SET seq = ?, file = ?, count = ?, trained = ? WHERE owner_id = ?",
+                             (built.seq, built.path.name, built.count, built.trained, owner_id))
+                conn.execute("DELETE FROM vector_log WHERE owner_id = ? AND seq <= ?", (owner_id, built.seq))
+            for path in vector_index.stale_files(folder, owner_id, keep=built.path.name):
+                with contextlib.suppress(OSError):
+                    path.unlink()  # a process still searching it keeps its mapping
+            return True
+
+    def _build_index_file(self, owner_id: str, generation: int, previous: str | None) -> vector_index.Built | None:
+        """The owner's vectors, read in one snapshot, written to a new index file (not yet
+        published); None when the owner has no vector."""
+        assert self.index_dir is not None
+        with self._fresh_reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                table = self._vector_table(conn)
+                identity = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
+                if table is None or identity is None:
+                    return None
+                dim = _vector_dim(json.loads(identity[0]))
+                seq = conn.execute("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'vector_log'),"
+                                   " 0)").fetchone()[0]
+                ids = np.array([i for (i,) in conn.execute("SELECT id FROM messages WHERE owner_id = ?",
+                                                           (owner_id,))], np.int64)
+                reuse = None
+                if previous is not None:
+                    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                        old = vector_index.IndexFile(self.index_dir / previous)
+                        if len(ids) <= vector_index.RETRAIN_GROWTH * old.trained:
+                            reuse = (np.array(old.centroids), old.trained, old.scale)
+                        old.close()
+                if reuse is None:
+                    picked = vector_index.sample_of(ids)
+                    sample = np.frombuffer(b"".join(
+                        blob for part, marks in _in_chunks(picked.tolist()) for (blob,) in conn.execute(
+                            f"SELECT embedding FROM message_vectors WHERE rowid IN ({marks})", part)
+                    ), np.float32).reshape(-1, dim)
+                else:
+                    sample = np.empty((0, dim), np.float32)
+
+                def chunks() -> Iterator[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]]:
+                    cursor = conn.execute("SELECT rowid, conversation_id, created_at, embedding FROM message_vectors"
+                                          " WHERE owner_id = ?", (owner_id,))
+                    while rows := cursor.fetchmany(8192):
+                        if self._closed:
+                            raise StoreError(f"{self.path}: closed while its vector index was being built")
+                        yield (np.array([r[0] for r in rows], np.int64), [r[1] for r in rows],
+                               np.array([r[2] for r in rows], np.int64),
+                               np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(-1, dim))
+
+                return vector_index.build(
+                    self.index_dir, vector_index.file_name(owner_id, generation, seq), chunks(), dim=dim,
+                    sample=sample, owner_id=owner_id, generation=generation, seq=seq, size_hint=len(ids),
+                    centroids=None if reuse is None else reuse[0], trained=None if reuse is None else reuse[1],
+                    scale=None if reuse is None else reuse[2])
+            finally:
+                conn.execute("COMMIT")
+
+    def _drop_indexes(self, conn: Any, owners: Sequence[str] | None) -> list[str]:
+        """Unregister the approximate indexes of ``owners`` (None: all), in the caller's
+        transaction; returns the owners that had one (their files go after the commit:
+        ``_remove_index_files``)."""
+        if owners is None:
+            dropped = [o for (o,) in conn.execute("SELECT owner_id FROM vector_indexes")]
+            conn.execute("DELETE FROM vector_indexes")
+            conn.execute("DELETE FROM vector_log")
+            return dropped
+        dropped = []
+        for part, marks in _in_chunks(list(owners)):
+            dropped += [o for (o,) in conn.execute(
+                f"DELETE FROM vector_indexes WHERE owner_id IN ({marks}) RETURNING owner_id", part)]
+            conn.execute(f"DELETE FROM vector_log WHERE owner_id IN ({marks})", part)
+        return dropped
+
+    def _remove_index_files(self, owners: Sequence[str]) -> None:
+        """Delete the published index files of ``owners`` (unregistered already)."""
+        if self.index_dir is None:
+            return
+        for owner in owners:
+            with self._index_lock:
+                index = self._indexes.pop(owner, None)
+            if index is not None:
+                index.close()
+            for path in self.index_dir.glob(f"{vector_index.owner_key(owner)}-*.ivf"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def vector_count(self) -> int:
         with self.read() as conn:
@@ -1314,6 +1581,12 @@ class Store:
                    else "conversations WHERE owner_id = ? AND conversation_id = ?"),
                 args[: 1 if conversation_id is None else 2],
             ).fetchone()[0]
+            owner_size = size if conversation_id is None else conn.execute(
+                "SELECT coalesce(sum(message_count), 0) FROM owners WHERE owner_id = ?", (owner_id,)).fetchone()[0]
+            if owner_size >= self.index_min and self.index_dir is not None and size > 0:
+                found = self._indexed_knn(conn, vector, k, owner_id, conversation_id, since_us, spare)
+                if found is not None:
+                    return found
             if size > exact_max and _COARSE in table:
                 wanted = min(_MAX_K, max(k * OVERSAMPLE, MIN_CANDIDATES))
                 candidates = conn.execute(
@@ -1647,6 +1920,9 @@ class Store:
                     self._rewrite_vectors(conn, ddl, f"rowid NOT IN ({doomed})", args, anew=True)
                 else:
                     conn.execute(f"DELETE FROM message_vectors WHERE rowid IN ({doomed})", args)
+            # The owners' approximate index files hold the doomed vectors' codes: they go
+            # (after the commit), and are built anew from what is left.
+            dropped = self._drop_indexes(conn, sorted({o for o, _, _ in rows}))
             conn.execute(f"DELETE FROM messages AS m{where}", args)
             for part, marks in _in_chunks(bordering):
                 conn.execute(_REINDEX_FTS.format(marks=marks), part)
@@ -1668,7 +1944,10 @@ class Store:
                 "SELECT 1 FROM conversations WHERE owner_id = ? AND conversation_id = ?", (o, c)).fetchone() is None)
             if scrub:
                 self._scrub(conn)
-            return Forgotten(len(rows), tuple(scopes), emptied, tuple(r[2] for r in rows), secure=self._secure(conn))
+            forgotten = Forgotten(len(rows), tuple(scopes), emptied, tuple(r[2] for r in rows),
+                                  secure=self._secure(conn))
+        self._remove_index_files(dropped)
+        return forgotten
 
     @staticmethod
     def _scrub(conn: Any) -> None:

@@ -1,0 +1,250 @@
+"""The approximate index of large owners (localmem/vector_index.py) through Store.knn:
+its answers against sqlite-vec's exact ones, the log of what changed since its file, and
+what forget, a new model, a damaged file and a read-only store do to it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from localmem import vector_index
+from localmem.store import Store
+from localmem.validate import new_message
+
+DIM = 32
+N = 6000
+IDENTITY = {"name": "t", "dim": DIM, "sha256": None}
+EXACT = 10**9  # knn(exact_max=EXACT) on a store whose index_min is past the size: sqlite-vec, exact
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, DIM))
+    return unit(centres[rng.integers(0, 40, N)] + rng.standard_normal((N, DIM)) * 0.5)
+
+
+def conversation(i: int) -> str:
+    return "tiny" if i % 50 == 0 else f"c{i % 3}"
+
+
+def fill(path, vectors) -> Store:
+    store = Store(str(path))
+    store.insert_many([new_message("user", f"m{i}", conversation_id=conversation(i), owner_id="u",
+                                   created_at=datetime.fromtimestamp(1_700_000_000 + i, timezone.utc)) for i in range(N)])
+    batch = store.pending_batch(N)
+    store.write_vectors(IDENTITY, [i for i, _ in batch], [vectors[i - 1].tobytes() for i, _ in batch])
+    return store
+
+
+@pytest.fixture
+def built(tmp_path, vectors):
+    """A store of 6000 messages whose owner has an index file (index_min lowered)."""
+    store = fill(tmp_path / "a.db", vectors)
+    store.index_min = 1000
+    assert store.build_vector_index("u")
+    yield store
+    store.close()
+
+
+def exact_ids(path, q, **scope) -> list[int]:
+    plain = Store(str(path))
+    try:
+        plain.index_min = EXACT
+        return [i for i, _ in plain.knn(q, 10, owner_id="u", exact_max=EXACT, **scope)]
+    finally:
+        plain.close()
+
+
+def query(vectors, i: int, noise: float = 0.05) -> bytes:
+    rng = np.random.default_rng(i)
+    return unit(vectors[i][None] + rng.standard_normal((1, DIM)) * noise)[0].tobytes()
+
+
+@pytest.mark.parametrize("scope", [{}, {"conversation_id": "c1"}, {"conversation_id": "tiny"},
+                                   {"since_us": (1_700_000_000 + 4000) * 1_000_000}])
+def test_the_index_answers_what_exact_search_does(built, vectors, scope):
+    path = built.path
+    found = 0
+    for i in range(0, N, 600):
+        q = query(vectors, i)
+        got = built.knn(q, 10, owner_id="u", **scope)
+        assert "u" in built._indexes  # answered by the index, not sqlite-vec
+        exact = exact_ids(path, q, **scope)
+        found += len(set(exact) & {j for j, _ in got})
+        # Scores are the exact cosines (re-scored from the stored vectors), best first.
+        for row_id, score in got:
+            assert score == pytest.approx(float(vectors[row_id - 1] @ np.frombuffer(q, np.float32)), abs=1e-5)
+        assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+        rows = built.rows_by_id([j for j, _ in got])
+        if "conversation_id" in scope:
+            assert {r.conversation_id for r in rows.values()} <= {scope["conversation_id"]}
+        if "since_us" in scope:
+            assert min(r.created_us for r in rows.values()) >= scope["since_us"]
+    assert found / (10 * len(range(0, N, 600))) >= 0.95
+
+
+def test_changes_after_the_file_are_searched_here_and_in_another_store(built, vectors):
+    q = query(vectors, 7)
+    first = built.knn(q, 10, owner_id="u")[0][0]
+    built.insert_many([new_message("user", "new", conversation_id="c1", owner_id="u")])
+    batch = built.pending_batch(10)
+    built.write_vectors(IDENTITY, [i for i, _ in batch], [q for _ in batch])
+    new_id = batch[0][0]
+    built.delete(built.rows_by_id([first])[first].msg_id)
+    other = Store(str(built.path))  # another process's view: the same file, the same log
+    other.index_min = 1000
+    try:
+        for store in (built, other):
+            got = [i for i, _ in store.knn(q, 10, owner_id="u")]
+            assert got[0] == new_id and first not in got
+            assert store._indexes["u"].changes == 2
+            assert new_id in [i for i, _ in store.knn(q, 10, owner_id="u", conversation_id="c1")]
+    finally:
+        other.close()
+
+
+def test_a_new_file_takes_the_changes_in_and_trims_the_log(built, vectors):
+    q = query(vectors, 11)
+    built.knn(q, 10, owner_id="u")
+    victims = [i for i, _ in built.knn(q, 5, owner_id="u")]
+    for row_id in victims:
+        built.delete(built.rows_by_id([row_id])[row_id].msg_id)
+    assert len(built._query("SELECT * FROM vector_log")) == 5
+    old = built._query("SELECT file, trained FROM vector_indexes")[0]
+    assert built.build_vector_index("u")
+    new = built._query("SELECT file, trained FROM vector_indexes")[0]
+    assert new[0] != old[0] and new[1] == old[1]  # a merge: the lists are kept
+    assert built._query("SELECT * FROM vector_log") == []
+    assert sorted(p.name for p in built.index_dir.glob("*.ivf")) == [new[0]]  # the old file went
+    got = [i for i, _ in built.knn(q, 10, owner_id="u")]
+    assert not set(victims) & set(got)
+    assert built._indexes["u"].base.count == N - 5 and built._indexes["u"].changes == 0
+
+
+def test_forget_removes_the_owners_file_at_once(built, vectors):
+    q = query(vectors, 3)
+    built.knn(q, 10, owner_id="u")
+    built.forget("u", "c1", None)
+    assert list(built.index_dir.glob("*.ivf")) == []
+    assert built._query("SELECT count(*) FROM vector_indexes")[0][0] == 0
+    got = built.knn(q, 10, owner_id="u")  # sqlite-vec meanwhile; a build starts in the background
+    rows = built.rows_by_id([i for i, _ in got])
+    assert rows and all(r.conversation_id != "c1" for r in rows.values())
+    assert built.build_vector_index("u")
+    assert all(built.rows_by_id([i])[i].conversation_id != "c1" for i, _ in built.knn(q, 10, owner_id="u"))
+
+
+def test_a_new_vector_space_drops_the_files(built, vectors):
+    built.reset_vectors()
+    assert list(built.index_dir.glob("*.ivf")) == []
+    assert built._query("SELECT count(*) FROM vector_indexes")[0][0] == 0
+    assert built.knn(query(vectors, 1), 10, owner_id="u") == []  # no vector yet: nothing is near
+
+
+def test_a_damaged_file_is_not_used_and_is_built_anew(built, vectors, caplog):
+    q = query(vectors, 5)
+    expected = exact_ids(built.path, q)
+    (path,) = built.index_dir.glob("*.ivf")
+    built.close()
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    damaged = path.stat().st_size
+    store = Store(str(built.path))
+    store.index_min = 1000
+    try:
+        with caplog.at_level(logging.WARNING, logger="localmem.store"):
+            got = [i for i, _ in store.knn(q, 10, owner_id="u", exact_max=EXACT)]
+        assert got == expected  # sqlite-vec answered
+        assert "unreadable" in caplog.text
+        deadline = time.monotonic() + 60
+        while store._index_builds and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (fresh,) = store.index_dir.glob("*.ivf")
+        assert fresh.stat().st_size > damaged and vector_index.IndexFile(fresh).verify() == []
+        store.knn(q, 10, owner_id="u")
+        assert "u" in store._indexes
+    finally:
+        store.close()
+
+
+def test_a_large_owner_gets_its_file_in_the_background(tmp_path, vectors):
+    store = fill(tmp_path / "b.db", vectors)
+    store.index_min = 1000
+    try:
+        q = query(vectors, 9)
+        assert len(store.knn(q, 10, owner_id="u")) == 10  # sqlite-vec, while the build runs
+        deadline = time.monotonic() + 60
+        while not store._query("SELECT file FROM vector_indexes WHERE file IS NOT NULL") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store.knn(q, 10, owner_id="u")
+        assert "u" in store._indexes
+    finally:
+        store.close()
+
+
+def test_a_read_only_store_searches_the_file_and_builds_nothing(built, vectors):
+    q = query(vectors, 2)
+    built.insert_many([new_message("user", "late", conversation_id="c2", owner_id="u")])
+    batch = built.pending_batch(10)
+    built.write_vectors(IDENTITY, [i for i, _ in batch], [q for _ in batch])
+    ro = Store(str(built.path), read_only=True)
+    ro.index_min = 1000
+    try:
+        assert ro.knn(q, 1, owner_id="u")[0][0] == batch[0][0]
+        assert "u" in ro._indexes and not ro._index_builds
+        with pytest.raises(Exception, match="read-only"):
+            ro.build_vector_index("u")
+    finally:
+        ro.close()
+
+
+def test_a_build_that_dies_leaves_the_published_file_in_place(built, vectors, monkeypatch):
+    (published,) = built.index_dir.glob("*.ivf")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(vector_index.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        built.build_vector_index("u")
+    monkeypatch.undo()
+    assert [p.name for p in built.index_dir.glob("*.ivf")] == [published.name]
+    assert not list(built.index_dir.glob(".building-*"))  # its temporary file was removed
+    assert built._query("SELECT file FROM vector_indexes")[0][0] == published.name
+    (built.index_dir / f".building-{vector_index.owner_key('u')}-x.ivf").write_bytes(b"partial")
+    assert built.build_vector_index("u")  # the next builder clears what a killed one left
+    assert not list(built.index_dir.glob(".building-*"))
+
+
+def test_the_file_format_checks_itself(built):
+    (path,) = built.index_dir.glob("*.ivf")
+    assert vector_index.IndexFile(path).verify() == []
+    codes_at = vector_index.IndexFile(path).header["arrays"]["codes"][2]
+    with open(path, "r+b") as f:
+        f.seek(codes_at + 100)
+        f.write(b"\x7f" * 10)
+    assert vector_index.IndexFile(path).verify()
+    path.write_bytes(b"not an index at all")
+    with pytest.raises(ValueError, match="not a localmem vector index"):
+        vector_index.IndexFile(path)
+
+
+def test_an_in_memory_store_keeps_no_index(vectors):
+    store = Store(":memory:")
+    try:
+        assert store.index_dir is None
+        with pytest.raises(Exception, match="in-memory"):
+            store.build_vector_index("u")
+    finally:
+        store.close()
