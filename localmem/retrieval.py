@@ -206,7 +206,7 @@ def gather(searcher: Searcher, query: str, depth: int, scope: _SearchScope) -> L
         ranked, sparse = _beside(dense, lambda: searcher.store.keyword(match, scored, **scope))
     cosine_of = searcher.seen(query, depth, scope)
     unscored = [row_id for row_id, _ in sparse[:depth] if row_id not in cosine_of]
-    cosine_of.update(searcher.store.cosines(searcher.vector(query), unscored))
+    cosine_of.update(searcher.store.cosines(searcher.vector(query), unscored, owner_id=scope["owner_id"]))
     return Lists(ranked, sparse[:depth], {row_id: -bm25 for row_id, bm25 in sparse}, cosine_of)
 
 

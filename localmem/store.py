@@ -485,6 +485,15 @@ def _cosines(conn: Any, vector: bytes, ids: Sequence[int]) -> Iterator[tuple[int
             yield row_id, 1.0 - distance
 
 
+def _signature(path: Path) -> tuple[Any, ...]:
+    """What tells a file from the one that had its name before it (None: no file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (path.name, None)
+    return (path.name, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _conflict(new: NewMessage) -> InvalidInputError:
     return InvalidInputError(
         f"msg_id {new.msg_id!r} already exists with different fields; a msg_id names one message"
@@ -727,6 +736,7 @@ class Store:
         self._indexes: dict[str, vector_index.OwnerIndex] = {}
         self._index_lock = threading.Lock()
         self._index_builds: set[str] = set()
+        self._bad_index_files: dict[str, tuple[Any, ...]] = {}  # owner -> _signature of its unreadable file
         if not self._in_memory:
             _refuse_hard_links(path)
         with self._mapped_errors():
@@ -1311,10 +1321,21 @@ class Store:
 
     def _indexed_knn(self, conn: Any, vector: bytes, k: int, owner_id: str, conversation_id: str | None,
                      since_us: int | None, spare: bool) -> list[tuple[int, float]] | None:
-        """``knn`` through the owner's approximate index, in the caller's snapshot: the
-        log's changes since the file applied, its candidates re-scored with their exact
-        vectors. None when the owner has no usable file yet (one is built meanwhile, in
-        the background; sqlite-vec answers until then)."""
+        """``knn`` through the owner's approximate index, in the caller's snapshot. None
+        when the owner has no usable file yet (one is built meanwhile, in the background;
+        sqlite-vec answers until then)."""
+        index = self._synced_index(conn, owner_id)
+        if index is None:
+            return None
+        wanted = min(_MAX_K, max(OVERSAMPLE * k, INDEX_CANDIDATES))
+        with index.lock:
+            found = index.search(np.frombuffer(vector, np.float32), wanted, conversation_id=conversation_id,
+                                 since_us=since_us)
+        return found if spare else found[:k]
+
+    def _synced_index(self, conn: Any, owner_id: str) -> vector_index.OwnerIndex | None:
+        """The owner's index with the log's changes since its file applied, as of the
+        caller's snapshot; None (and a build started) when there is no usable file."""
         row = conn.execute("SELECT generation, file FROM vector_indexes WHERE owner_id = ?", (owner_id,)).fetchone()
         if row is None or row[1] is None or row[0] != self._generation(conn):
             with self._index_lock:
@@ -1338,12 +1359,7 @@ class Store:
                 index.apply(logged[-1][0], [(row_id, now.get(row_id)) for row_id in ids])
             if index.needs_merge():
                 self._build_later(owner_id)
-            query = np.frombuffer(vector, np.float32)
-            wanted = min(_MAX_K, max(OVERSAMPLE * k, INDEX_CANDIDATES))
-            candidates = index.search(query, wanted, conversation_id=conversation_id, since_us=since_us)
-        scored = list(_cosines(conn, vector, [row_id for row_id, _ in candidates]))
-        scored.sort(key=lambda pair: (-pair[1], pair[0]))
-        return scored if spare else scored[:k]
+        return index
 
     def _open_index(self, owner_id: str, name: str) -> vector_index.OwnerIndex | None:
         """The owner's index on the published file ``name`` (opened on first use, or when
@@ -1353,12 +1369,17 @@ class Store:
             index = self._indexes.get(owner_id)
             if index is not None and index.base.path.name == name:
                 return index
+            path = self.index_dir / name
+            if owner_id in self._bad_index_files and self._bad_index_files[owner_id] == _signature(path):
+                return None  # said once; a build (here or elsewhere) replaces it
             try:
-                index = vector_index.OwnerIndex(vector_index.IndexFile(self.index_dir / name))
+                index = vector_index.OwnerIndex(vector_index.IndexFile(path))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("%s: the vector index of an owner is unreadable (%s); it is built anew", self.path, exc)
                 self._indexes.pop(owner_id, None)
+                self._bad_index_files[owner_id] = _signature(path)
                 return None
+            self._bad_index_files.pop(owner_id, None)
             self._indexes[owner_id] = index  # the one it replaces closes when no search holds it
             return index
 
@@ -1637,16 +1658,26 @@ class Store:
         with self.read("keyword") as conn:
             return conn.execute(sql, args).fetchall()
 
-    def cosines(self, vector: bytes, ids: Sequence[int]) -> dict[int, float]:
+    def cosines(self, vector: bytes, ids: Sequence[int], owner_id: str | None = None) -> dict[int, float]:
         """The cosine similarity between ``vector`` and each message of ``ids`` that has a
         vector (the others are left out): the fusion's score for a message that the
-        keyword search found and the dense search did not rank."""
+        keyword search found and the dense search did not rank. ``owner_id``: the owner
+        the ids belong to; when it has an approximate index, its copies answer (a
+        point lookup in sqlite-vec costs ~45 us at 100k)."""
         if not ids or is_zero_vector(vector):
             return {}
         with self.read() as conn:
             if self._vector_table(conn) is None:
                 return {}
-            return dict(_cosines(conn, vector, ids))
+            found: dict[int, float] = {}
+            if owner_id is not None and owner_id in self._indexes and self.index_dir is not None:
+                index = self._synced_index(conn, owner_id)
+                if index is not None:
+                    with index.lock:
+                        found = index.cosines(np.frombuffer(vector, np.float32), list(ids))
+            rest = [row_id for row_id in ids if row_id not in found]
+            found.update(_cosines(conn, vector, rest))
+            return found
 
     def rows_and_successors(self, ids: Sequence[int]) -> tuple[dict[int, Row], dict[int, int]]:
         """``rows_by_id(ids)``, and the next message of each in its conversation's

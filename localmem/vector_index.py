@@ -10,7 +10,8 @@ checked row by row). Past ``INDEX_MIN`` vectors an owner gets an inverted-file i
   ids, conversations and times;
 * a query scores the centroids, then the codes of the nearest lists until ``PROBE_ROWS``
   rows that pass the scope's filters (conversation, time) are scored, and returns the best
-  as candidates; ``Store.knn`` re-scores them with the exact float vectors from SQLite.
+  by their float16 copies (cosine within ~1e-4 of the float32 one: sqlite-vec's point
+  lookups, 45 us each at 100k, cost more than the search itself).
   A filter therefore costs lists, not recall: a conversation holding 5 % of the owner's
   messages probes about 20x more lists, and only its own rows are scored;
 * the file is derived and read-only (memory-mapped: the serving process keeps in memory
@@ -68,6 +69,7 @@ MERGE_MIN = 2_000
 RETRAIN_GROWTH = 2.0
 
 _MAGIC = b"LMIVF\x00\x01\n"
+FORMAT = 2  # the header's "format": a file of another is built anew
 _ALIGN = 64
 _CHUNK = 65_536  # rows per block when assigning and quantising
 
@@ -97,7 +99,8 @@ class Built:
 class IndexFile:
     """A published index file, memory-mapped read-only. Arrays (row order = list order):
     ``centroids`` (nlist, dim) float32, ``offsets`` (nlist + 1), ``ids``, ``codes`` (n, dim)
-    int8, ``conv`` (conversation number), ``created``; ``id_rows`` (rows in id order) and
+    int8 (the scan), ``vectors`` (n, dim) float16 (the scores), ``conv`` (conversation
+    number), ``created``; ``id_rows`` (rows in id order) and
     ``conv_rows`` with ``conv_offsets`` (rows by conversation)."""
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -108,6 +111,8 @@ class IndexFile:
                 raise ValueError(f"{self.path}: not a localmem vector index")
             (length,) = struct.unpack("<Q", head[8:])
             self.header: dict[str, Any] = json.loads(f.read(length))
+            if self.header.get("format") != FORMAT:
+                raise ValueError(f"{self.path}: index format {self.header.get('format')!r}, not {FORMAT}")
             size = os.fstat(f.fileno()).st_size
             if size != self.header["size"]:
                 raise ValueError(f"{self.path}: {size} bytes, its header says {self.header['size']}")
@@ -120,6 +125,7 @@ class IndexFile:
         self.offsets: np.ndarray = arrays["offsets"]
         self.ids: np.ndarray = arrays["ids"]
         self.codes: np.ndarray = arrays["codes"]
+        self.vectors: np.ndarray = arrays["vectors"]
         self.conv: np.ndarray = arrays["conv"]
         self.created: np.ndarray = arrays["created"]
         self.id_rows: np.ndarray = arrays["id_rows"]
@@ -150,7 +156,7 @@ class IndexFile:
         return np.where(found, self.id_rows[at] if len(self.sorted_ids) else -1, -1)
 
     def close(self) -> None:
-        for name in ("centroids", "offsets", "ids", "codes", "conv", "created", "id_rows", "conv_rows",
+        for name in ("centroids", "offsets", "ids", "codes", "vectors", "conv", "created", "id_rows", "conv_rows",
                      "conv_offsets", "sorted_ids"):
             setattr(self, name, None)
         try:
@@ -221,7 +227,8 @@ def build(
     if scale is None:
         peak = float(np.abs(sample).max()) if len(sample) else 1.0
         scale = 127.0 / max(peak, 1e-6)
-    parts: dict[str, list[np.ndarray]] = {"ids": [], "lists": [], "created": [], "conv": [], "codes": []}
+    parts: dict[str, list[np.ndarray]] = {"ids": [], "lists": [], "created": [], "conv": [], "codes": [],
+                                          "vectors": []}
     conversations: dict[str, int] = {}
     for chunk_ids, chunk_convs, chunk_created, vectors in chunks:
         parts["ids"].append(np.asarray(chunk_ids, np.int64))
@@ -230,8 +237,9 @@ def build(
                                       np.int32))
         parts["lists"].append(_nearest(vectors, centroids))
         parts["codes"].append(np.clip(np.rint(vectors * scale), -127, 127).astype(np.int8))
-    joined = {key: (np.concatenate(value) if value else np.empty((0, dim) if key == "codes" else 0,
-                                                                 np.int8 if key == "codes" else np.int64))
+        parts["vectors"].append(vectors.astype(np.float16))
+    empty: dict[str, np.ndarray] = {"codes": np.empty((0, dim), np.int8), "vectors": np.empty((0, dim), np.float16)}
+    joined: dict[str, np.ndarray] = {key: np.concatenate(value) if value else empty.get(key, np.empty(0, np.int64))
               for key, value in parts.items()}
     del parts
     count = len(joined["ids"])
@@ -240,6 +248,7 @@ def build(
     arrays["offsets"] = np.searchsorted(joined["lists"][order], np.arange(nlist + 1)).astype(np.int64)
     arrays["ids"] = joined.pop("ids")[order]
     arrays["codes"] = joined.pop("codes")[order]
+    arrays["vectors"] = joined.pop("vectors")[order]
     arrays["conv"] = joined.pop("conv")[order].astype(np.int32)
     arrays["created"] = joined.pop("created")[order]
     arrays["id_rows"] = np.argsort(arrays["ids"], kind="stable").astype(np.int64)
@@ -248,7 +257,7 @@ def build(
     arrays["conv_offsets"] = np.searchsorted(arrays["conv"][conv_rows], np.arange(len(conversations) + 1)).astype(
         np.int64)
     header: dict[str, Any] = {
-        "format": 1, "dim": dim, "count": count, "nlist": nlist, "scale": scale, "owner": owner_id,
+        "format": FORMAT, "dim": dim, "count": count, "nlist": nlist, "scale": scale, "owner": owner_id,
         "generation": generation, "seq": seq, "trained": int(trained or count),
         "conversations": list(conversations), "arrays": {},
     }
@@ -416,14 +425,30 @@ class OwnerIndex:
         rows = rows[keep]
         if not len(rows):
             return []
-        scores = (base.codes[rows].astype(np.float32) @ vector) / base.scale
-        if len(rows) > wanted:
-            best = np.argpartition(-scores, wanted - 1)[:wanted]
-            rows, scores = rows[best], scores[best]
+        if len(rows) > wanted:  # the codes choose, the float16 copies score
+            rough = base.codes[rows].astype(np.float32) @ vector
+            rows = rows[np.argpartition(-rough, wanted - 1)[:wanted]]
+        scores = base.vectors[rows].astype(np.float32) @ vector
         return list(zip(base.ids[rows].tolist(), scores.tolist(), strict=True))
 
+    def cosines(self, vector: np.ndarray, ids: list[int]) -> dict[int, float]:
+        """The cosine between ``vector`` and each of ``ids`` that the index holds (alive):
+        the file's float16 copies, or the delta's vectors."""
+        out: dict[int, float] = {}
+        if ids:
+            wanted = np.array(ids, np.int64)
+            rows = self.base.rows_of(wanted)
+            hit = rows >= 0
+            hit[hit] = ~self.dead[rows[hit]]
+            if hit.any():
+                scores = self.base.vectors[rows[hit]].astype(np.float32) @ vector
+                out.update(zip(wanted[hit].tolist(), scores.tolist(), strict=True))
+        for row_id, score in self._search_delta(vector, None, None, only=ids):
+            out[row_id] = score
+        return out
+
     def _search_delta(self, vector: np.ndarray, conversation_id: str | None,
-                      since_us: int | None) -> list[tuple[int, float]]:
+                      since_us: int | None, only: list[int] | None = None) -> list[tuple[int, float]]:
         if not self._delta_ids:
             return []
         if self._matrix is None:
@@ -436,6 +461,8 @@ class OwnerIndex:
             keep &= convs == conversation_id
         if since_us is not None:
             keep &= created >= since_us
+        if only is not None:
+            keep &= np.isin(ids, np.array(only, np.int64))
         scores = self._matrix[keep] @ vector
         return list(zip(ids[keep].tolist(), scores.tolist(), strict=True))
 
