@@ -352,8 +352,8 @@ class Lifecycle:
         archives: list[str] = []
         archived = forgotten = 0
         bytes_before = self._store.file_bytes()
-        names = ["caches", "retention", "keyword_index", "strategy_log", "vectors", "checkpoint", "space",
-                 "integrity"]
+        names = ["caches", "retention", "keyword_index", "strategy_log", "vectors", "vector_index", "checkpoint",
+                 "space", "integrity"]
         reporter = Reporter(progress, "maintain", len(names), unit="steps", stage=names[0])
 
         def step(name: str, run: Callable[[], str]) -> None:
@@ -430,6 +430,10 @@ class Lifecycle:
                 reporter.advance()
             return f"{freed} half-empty vector chunks of {len(waste)} owners packed"
 
+        def vector_index() -> str:
+            written, removed = self._store.refresh_vector_indexes()
+            return f"{written} owners' vector index files written anew, {removed} orphan files removed"
+
         def checkpoint() -> str:
             problem = self._checkpoint(wait)
             if problem is not None:
@@ -475,6 +479,7 @@ class Lifecycle:
         step("keyword_index", keyword_index)
         step("strategy_log", strategy_log)
         step("vectors", vectors)
+        step("vector_index", vector_index)
         step("checkpoint", checkpoint)
         step("space", space)
         result: str | None = None

@@ -1501,6 +1501,38 @@ class Store:
             finally:
                 conn.execute("COMMIT")
 
+    def refresh_vector_indexes(self) -> tuple[int, int]:
+        """``maintain()``'s step: write anew the index file of every owner past
+        ``index_min`` vectors that has none or whose log holds changes (their codes of
+        deleted vectors go with it), and remove the files no owner's row names (a build
+        that died between its rename and its publication). Returns (files written, files
+        removed)."""
+        if self.read_only or self.index_dir is None:
+            return 0, 0
+        with self.read() as conn:
+            generation = self._generation(conn)
+            owners = [] if self._vector_table(conn) is None else [o for (o,) in conn.execute(
+                "SELECT owner_id FROM owners WHERE message_count >= ? ORDER BY owner_id", (self.index_min,))]
+            current = {o: f for o, g, f in conn.execute("SELECT owner_id, generation, file FROM vector_indexes")
+                       if g == generation}
+            changed = {o for (o,) in conn.execute("SELECT DISTINCT owner_id FROM vector_log")}
+        written = sum(self.build_vector_index(o) for o in owners if current.get(o) is None or o in changed)
+        removed = 0
+        if not self.index_dir.is_dir():
+            return written, removed
+        for key in sorted({p.name.split("-")[0] for p in self.index_dir.glob("*.ivf")}):
+            with vector_index.key_lock(self.index_dir, key, wait=False) as held:
+                if not held:  # a build of that owner is under way
+                    continue
+                with self.read() as conn:
+                    named = {f for (f,) in conn.execute("SELECT file FROM vector_indexes WHERE file IS NOT NULL")}
+                for path in self.index_dir.glob(f"{key}-*.ivf"):
+                    if path.name not in named:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                            removed += 1
+        return written, removed
+
     def _drop_indexes(self, conn: Any, owners: Sequence[str] | None) -> list[str]:
         """Unregister the approximate indexes of ``owners`` (None: all), in the caller's
         transaction; returns the owners that had one (their files go after the commit:

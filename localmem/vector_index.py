@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["INDEX_MIN", "MERGE_SHARE", "PROBE_ROWS", "RETRAIN_GROWTH", "Built", "IndexFile", "OwnerIndex", "build",
-           "file_name", "owner_key", "owner_lock", "sample_of", "stale_files"]
+           "file_name", "key_lock", "owner_key", "owner_lock", "sample_of", "stale_files"]
 
 # An owner is indexed once it has this many vectors. Below it sqlite-vec's own scans are
 # fast enough (exact to 5k, sign bits to here) and no file is worth keeping.
@@ -470,19 +470,24 @@ class OwnerIndex:
         self.base.close()
 
 
-@contextlib.contextmanager
-def owner_lock(folder: Path, owner_id: str, *, wait: bool) -> Iterator[bool]:
+def owner_lock(folder: Path, owner_id: str, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
     """Hold the owner's build lock (a lock file in ``folder``), across processes: one
     builder at a time. Yields False, holding nothing, when ``wait`` is False and another
     has it. Where fcntl is missing (Windows), builders are not serialised: each writes its
     own file under a new name, and the last to publish wins."""
+    return key_lock(folder, owner_key(owner_id), wait=wait)
+
+
+@contextlib.contextmanager
+def key_lock(folder: Path, key: str, *, wait: bool) -> Iterator[bool]:
+    """``owner_lock`` by the owner's key (what a file's name begins with)."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield True
         return
-    fd = os.open(folder / f"{owner_key(owner_id)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -494,9 +499,9 @@ def owner_lock(folder: Path, owner_id: str, *, wait: bool) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-def stale_files(folder: Path, owner_id: str, keep: str | None) -> list[Path]:
-    """The owner's files other than ``keep``: older published ones and the leftovers of a
-    build that died (call with the owner's lock held)."""
-    key = owner_key(owner_id)
+def stale_files(folder: Path, owner_id: str | None, keep: str | None, *, key: str | None = None) -> list[Path]:
+    """The owner's (or ``key``'s) files other than ``keep``: older published ones and the
+    leftovers of a build that died (call with the owner's lock held)."""
+    key = key if owner_id is None else owner_key(owner_id)
     found = [*folder.glob(f"{key}-*.ivf"), *folder.glob(f".building-{key}-*.ivf")]
     return [path for path in found if path.name != keep]

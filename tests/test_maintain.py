@@ -13,7 +13,8 @@ from hash_embedder import HashEmbedder
 from localmem import InvalidInputError, Memory, Progress, RetentionPolicy, Strategy
 
 NOW = datetime.now(timezone.utc)
-STEPS = ["caches", "retention", "keyword_index", "strategy_log", "vectors", "checkpoint", "space", "integrity"]
+STEPS = ["caches", "retention", "keyword_index", "strategy_log", "vectors", "vector_index", "checkpoint", "space",
+         "integrity"]
 
 
 def _fill(mem: Memory, owners=("alice", "bob", "carol"), days=(1, 40, 400), per_day: int = 5) -> None:
@@ -91,10 +92,10 @@ def test_vacuum_gives_back_the_space_of_deleted_rows(tmp_path):
                       "conversation_id": f"c{i * 2 // 3000}", "owner_id": "o"} for i in range(3000))
         mem.forget(owner_id="o", conversation_id="c0")
         kept = mem.maintain(vacuum=False)
-        assert kept.steps[6].detail.endswith("no VACUUM (vacuum=False)")
+        assert kept.steps[7].detail.endswith("no VACUUM (vacuum=False)")
         assert kept.bytes_after >= 0.9 * kept.bytes_before
         report = mem.maintain()
-        assert "gave them back" in report.steps[6].detail
+        assert "gave them back" in report.steps[7].detail
         assert report.bytes_after < 0.7 * report.bytes_before
         assert mem.stats()["messages"] == 1500 and report.integrity == "ok"
 
@@ -174,7 +175,7 @@ def test_cli_maintain_and_forget(tmp_path, run):
         _fill(mem)
     code, out, _ = run("--db", db, "maintain", "--max-age-days", "30")
     assert code == 0, out
-    assert [line.split()[0] for line in out.splitlines()][:8] == STEPS
+    assert [line.split()[0] for line in out.splitlines()][:len(STEPS)] == STEPS
     assert "everyone: 30 older than 30 days removed" in out
     code, out, _ = run("--db", db, "forget", "--owner", "alice")
     assert code == 0 and '"messages": 5' in out

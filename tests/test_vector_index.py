@@ -265,3 +265,16 @@ def test_cosines_of_keyword_candidates_come_from_the_index(built, vectors):
         vector = vectors[0] if row_id == batch[0][0] else vectors[row_id - 1]
         assert score == pytest.approx(float(vector @ qv), abs=2e-4)
     assert built.cosines(q, ids) == pytest.approx(got, abs=2e-4)  # without the owner: sqlite-vec's
+
+
+def test_maintain_writes_changed_files_anew_and_removes_orphans(built, vectors):
+    (published,) = built.index_dir.glob("*.ivf")
+    orphan = built.index_dir / f"{vector_index.owner_key('gone')}-g1-s1.ivf"
+    orphan.write_bytes(b"left by a build that died before publishing")
+    assert built.refresh_vector_indexes() == (0, 1)  # nothing changed: the file stays
+    assert [p.name for p in built.index_dir.glob("*.ivf")] == [published.name]
+    built.delete(built.rows_by_id([42])[42].msg_id)
+    assert built.refresh_vector_indexes() == (1, 0)  # the deleted vector's codes go (the old file with them)
+    (fresh,) = built.index_dir.glob("*.ivf")
+    assert fresh.name != published.name and vector_index.IndexFile(fresh).count == N - 1
+    assert built._query("SELECT count(*) FROM vector_log")[0][0] == 0
