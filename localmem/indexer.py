@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,7 +38,18 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 64
-
+# The background worker lets the searches in flight finish before it starts a batch, for
+# at most this long (a search at 100k messages takes 50-100 ms, p95 under 270 ms; past it
+# the batch runs anyway, so steady searching cannot starve the embedder). An agent writes
+# its user's turn, then searches: the worker woken by that add() embedded the turn and
+# committed its vector in the middle of the search, taking a core (of 2 here) and the GIL
+# from it, and its commit made SQLite drop the search's page caches and memory maps a
+# second time (cosines after it: 1.4 -> 2.9 ms). At 100k messages, p50 of add-then-search
+# over a search with no write before it (benchmarks/write_then_search.py, same run):
+# semantic_search 1.38x -> 1.10x, hybrid 1.61x -> 1.27x, cross_conversation 1.45x ->
+# 1.05x. The vector is then written after the search instead of during it; the search
+# found the turn by its keywords either way (a pending vector is not searched).
+YIELD_TO_SEARCHES = 0.5
 
 
 def check_vectors(vectors: Any, count: int, dim: int | None, who: str) -> np.ndarray:
@@ -69,13 +80,47 @@ def check_vectors(vectors: Any, count: int, dim: int | None, who: str) -> np.nda
     return np.ascontiguousarray(unit, dtype="<f4")
 
 
+class Searches:
+    """The searches in flight in one ``Memory``, which its background embedder lets finish
+    before each batch (``YIELD_TO_SEARCHES``)."""
+
+    def __init__(self) -> None:
+        self.reset_locks_after_fork()
+        driver.reset_locks_after_fork(self)
+
+    def reset_locks_after_fork(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._count = 0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Around one search."""
+        with self._cond:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._count -= 1
+                if not self._count:
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no search is in flight, at most ``timeout`` seconds; whether none is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._count, timeout)
+
+
 class Indexer:
     """The background embedding worker of one ``Memory``.
 
     ``open_store()`` gives the worker its own ``Store`` (its own connection, opened on first
     use), so a batch waiting for the write lock never holds up the ``Memory``'s own calls;
     the worker closes it. None: use ``store``, the ``Memory``'s (an in-memory database
-    exists on one connection only).
+    exists on one connection only). ``searches``: the ``Memory``'s searches in flight,
+    which the worker lets finish before each batch, waiting up to ``yield_to_searches``
+    seconds (0: not at all); ``run_batch()`` called directly (``embed="sync"``,
+    ``flush()`` in a forked child) does not wait.
     ``embed(texts) -> float32 (n, dim)`` embeds documents (through the embedding cache);
     ``identity()`` gives the model's identity to record. All are called lazily, so opening
     a ``Memory`` never loads a model. ``thread_exit()`` runs in the worker thread as it
@@ -92,6 +137,8 @@ class Indexer:
         batch_size: int = DEFAULT_BATCH,
         thread_exit: Callable[[], None] | None = None,
         guard: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        searches: Searches | None = None,
+        yield_to_searches: float = YIELD_TO_SEARCHES,
     ):
         self._shared_store = store
         self._open_store = open_store
@@ -102,6 +149,8 @@ class Indexer:
         self._thread_exit = thread_exit
         self._guard = guard or contextlib.nullcontext  # held from a batch's read to its cache puts
         self.batch_size = batch_size
+        self.searches = searches
+        self.yield_to_searches = yield_to_searches
         self._init_thread_state()
         self._gate = threading.RLock()  # reentrant: an embedder may fork inside a batch
         driver.reset_locks_after_fork(self)
@@ -270,6 +319,8 @@ class Indexer:
         (another process's long import, say): that is a reason to wait, not to stop. Each
         vain wait is counted, so that flush() can say so instead of waiting without end."""
         while True:
+            if self.searches is not None and self.yield_to_searches > 0:
+                self.searches.wait_idle(self.yield_to_searches)
             try:
                 taken = self.run_batch()
             except LockTimeoutError as exc:

@@ -36,7 +36,7 @@ from .errors import (
     as_localmem_error,
 )
 from .explain import Explanation, explain
-from .indexer import Indexer
+from .indexer import Indexer, Searches
 from .lifecycle import (
     ForgetGate,
     Lifecycle,
@@ -324,10 +324,12 @@ class Memory:
                 self._metrics = Metrics(active_conversations=self.active_conversations)
                 self._embedding.observe = self._observe_embedding
             self._gate = ForgetGate()
+            self._searches = Searches()  # the embedder lets them finish first (indexer.py)
             self._indexer = Indexer(
                 self._store, None if in_memory else self._open_store,
                 self._embedding.documents, self._embedding.identity,
                 thread_exit=self._embedding.release_thread, guard=self._gate.shared,
+                searches=self._searches,
             )
             self._folder: Folder | None = None
             if summaries is not None and not read_only:  # (read-only: the summaries as stored)
@@ -916,6 +918,15 @@ class Memory:
         # scan the same scope (the Searcher's memo matches), and every part agrees.
         request = strategies.Request(owner_id, conversation_id, query, limit, lookback,
                                      since_us=strategies.since_us(lookback))
+        with self._searches.running():  # the background embedder lets it finish first
+            return self._answer(strategy, request, keyword, dense, floor, rerank, threshold, min_keep,
+                                use_cache=use_cache)
+
+    def _answer(
+        self, strategy: Strategy, request: strategies.Request, keyword: bool, dense: bool, floor: Any,
+        rerank: bool, threshold: float | None, min_keep: int, *, use_cache: bool,
+    ) -> tuple[Strategy, strategies.Request, strategies.Recall, Selection | None]:
+        """``_recall``'s answer to a validated call."""
         selection = searcher = None
         if strategy is Strategy.AUTO:
             selection, searcher = self._choose(request, keyword, dense, floor)

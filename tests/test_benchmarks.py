@@ -74,6 +74,18 @@ def test_semantic_speed_quick_run(tmp_path):
         assert r["goal_p50_ms"] is None and r["goal_met"] is None  # the goal is judged at 10k, not 2k
 
 
+def test_write_then_search_quick_run(tmp_path):
+    stdout, results = run_benchmark(tmp_path, "write_then_search.py", "--quick", "--baseline",
+                                    "--cache", str(tmp_path / "cache"))
+    rows = {(r["config"], r["strategy"], r["row"]): r for r in results}
+    for config in ("after", "before"):
+        for strategy in ("semantic_search", "hybrid", "cross_conversation"):
+            for row in ("a", "b", "b flushed", "c"):
+                assert rows[config, strategy, row]["p50_ms"] > 0
+            assert rows[config, strategy, "a"]["x_a"] == 1.0
+    assert stdout.count("goal [") == 6
+
+
 # The LoCoMo files are not in git: .ci/run points LOCALMEM_LOCOMO_DIR at the workspace's copy.
 LOCOMO = Path(os.environ.get("LOCALMEM_LOCOMO_DIR") or ROOT.parent / "shared" / "data" / "locomo")
 
