@@ -434,11 +434,13 @@ def _vector_dim(identity: dict[str, Any]) -> int:
 # scored: the query's words are counted (each count stops at the budget), and the most
 # common are left out while the kept ones match more rows than that, the rarest always
 # kept (None: no budget). Measured (benchmarks/keyword_scale.py, LoCoMo turns cycled, one
-# owner): at 100k messages the owner's search p50 34 -> ~5 ms. On LoCoMo (2,760 messages)
-# 5000 never binds (recall unchanged); scaled to LoCoMo's size (14 rows: the same share
-# of the file as 5000 at 1M) it costs recall@10 0.793 -> 0.682: at a million messages of
-# such text, a common word's matches are left unscored. Scoring only the newest matches of
-# a word too common for the budget (ORDER BY rowid DESC LIMIT) was tried: 0.647.
+# owner, p50/p95 of the owner's search): 100k messages 47.7/113 -> 5.6/12.3 ms, 1M
+# 502/1234 -> 15.1/77.5 ms (the tail: queries whose every word is common). On LoCoMo
+# (2,760 messages) 5000 never binds: recall unchanged. Scaled to LoCoMo's size (the same
+# share of the file as 5000 / 20k / 50k at 1M: 14 / 55 / 138 rows) it costs recall@10
+# 0.793 -> 0.682 / 0.717 / 0.750: on a million messages of such text, words left out
+# cost recall. Scoring only the newest matches of a word too common for the budget
+# (ORDER BY rowid DESC LIMIT inside the MATCH) was tried: 0.647 at 14 rows, dropped.
 KEYWORD_BUDGET: int | None = 5_000
 _RANKING_COUNT = 8
 
