@@ -39,6 +39,7 @@ from .store import EXACT_SEARCH_MAX, Store
 
 __all__ = ["ADJUST_DEPTH", "CONFIDENT", "FUSION_DEPTH", "KEYWORD_WEIGHT", "SCORED_DEPTH", "STOPWORDS", "Candidate", "Lists",
            "Rerank", "Retrieval", "Searcher", "Trace", "adjust", "floor", "fuse", "gather", "keyword_query",
+           "keyword_terms",
            "rerank_stage", "retrieve", "score_with", "skip_reason"]
 
 # Score fusion: KEYWORD_WEIGHT x BM25 / the pool's best BM25 + (1 - KEYWORD_WEIGHT) x
@@ -63,21 +64,33 @@ SCORED_DEPTH = 200
 # default 0.793); the stage's time is about linear in it.
 ADJUST_DEPTH = 60
 _MAX_QUERY_WORDS = 64
+DROP_FRAGMENTS = True
+FRAGMENTS = frozenset({"s", "t", "m", "d", "ll", "re", "ve"})
 
 
 def keyword_query(text: str) -> str | None:
-    """An FTS5 expression matching any word of ``text``; None when it has no words.
+    """An FTS5 expression matching any word of ``text``; None when it has no words
+    (``keyword_terms()`` OR-ed)."""
+    return " OR ".join(keyword_terms(text)) or None
+
+
+def keyword_terms(text: str) -> list[str]:
+    """The words of ``text`` a keyword search looks for, each an FTS5 string.
 
     Every word becomes a quoted FTS5 string, so nothing the user typed is FTS5 syntax:
     ``NEAR(``, ``*``, ``col:``, ``OR``, ``AND``, ``NOT``, ``^`` and quotes are searched as
-    the words they contain (or dropped, being punctuation). Stopwords are left out unless
-    the query has nothing else.
+    the words they contain (or dropped, being punctuation). Stopwords and the pieces of
+    contractions (``FRAGMENTS``) are left out unless the query has nothing else.
     """
     words = list(dict.fromkeys(w.lower() for w in WORD.findall(text)))
-    words = ([w for w in words if w not in STOPWORDS] or words)[:_MAX_QUERY_WORDS]
-    if not words:
-        return None
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+    words = ([w for w in words if w not in STOPWORDS] or words)
+    if DROP_FRAGMENTS:
+        words = [w for w in words if not _fragment(w)] or words
+    return ['"' + w.replace('"', '""') + '"' for w in words[:_MAX_QUERY_WORDS]]
+
+
+def _fragment(word: str) -> bool:
+    return word in FRAGMENTS or (len(word) == 1 and word.isascii() and word.isalpha())
 
 
 class _SearchScope(TypedDict):
@@ -188,7 +201,7 @@ def gather(searcher: Searcher, query: str, depth: int, scope: _SearchScope) -> L
     """Stage 1, candidates: the top ``depth`` of each ranking the searcher uses (BM25 runs
     beside the KNN scan in a thread when ``searcher.parallel``), and, when both are used,
     each candidate's score in the other list."""
-    match = keyword_query(query) if searcher.keyword else None
+    match = keyword_terms(query) if searcher.keyword else None
     if not searcher.dense:
         return Lists(None, searcher.store.keyword(match, depth, **scope) if match else [])
     def dense() -> list[tuple[int, float]]:
@@ -196,7 +209,7 @@ def gather(searcher: Searcher, query: str, depth: int, scope: _SearchScope) -> L
 
     if not searcher.keyword:
         return Lists(dense(), None)
-    if match is None:
+    if not match:
         ranked = dense()
         return Lists(ranked, [], {}, dict(ranked))
     scored = max(depth, SCORED_DEPTH)

@@ -465,6 +465,51 @@ def _vector_dim(identity: dict[str, Any]) -> int:
     return dim
 
 
+# Keyword search's work. FTS5 scores every row that matches any word of the query, in the
+# whole file, before the owner and conversation filters; a word matches about 3x the
+# messages that hold it (the content, prev and next columns), so a common one ("like",
+# "time") makes a search cost in proportion to the file. KEYWORD_BUDGET bounds the rows
+# scored: the query's words are counted (each count stops at the budget), and the most
+# common are left out while the kept ones match more rows than that, the rarest always
+# kept (None: no budget). Measured (benchmarks/keyword_scale.py, LoCoMo turns cycled, one
+# owner, p50/p95 of the owner's search): 100k messages 47.7/113 -> 5.6/12.3 ms, 1M
+# 502/1234 -> 15.1/77.5 ms (the tail: queries whose every word is common). On LoCoMo
+# (2,760 messages) 5000 never binds: recall unchanged. Scaled to LoCoMo's size (the same
+# share of the file as 5000 / 20k / 50k at 1M: 14 / 55 / 138 rows) it costs recall@10
+# 0.793 -> 0.682 / 0.717 / 0.750: on a million messages of such text, words left out
+# cost recall. Scoring only the newest matches of a word too common for the budget
+# (ORDER BY rowid DESC LIMIT inside the MATCH) was tried: 0.647 at 14 rows, dropped.
+KEYWORD_BUDGET: int | None = 5_000
+_RANKING_COUNT = 8
+
+
+def _bounded_match(conn: Any, terms: Sequence[str], budget: int | None) -> str:
+    """The FTS5 expression OR-ing the ``terms`` (each an FTS5 string) kept within
+    ``budget`` rows (the rarest always)."""
+    if budget is None or len(terms) < 2:
+        return " OR ".join(terms)
+    counted = sorted((_count_matches(conn, term, budget + 1), position, term) for position, term in enumerate(terms))
+    if counted[0][0] > budget:
+        # Every word matches more than the budget: which is the rarest takes a longer
+        # count (at 1M messages ~50 ns a row: 8 x 5000 rows cost ~2 ms a word).
+        counted = sorted((_count_matches(conn, term, _RANKING_COUNT * budget), position, term)
+                         for _, position, term in counted)
+    kept, rows = [counted[0]], counted[0][0]
+    for count, position, term in counted[1:]:
+        if rows + count > budget:
+            break
+        kept.append((count, position, term))
+        rows += count
+    return " OR ".join(term for _, _, term in sorted(kept, key=lambda kept_term: kept_term[1]))
+
+
+def _count_matches(conn: Any, term: str, limit: int) -> int:
+    """How many rows match ``term``, counted up to ``limit`` (the count reads the word's
+    list of rows, no scoring)."""
+    return conn.execute("SELECT count(*) FROM (SELECT 1 FROM messages_fts WHERE messages_fts MATCH ? LIMIT ?)",
+                        (term, limit)).fetchone()[0]
+
+
 def _in_chunks(values: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
     """``values`` in parts of at most ``_MAX_PARAMS``, each with its ``?, ?, ...`` for an
     ``IN (...)``: SQLite limits the parameters of a statement."""
@@ -1663,7 +1708,7 @@ class Store:
 
     def keyword(
         self,
-        match: str,
+        match: str | Sequence[str],
         k: int,
         *,
         owner_id: str,
@@ -1672,22 +1717,26 @@ class Store:
     ) -> list[tuple[int, float]]:
         """The ``k`` best BM25 matches of an FTS5 ``match`` expression in the scope, as
         (id, bm25 score: lower is better), best first. Build ``match`` with
-        ``keyword_query()``: raw user text is never FTS5 syntax."""
-        sql = (
-            "SELECT m.id, bm25(messages_fts, 1.0, 0.5, 0.5) AS score FROM messages_fts"
-            " JOIN messages m ON m.id = messages_fts.rowid"
-            " WHERE messages_fts MATCH ? AND m.owner_id = ?"
-        )
-        args: list[Any] = [match, owner_id]
-        if conversation_id is not None:
-            sql += " AND m.conversation_id = ?"
-            args.append(conversation_id)
-        if since_us is not None:
-            sql += " AND m.created_at >= ?"
-            args.append(since_us)
-        sql += " ORDER BY score, m.id LIMIT ?"
-        args.append(k)
+        ``keyword_query()``: raw user text is never FTS5 syntax; or give the words apart
+        (``keyword_terms()``): they are OR-ed, the most common left out while the rest
+        match more than KEYWORD_BUDGET rows (see there)."""
         with self.read("keyword") as conn:
+            if not isinstance(match, str):
+                match = _bounded_match(conn, match, KEYWORD_BUDGET)
+            sql = (
+                "SELECT m.id, bm25(messages_fts, 1.0, 0.5, 0.5) AS score FROM messages_fts"
+                " JOIN messages m ON m.id = messages_fts.rowid"
+                " WHERE messages_fts MATCH ? AND m.owner_id = ?"
+            )
+            args: list[Any] = [match, owner_id]
+            if conversation_id is not None:
+                sql += " AND m.conversation_id = ?"
+                args.append(conversation_id)
+            if since_us is not None:
+                sql += " AND m.created_at >= ?"
+                args.append(since_us)
+            sql += " ORDER BY score, m.id LIMIT ?"
+            args.append(k)
             return conn.execute(sql, args).fetchall()
 
     def cosines(self, vector: bytes, ids: Sequence[int], owner_id: str | None = None) -> dict[int, float]:

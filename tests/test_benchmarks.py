@@ -228,3 +228,11 @@ def test_context_summary_quick_run(tmp_path):
     assert rows["summary + window"]["evidence_inside"] > rows["window alone"]["evidence_inside"]
     assert all(0 < n <= 800 + 10 for n in result["summary_tokens_at_end"])  # max_tokens, and a header
     assert "summary + window / window alone:" in stdout
+
+
+def test_keyword_scale_quick_run(tmp_path):
+    _, results = run_benchmark(tmp_path, "keyword_scale.py", "--quick", timeout=300)
+    assert {(r["scope"], r["config"]) for r in results} == {
+        (scope, config) for scope in ("owner", "conversation")
+        for config in ("main", "no fragments", "budget 5000")}
+    assert all(r["p50_ms"] > 0 for r in results)

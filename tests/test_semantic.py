@@ -29,8 +29,8 @@ from localmem import (
     Strategy,
     StrategyUnavailableError,
 )
-from localmem.store import Store
 from localmem.retrieval import keyword_query
+from localmem.store import Store
 
 TESTS = Path(__file__).resolve().parent
 SEMANTIC = (Strategy.SEMANTIC_SEARCH, Strategy.HYBRID, Strategy.CROSS_CONVERSATION)
@@ -243,7 +243,7 @@ def test_keyword_query_is_always_valid_fts5(text):
 def test_fts_syntax_words_are_searched_as_words(smem):
     smem.add("user", "the NEAR and OR words", conversation_id="c", owner_id="u")
     smem.add("user", "unrelated", conversation_id="c", owner_id="u")
-    assert keyword_query('NEAR( "x" OR y*') == '"near" OR "x" OR "y"'
+    assert keyword_query('NEAR( "xy" OR yz*') == '"near" OR "xy" OR "yz"'
     got = smem.get_memory(Strategy.SEMANTIC_SEARCH, query="NEAR(", conversation_id="c", owner_id="u", limit=1)
     assert got.messages[0].content == "the NEAR and OR words"
 

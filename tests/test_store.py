@@ -446,3 +446,40 @@ def test_forget_rewrites_the_neighbours_keyword_rows_from_the_survivors(mem, db_
     assert prev_column(db_path) == {"kept one": None, "kept two": "kept one"}
     assert next_column(db_path) == {"kept one": "kept two", "kept two": None}
     assert mem.check_integrity() == "ok"
+
+
+def test_keyword_terms_leave_out_pieces_of_contractions():
+    from localmem.retrieval import keyword_terms
+
+    # "Nate's" and "don't" split into "nate" "s" and "don" "t": the pieces match most
+    # messages and find nothing; single letters alike ("plan b"), unless nothing else is left.
+    assert keyword_terms("What is Nate's plan b? I don't know, I'll see") == ['"nate"', '"plan"', '"don"', '"know"', '"see"']
+    assert keyword_terms("s") == ['"s"']
+    assert keyword_terms("the") == ['"the"']
+    assert keyword_terms("日 本") == ['"日"', '"本"']  # one letter of another script is a word
+    assert keyword_terms("...") == []
+
+
+def test_keyword_leaves_out_the_commonest_words_beyond_the_budget(mem, monkeypatch):
+    from localmem import store as store_module
+
+    mem.add_many([{"role": "user", "content": f"common filler {i}"} for i in range(30)], **OK)
+    mem.add_many([{"role": "user", "content": "common and rare"}, {"role": "user", "content": "rare alone"}], **OK)
+    mem.add("user", "uncommon word", **OK)
+    content = lambda got: sorted(mem._store.rows_by_id([i])[i].content for i, _ in got)
+    terms = ['"common"', '"rare"', '"uncommon"']
+    everything = mem._store.keyword(terms, 100, owner_id="u1")
+    assert len(everything) == 33  # every message matches (its own words or a neighbour's)
+    monkeypatch.setattr(store_module, "KEYWORD_BUDGET", 10)
+    # "uncommon" and "rare" match 2 + 4 rows with their neighbours' words; "common" 32: left out.
+    got = mem._store.keyword(terms, 100, owner_id="u1")
+    assert "common filler 3" not in content(got)
+    assert {"common and rare", "rare alone", "uncommon word"} <= set(content(got))
+    assert mem._store.keyword(terms, 100, owner_id="u1") == got  # the same choice each time
+    # The rarest word is kept however common: "filler" (31 rows) before "common" (32), both
+    # over the budget, told apart by a longer count.
+    got = mem._store.keyword(['"common"', '"filler"'], 100, owner_id="u1")
+    assert len(got) == 31 and "rare alone" not in content(got)
+    # An expression given whole is searched as it is.
+    assert len(mem._store.keyword('"common" OR "filler"', 100, owner_id="u1")) == 32
+
