@@ -8,7 +8,7 @@ checked row by row). Past ``INDEX_MIN`` vectors an owner gets an inverted-file i
 * k-means (spherical, on a sample) splits the owner's vectors into ``nlist`` lists
   (about 4 x sqrt(n)); the vectors are stored as int8 codes, list by list, beside their
   ids, conversations and times;
-* a query scores the centroids, then the codes of the nearest lists until ``PROBE_ROWS``
+* a query scores the centroids, then the codes of the nearest lists until ``probe_rows(n)``
   rows that pass the scope's filters (conversation, time) are scored, and returns the best
   by their float16 copies (cosine within ~1e-4 of the float32 one: sqlite-vec's point
   lookups, 45 us each at 100k, cost more than the search itself).
@@ -48,15 +48,19 @@ from typing import Any
 import numpy as np
 
 __all__ = ["INDEX_MIN", "MERGE_SHARE", "PROBE_ROWS", "RETRAIN_GROWTH", "Built", "IndexFile", "OwnerIndex", "build",
-           "file_name", "key_lock", "owner_key", "owner_lock", "sample_of", "stale_files"]
+           "file_name", "key_lock", "owner_key", "owner_lock", "probe_rows", "sample_of",
+           "stale_files"]
 
 # An owner is indexed once it has this many vectors. Below it sqlite-vec's own scans are
 # fast enough (exact to 5k, sign bits to here) and no file is worth keeping.
 INDEX_MIN = 20_000
-# How many rows passing the filters a search scores (whole lists, nearest first). On
-# LoCoMo-derived vectors: recall@10 against exact 0.98 at ~4.4k rows, 0.995 at ~8.3k,
-# at 1M as at 100k (benchmarks/scale.py).
+# How many rows passing the filters a search scores (whole lists, nearest first):
+# PROBE_PER_SQRT x sqrt(n), at least PROBE_ROWS. The neighbours spread over more lists as
+# the owner grows: on LoCoMo-derived vectors (benchmarks/scale.py), recall@10 against exact
+# at 100k was 0.98 with 6000 rows; at 1M (2000 lists) 0.948 / 0.970 / 0.984 / 0.996 with
+# 6000 / 9000 / 12000 / 18000 rows, for 2.0 / 2.2 / 2.6 / 4.5 ms.
 PROBE_ROWS = 6_000
+PROBE_PER_SQRT = 12
 LISTS_PER_SQRT = 2  # nlist = LISTS_PER_SQRT x sqrt(n)
 KMEANS_SAMPLE = 40  # rows per list in the k-means sample (at most SAMPLE_MAX)
 SAMPLE_MAX = 100_000
@@ -163,6 +167,11 @@ class IndexFile:
             self._map.close()
         except BufferError:  # a search still holds a view; the mapping ends with it
             pass
+
+
+def probe_rows(count: int) -> int:
+    """How many rows that pass its filters a search of an index of ``count`` scores."""
+    return max(PROBE_ROWS, round(PROBE_PER_SQRT * np.sqrt(count)))
 
 
 def sample_of(ids: np.ndarray) -> np.ndarray:
@@ -301,6 +310,15 @@ def _bytes_of(array: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(array).data).cast("B")
 
 
+def _rows_of_lists(offsets: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """The rows of ``lists`` (each a contiguous run ``offsets[i]:offsets[i + 1]``), in
+    that order, without a Python loop over the lists."""
+    starts = offsets[lists]
+    lengths = offsets[lists + 1] - starts
+    before = np.cumsum(lengths) - lengths  # rows of the earlier lists
+    return np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()))
+
+
 def _sync_folder(folder: Path) -> None:
     if os.name == "nt":
         return
@@ -389,7 +407,7 @@ class OwnerIndex:
                 return []
             lo, hi = int(base.conv_offsets[code]), int(base.conv_offsets[code + 1])
             members = hi - lo
-            if members <= PROBE_ROWS:  # a small conversation: score all of it
+            if members <= probe_rows(base.count):  # a small conversation: score all of it
                 return self._score(vector, base.conv_rows[lo:hi], wanted, None, since_us)
             share = members / base.count
         else:
@@ -403,13 +421,10 @@ class OwnerIndex:
         order = np.argsort(-(base.centroids @ vector))
         sizes = np.diff(base.offsets)[order]
         reach = np.cumsum(sizes)
-        need = PROBE_ROWS / max(share, 1e-9)
+        need = probe_rows(base.count) / max(share, 1e-9)
         while True:
             nprobe = int(np.searchsorted(reach, need)) + 1
-            lists = order[:nprobe]
-            rows = np.concatenate([np.arange(base.offsets[i], base.offsets[i + 1]) for i in lists]) if len(
-                lists) else np.empty(0, np.int64)
-            found = self._score(vector, rows, wanted, code, since_us)
+            found = self._score(vector, _rows_of_lists(base.offsets, order[:nprobe]), wanted, code, since_us)
             if len(found) >= wanted or nprobe >= len(order):
                 return found
             need *= 4  # fewer passed the filters than the share promised (deletions)

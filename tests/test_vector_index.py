@@ -278,3 +278,11 @@ def test_maintain_writes_changed_files_anew_and_removes_orphans(built, vectors):
     (fresh,) = built.index_dir.glob("*.ivf")
     assert fresh.name != published.name and vector_index.IndexFile(fresh).count == N - 1
     assert built._query("SELECT count(*) FROM vector_log")[0][0] == 0
+
+
+def test_rows_of_lists_are_the_runs_in_the_order_asked():
+    offsets = np.array([0, 3, 3, 7, 10])
+    assert vector_index._rows_of_lists(offsets, np.array([2, 0, 1, 3])).tolist() == [3, 4, 5, 6, 0, 1, 2, 7, 8, 9]
+    assert vector_index._rows_of_lists(offsets, np.array([], np.int64)).tolist() == []
+    assert vector_index.probe_rows(100) == vector_index.PROBE_ROWS
+    assert vector_index.probe_rows(1_000_000) == 12_000
