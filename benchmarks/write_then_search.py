@@ -24,6 +24,10 @@ Each step takes one query (a LoCoMo question) and one strategy, in one conversat
 * (c) another process (a child holding its own ``Memory``, ``embed="sync"``) adds the
   turn and its vector, then this process searches.
 
+The owner's approximate vector index (localmem/vector_index.py) is built before the
+rounds, as a store of that size has it; a turn added meanwhile reaches the searches
+through the index's log.
+
 Rows: medians and p95 over the steps (rounds x queries), each strategy's rows side by
 side, with the ratio to (a) of the same rounds. Goal (issue 14): (b) / (a) <= 1.2.
 
@@ -159,6 +163,11 @@ def run(n: int, rounds: int, per_round: int, cache: Path, with_baseline: bool) -
     with tempfile.TemporaryDirectory(prefix="localmem-wts-") as tmp:
         path = Path(tmp) / "bench.db"
         shutil.copyfile(db, path)
+        store = Store(str(path))  # 100k messages are past INDEX_MIN: the searches use the owner's index
+        try:
+            store.build_vector_index(OWNER)
+        finally:
+            store.close()
         mems = {"after": Memory(path, embedder=LookupEmbedder(table), query_cache_ttl=0)}
         if with_baseline:
             mems["before"] = Memory(path, embedder=LookupEmbedder(table), query_cache_ttl=0)

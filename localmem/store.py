@@ -530,6 +530,15 @@ def _cosines(conn: Any, vector: bytes, ids: Sequence[int]) -> Iterator[tuple[int
             yield row_id, 1.0 - distance
 
 
+def _vector_rows(conn: Any, ids: Sequence[int], columns: str) -> list[tuple[Any, ...]]:
+    """(rowid, ``columns``...) of the vector table's rows of ``ids`` that exist. Through a
+    join, as ``_cosines`` does: sqlite-vec answers ``rowid IN (...)`` with a scan of the
+    whole table (23 ms for 2 ids at 100k vectors), a join's equality with its rowid index."""
+    return conn.execute(f"SELECT j.value, {', '.join('v.' + c.strip() for c in columns.split(','))}"
+                        " FROM json_each(?) j JOIN message_vectors v ON v.rowid = j.value",
+                        (json.dumps(list(ids)),)).fetchall()
+
+
 def _signature(path: Path) -> tuple[Any, ...]:
     """What tells a file from the one that had its name before it (None: no file)."""
     try:
@@ -1396,11 +1405,7 @@ class Store:
                                   (owner_id, index.seq)).fetchall()
             if logged:
                 ids = list(dict.fromkeys(row_id for _, row_id in logged))
-                now: dict[int, tuple[str, int, bytes]] = {}
-                for part, marks in _in_chunks(ids):
-                    now.update((r[0], (r[1], r[2], r[3])) for r in conn.execute(
-                        "SELECT rowid, conversation_id, created_at, embedding FROM message_vectors"
-                        f" WHERE rowid IN ({marks})", part))
+                now = {r[0]: (r[1], r[2], r[3]) for r in _vector_rows(conn, ids, "conversation_id, created_at, embedding")}
                 index.apply(logged[-1][0], [(row_id, now.get(row_id)) for row_id in ids])
             if index.needs_merge():
                 self._build_later(owner_id)
@@ -1521,10 +1526,8 @@ class Store:
                         old.close()
                 if reuse is None:
                     picked = vector_index.sample_of(ids)
-                    sample = np.frombuffer(b"".join(
-                        blob for part, marks in _in_chunks(picked.tolist()) for (blob,) in conn.execute(
-                            f"SELECT embedding FROM message_vectors WHERE rowid IN ({marks})", part)
-                    ), np.float32).reshape(-1, dim)
+                    sample = np.frombuffer(b"".join(r[1] for r in _vector_rows(conn, picked.tolist(), "embedding")),
+                                           np.float32).reshape(-1, dim)
                 else:
                     sample = np.empty((0, dim), np.float32)
 
