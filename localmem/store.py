@@ -479,6 +479,11 @@ def _vector_dim(identity: dict[str, Any]) -> int:
 # 0.793 -> 0.682 / 0.717 / 0.750: on a million messages of such text, words left out
 # cost recall. Scoring only the newest matches of a word too common for the budget
 # (ORDER BY rowid DESC LIMIT inside the MATCH) was tried: 0.647 at 14 rows, dropped.
+# Adding the left-out words' BM25 to the bounded search's top rows afterwards (exact for
+# them: bm25 is a sum over the words) won back 0.016-0.022 of recall@10 at the scaled
+# budgets (0.033-0.043 when the KNN's candidates were re-scored too) for about twice the
+# keyword search's time (100k: 9.2 -> 18.4 ms on a loaded machine): not kept (branch
+# bm25-rescore), since it would take the fused search at 100k past its 10 ms.
 KEYWORD_BUDGET: int | None = 5_000
 _RANKING_COUNT = 8
 
