@@ -503,6 +503,9 @@ class HotWindow(_DiskTier):
         return self.erase(self._key(o, c) for o, c in scopes)
 
 
+EMBEDDING_CACHE_BYTES = 256 << 20
+
+
 class EmbeddingCache(_DiskTier):
     """Vectors by (model, kind, text): an in-process LRU in front of a diskcache tier.
 
@@ -517,8 +520,10 @@ class EmbeddingCache(_DiskTier):
       process using the directory. An entry lives ``ttl`` seconds after it was written or
       last read (each disk hit renews it, as the original design's ``last_hit_at``); ``ttl``
       0 keeps vectors in memory only. A value that is not exactly ``dim`` float32s is a miss
-      and is deleted. Its size is diskcache's default limit (1 GiB, least recently stored
-      evicted first).
+      and is deleted. At most ``max_bytes`` (EMBEDDING_CACHE_BYTES, 256 MiB: ~170k vectors
+      of 384 dims; least recently stored evicted first): the stored vectors are in the
+      database already, and diskcache's default 1 GiB would have added 60 % to them at a
+      million messages (1.6 GB of vectors in the file).
 
     Hit and miss counters persist in ``<directory>/embedding-stats``, a second small
     diskcache whose values are SQLite integers bumped with ``Cache.incr``: each call of
@@ -541,6 +546,7 @@ class EmbeddingCache(_DiskTier):
         ttl: float = DEFAULT_EMBEDDING_TTL,
         timeout: float = CACHE_TIMEOUT,
         on_disk: bool = True,
+        max_bytes: int = EMBEDDING_CACHE_BYTES,
     ) -> None:
         if type(model_key) is not str:
             raise InvalidInputError(f"model_key must be a str; got {model_key!r}")
@@ -556,7 +562,7 @@ class EmbeddingCache(_DiskTier):
         self.ttl = float(ttl)
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lru_lock = threading.Lock()
-        super().__init__(directory, "embeddings", timeout=timeout, on_disk=on_disk)
+        super().__init__(directory, "embeddings", timeout=timeout, on_disk=on_disk, size_limit=max_bytes)
         self._counters = _Counters(directory, "embedding-stats", disk=_CounterDisk, timeout=timeout,
                                    on_disk=on_disk)
         self._note_model()

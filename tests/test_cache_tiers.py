@@ -518,3 +518,26 @@ def test_query_cache_respects_its_size_limit(tmp_path):
     assert cache.get(["q", 39], 1) == big  # the newest survive
     assert cache.get(["q", 0], 1) is None  # the oldest were culled
     cache.close()
+
+
+def test_the_embedding_cache_is_bounded_below_the_vectors_it_duplicates(tmp_path):
+    """The stored vectors are in the database: the disk tier keeps at most
+    EMBEDDING_CACHE_BYTES of them (diskcache's default 1 GiB would add 60 % to a file of a
+    million messages), least recently stored evicted first."""
+    from localmem.cache import EMBEDDING_CACHE_BYTES, EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "c", model_key="m", dim=4, memory_items=0, max_bytes=64 * 1024)
+    try:
+        for i in range(2000):  # ~2000 entries of 16 bytes plus keys: past 64 KiB
+            cache.put_many([f"text {i}"], np.full((1, 4), i, np.float32))
+        disk = cache._current()
+        assert disk.size_limit == 64 * 1024
+        assert disk.volume() <= 2 * 64 * 1024  # diskcache culls a few entries per write
+        assert len(disk) < 2000
+    finally:
+        cache.close()
+    default = EmbeddingCache(tmp_path / "d", model_key="m", dim=4)
+    try:
+        assert default._current().size_limit == EMBEDDING_CACHE_BYTES == 256 << 20
+    finally:
+        default.close()
