@@ -1665,6 +1665,11 @@ class Store:
         their float vectors: approximate, measured in benchmarks/semantic_speed.py.
         ``spare``: on that path, return every candidate re-scored (more than ``k``), still
         best first; their cosines cost nothing more, and fusion needs cosines.
+
+        Owners with at least ``index_min`` messages are searched through their vector
+        index file instead (localmem/vector_index.py: approximate, whatever the scope;
+        cosines of float16 copies; ``spare`` as above), once it is built: the first such
+        search starts the build in a background thread and is answered as above.
         """
         filters = ["owner_id = ?"]
         args: list[Any] = [owner_id]
