@@ -9,7 +9,8 @@ message i belongs to conversation ``c{i % 20}``. Vectors are precomputed and wri
 straight to the store; the query embedder is a lookup table (the model's own time is not
 in these numbers). Per size, in one process, interleaved per query, medians and p95:
 
-* ingest: ``Store.insert_many`` (chunks of 5000), ``write_vectors``, the index build;
+* ingest (in a child process whose BLAS may use every core): ``Store.insert_many``
+  (chunks of 5000), ``write_vectors``, the index build;
 * numpy floor: exact ``V @ q`` + argpartition over the owner's float32 vectors in memory
   (one BLAS thread); also the exact answer recall is measured against;
 * dense, owner-wide and one conversation (5 % of the owner): ``Store.knn(k=10)`` through
@@ -17,6 +18,8 @@ in these numbers). Per size, in one process, interleaved per query, medians and 
   the code before it), each with recall@10 against exact;
 * fused: ``Memory.get_memory`` for semantic_search (the conversation), hybrid and
   cross_conversation, query cache off, index on and off;
+* Chroma (when the bench extra is installed, up to ``--chroma-max`` messages): the same
+  vectors with owner and conversation as metadata, the two dense searches;
 * serving process: a child process that opens the file, runs the fused queries and reports
   its peak RSS (``ru_maxrss``); and the files' sizes on disk.
 """
@@ -129,6 +132,44 @@ def measure(path: Path, vectors: np.ndarray, queries: list[tuple[str, np.ndarray
             "recall": {k: statistics.mean(v) for k, v in recalls.items()}}
 
 
+def chroma(folder: Path, vectors: np.ndarray, texts: list[str], queries: list[tuple[str, np.ndarray]]) -> dict | None:
+    """The same vectors in Chroma (its embedded PersistentClient, HNSW, cosine), with
+    owner and conversation as metadata: ingest time and the two dense searches with
+    recall against exact. None when the bench extra (chromadb) is not installed."""
+    try:
+        import chromadb
+        from chromadb.config import Settings
+    except ImportError:
+        return None
+    client = chromadb.PersistentClient(path=str(folder), settings=Settings(anonymized_telemetry=False))
+    collection = client.get_or_create_collection("scale", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+    t = time.perf_counter()
+    if collection.count() != len(vectors):
+        for start in range(0, len(vectors), 5000):
+            stop = min(len(vectors), start + 5000)
+            collection.add(ids=[str(i + 1) for i in range(start, stop)], embeddings=vectors[start:stop],
+                           documents=texts[start:stop],
+                           metadatas=[{"owner_id": OWNER, "conversation_id": f"c{i % CONVERSATIONS}"}
+                                      for i in range(start, stop)])
+    ingest_s = time.perf_counter() - t
+    conv = np.arange(len(vectors)) % CONVERSATIONS == 3
+    rows: dict[str, list[float]] = {}
+    recalls: dict[str, list[float]] = {}
+    for _text, q in queries:
+        scores = vectors @ q
+        exact = (np.argpartition(-scores, 10)[:10] + 1).tolist()
+        exact_c = (np.argpartition(-np.where(conv, scores, -2), 10)[:10] + 1).tolist()
+        for label, where, truth in (("dense owner-wide, Chroma", {"owner_id": OWNER}, exact),
+                                    ("dense one conversation, Chroma", {"conversation_id": "c3"}, exact_c)):
+            t = time.perf_counter()
+            got = collection.query(query_embeddings=[q], n_results=10, where=where)
+            rows.setdefault(label, []).append((time.perf_counter() - t) * 1000)
+            recalls.setdefault(label, []).append(recall([int(i) for i in got["ids"][0]], truth))
+    return {"ingest_s": ingest_s, "p50": {k: statistics.median(v) for k, v in rows.items()},
+            "p95": {k: pct(v, 0.95) for k, v in rows.items()},
+            "recall": {k: statistics.mean(v) for k, v in recalls.items()}}
+
+
 def serve(path: str, queries_file: str) -> None:
     """The child: open the file as an agent would, run the fused searches, print peak RSS."""
     data = json.loads(Path(queries_file).read_text())
@@ -159,6 +200,12 @@ def serve(path: str, queries_file: str) -> None:
                       "p50_ms": statistics.median(times)}))
 
 
+def chromadb_version() -> str:
+    import chromadb
+
+    return chromadb.__version__
+
+
 def disk(path: Path) -> dict[str, float]:
     sizes = {"database": path.stat().st_size}
     wal = Path(str(path) + "-wal")
@@ -173,10 +220,18 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--keep", type=Path, help="build the files here and reuse them on later runs")
+    parser.add_argument("--chroma-max", type=int, default=100_000,
+                        help="measure Chroma beside localmem up to this size (needs the bench extra)")
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--ingest", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(*args.serve)
+        return 0
+    if args.ingest:
+        n = int(args.ingest[1])
+        vectors, texts, _, _ = dataset(n, args.queries)
+        print(json.dumps(ingest(Path(args.ingest[0]), vectors, texts)))
         return 0
     folder = args.keep or Path(tempfile.mkdtemp(prefix="localmem-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -184,9 +239,17 @@ def main() -> int:
         vectors, texts, queries, how = dataset(n, args.queries)
         path = folder / f"scale-{n}.db"
         built = None
-        if not path.exists():
-            built = ingest(path, vectors, texts)
+        if not path.exists():  # in a child: BLAS may use both cores there (the searches get one)
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1),
+                   "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+            child = subprocess.run([sys.executable, __file__, "--ingest", str(path), str(n)], env=env,
+                                   capture_output=True, text=True, check=True)
+            built = json.loads(child.stdout.strip().splitlines()[-1])
         result = measure(path, vectors, queries)
+        peer = chroma(folder / f"chroma-{n}", vectors, texts, queries) if n <= args.chroma_max else None
+        if peer is not None:
+            for key in ("p50", "p95", "recall"):
+                result[key].update(peer[key])
         qfile = folder / f"queries-{n}.json"
         qfile.write_text(json.dumps([(t, v.tolist()) for t, v in queries]))
         child = subprocess.run([sys.executable, __file__, "--serve", str(path), str(qfile)], capture_output=True,
@@ -199,6 +262,8 @@ def main() -> int:
                   f"({n / built['total_s']:,.0f} messages/s)")
         else:
             print(f"ingest: reused {path}")
+        if peer is not None:
+            print(f"Chroma {chromadb_version()}: ingest {peer['ingest_s']:.1f} s (0 when reused)")
         print(f"{'':44} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10}")
         for label, p50 in result["p50"].items():
             rec = result["recall"].get(label)
