@@ -335,6 +335,12 @@ _VECTOR_TABLE = """CREATE VIRTUAL TABLE message_vectors USING vec0(
     embedding float[{dim}] distance_metric=cosine{coarse}
 )"""
 _COARSE = "coarse bit["  # the sign-bit column's declaration, up to its dimension
+# The owner's messages that have a vector (not waiting for one, not set aside as zero).
+_VECTOR_IDS = (
+    "SELECT m.id FROM messages m WHERE m.owner_id = ?"
+    " AND NOT EXISTS (SELECT 1 FROM pending_vectors p WHERE p.id = m.id)"
+    " AND NOT EXISTS (SELECT 1 FROM zero_vectors z WHERE z.id = m.id)"
+)
 _LOG_VECTOR = (
     "INSERT INTO vector_log (owner_id, id) SELECT owner_id, id FROM messages"
     " WHERE id = ? AND owner_id IN (SELECT owner_id FROM vector_indexes)"
@@ -401,9 +407,10 @@ _MMAP_SIZE = 1 << 30  # bytes of the file read through mmap (SQLite caps it at i
 EXACT_SEARCH_MAX = 5_000
 OVERSAMPLE = 2
 MIN_CANDIDATES = 160
-# Owners past vector_index.INDEX_MIN: candidates asked of their index (at least), each
-# re-scored with its exact vector (a point lookup in sqlite-vec).
+# Owners past vector_index.INDEX_MIN: candidates asked of their index (at least), scored
+# with the file's float16 copies.
 INDEX_CANDIDATES = 40
+INDEX_RETRY_AFTER = 30.0  # seconds before a background build that did not publish is tried again
 
 log = logging.getLogger(__name__)
 
@@ -795,6 +802,7 @@ class Store:
         self._indexes: dict[str, vector_index.OwnerIndex] = {}
         self._index_lock = threading.Lock()
         self._index_builds: set[str] = set()
+        self._index_retry_at: dict[str, float] = {}  # owner -> no background build before (monotonic)
         self._bad_index_files: dict[str, tuple[Any, ...]] = {}  # owner -> _signature of its unreadable file
         if not self._in_memory:
             _refuse_hard_links(path)
@@ -945,9 +953,11 @@ class Store:
             if self._tidy:
                 driver.tidy_wal(self.path)
             with self._index_lock:
-                for index in self._indexes.values():
-                    index.close()
+                indexes = list(self._indexes.values())
                 self._indexes.clear()
+            for index in indexes:
+                with index.lock:  # a search in flight finishes first
+                    index.close()
 
     @property
     def closed(self) -> bool:
@@ -962,6 +972,8 @@ class Store:
         self._lock = threading.RLock()
         self._pool_lock = threading.Lock()
         self._index_lock = threading.Lock()
+        for index in self._indexes.values():  # a parent's thread may have held one mid-search
+            index.lock = threading.Lock()
 
     # -- transactions -----------------------------------------------------------------
 
@@ -1388,9 +1400,26 @@ class Store:
             return None
         wanted = min(_MAX_K, max(OVERSAMPLE * k, INDEX_CANDIDATES))
         with index.lock:
-            found = index.search(np.frombuffer(vector, np.float32), wanted, conversation_id=conversation_id,
-                                 since_us=since_us)
+            if index.closed:  # forgotten or replaced meanwhile
+                return None
+            try:
+                found = index.search(np.frombuffer(vector, np.float32), wanted, conversation_id=conversation_id,
+                                     since_us=since_us)
+            except (ValueError, IndexError, TypeError) as exc:  # damage the checks at open did not see
+                self._refuse_index(owner_id, index, exc)
+                return None
         return found if spare else found[:k]
+
+    def _refuse_index(self, owner_id: str, index: vector_index.OwnerIndex, exc: Exception) -> None:
+        """A file that failed a search: reported, not used again, built anew (the caller
+        holds ``index.lock``)."""
+        log.warning("%s: the vector index of an owner failed a search (%s); it is built anew", self.path, exc)
+        with self._index_lock:
+            if self._indexes.get(owner_id) is index:
+                del self._indexes[owner_id]
+            self._bad_index_files[owner_id] = _signature(index.base.path)
+        index.close()
+        self._build_later(owner_id)
 
     def _synced_index(self, conn: Any, owner_id: str) -> vector_index.OwnerIndex | None:
         """The owner's index with the log's changes since its file applied, as of the
@@ -1403,9 +1432,12 @@ class Store:
             return None
         index = self._open_index(owner_id, row[1])
         if index is None:
-            self._build_later(owner_id)
+            if owner_id in self._bad_index_files:  # not just replaced since this snapshot began
+                self._build_later(owner_id)
             return None
         with index.lock:
+            if index.closed:
+                return None
             logged = conn.execute("SELECT seq, id FROM vector_log WHERE owner_id = ? AND seq > ? ORDER BY seq",
                                   (owner_id, index.seq)).fetchall()
             if logged:
@@ -1429,6 +1461,15 @@ class Store:
                 return None  # said once; a build (here or elsewhere) replaces it
             try:
                 index = vector_index.OwnerIndex(vector_index.IndexFile(path))
+            except FileNotFoundError as exc:
+                # A search whose snapshot began before another process published a newer
+                # file and removed this one: answered without the index, nothing to say.
+                current = self._query("SELECT file FROM vector_indexes WHERE owner_id = ?", (owner_id,))
+                if not current or current[0][0] != name:  # (or it was dropped: forget, a new model)
+                    return None
+                log.warning("%s: the vector index of an owner is missing (%s); it is built anew", self.path, exc)
+                self._bad_index_files[owner_id] = _signature(path)
+                return None
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("%s: the vector index of an owner is unreadable (%s); it is built anew", self.path, exc)
                 self._indexes.pop(owner_id, None)
@@ -1444,34 +1485,42 @@ class Store:
         if self.read_only or self._closed or self.index_dir is None:
             return
         with self._index_lock:
-            if owner_id in self._index_builds:
+            if owner_id in self._index_builds or time.monotonic() < self._index_retry_at.get(owner_id, 0.0):
                 return
             self._index_builds.add(owner_id)
         threading.Thread(target=self._build_in_background, args=(owner_id,), daemon=True,
                          name="localmem-vector-index").start()
 
     def _build_in_background(self, owner_id: str) -> None:
+        built = False
         try:
-            self.build_vector_index(owner_id, wait=False)
+            built = self.build_vector_index(owner_id, wait=False, at_least=self.index_min)
         except Exception as exc:  # noqa: BLE001 - a thread's end: the searches go on through sqlite-vec; say why
             if not self._closed:
                 log.warning("%s: building the vector index of an owner failed: %s", self.path, exc)
         finally:
             with self._index_lock:
                 self._index_builds.discard(owner_id)
+                if not built:  # failed, skipped or too few vectors yet: not on every search
+                    self._index_retry_at[owner_id] = time.monotonic() + INDEX_RETRY_AFTER
 
-    def build_vector_index(self, owner_id: str, *, wait: bool = True) -> bool:
+    def build_vector_index(self, owner_id: str, *, wait: bool = True, at_least: int = 0) -> bool:
         """Write the owner's approximate index file anew from its stored vectors and
         publish it (see localmem/vector_index.py); True when published. One builder per
         owner at a time, across processes: with ``wait=False`` this returns False at once
         if another holds the owner's lock. The lists trained for the previous file are
         kept while the owner has grown less than RETRAIN_GROWTH x since (a merge: no
-        k-means). Searches go on meanwhile, on the previous file or sqlite-vec."""
+        k-means). Searches go on meanwhile, on the previous file or sqlite-vec.
+        ``at_least``: build only if the owner has that many vectors (the background builds:
+        an owner past ``index_min`` messages whose vectors are still being computed would
+        get lists trained on a few)."""
         if self.read_only:
             raise ReadOnlyError(f"{self.path} is open read-only: no index is built")
         if self.index_dir is None:
             raise InvalidInputError("an in-memory database keeps no vector index files")
         folder = self.index_dir
+        if at_least and self._query(f"SELECT count(*) FROM ({_VECTOR_IDS})", (owner_id,))[0][0] < at_least:
+            return False
         with vector_index.owner_lock(folder, owner_id, wait=wait) as held:
             if not held:
                 return False
@@ -1520,8 +1569,7 @@ class Store:
                 dim = _vector_dim(json.loads(identity[0]))
                 seq = conn.execute("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'vector_log'),"
                                    " 0)").fetchone()[0]
-                ids = np.array([i for (i,) in conn.execute("SELECT id FROM messages WHERE owner_id = ?",
-                                                           (owner_id,))], np.int64)
+                ids = np.array([i for (i,) in conn.execute(_VECTOR_IDS, (owner_id,))], np.int64)
                 reuse = None
                 if previous is not None:
                     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -1569,18 +1617,27 @@ class Store:
             current = {o: f for o, g, f in conn.execute("SELECT owner_id, generation, file FROM vector_indexes")
                        if g == generation}
             changed = {o for (o,) in conn.execute("SELECT DISTINCT owner_id FROM vector_log")}
+            registered = [o for (o,) in conn.execute("SELECT owner_id FROM vector_indexes")]
+        # Owners that fell below index_min (a forget, retention) are searched by sqlite-vec
+        # again: their files (with the codes of what was deleted) and logs go.
+        small = sorted(set(registered) - set(owners))
+        if small:
+            with self.write() as conn:
+                small = self._drop_indexes(conn, small)
+            self._remove_index_files(small)
         written = sum(self.build_vector_index(o) for o in owners if current.get(o) is None or o in changed)
-        removed = 0
+        removed = len(small)
         if not self.index_dir.is_dir():
             return written, removed
-        for key in sorted({p.name.split("-")[0] for p in self.index_dir.glob("*.ivf")}):
+        # (dotfiles are builds in progress, or died: the owner's next build removes those)
+        for key in sorted({p.name.split("-")[0] for p in self.index_dir.glob("*.ivf") if not p.name.startswith(".")}):
             with vector_index.key_lock(self.index_dir, key, wait=False) as held:
                 if not held:  # a build of that owner is under way
                     continue
                 with self.read() as conn:
                     named = {f for (f,) in conn.execute("SELECT file FROM vector_indexes WHERE file IS NOT NULL")}
                 for path in self.index_dir.glob(f"{key}-*.ivf"):
-                    if path.name not in named:
+                    if path.name not in named and not path.name.startswith("."):
                         with contextlib.suppress(OSError):
                             path.unlink()
                             removed += 1
@@ -1610,7 +1667,8 @@ class Store:
             with self._index_lock:
                 index = self._indexes.pop(owner, None)
             if index is not None:
-                index.close()
+                with index.lock:  # a search in flight finishes first; later ones find it closed
+                    index.close()
             for path in self.index_dir.glob(f"{vector_index.owner_key(owner)}-*.ivf"):
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -1768,7 +1826,8 @@ class Store:
                 index = self._synced_index(conn, owner_id)
                 if index is not None:
                     with index.lock:
-                        found = index.cosines(np.frombuffer(vector, np.float32), list(ids))
+                        if not index.closed:
+                            found = index.cosines(np.frombuffer(vector, np.float32), list(ids))
             rest = [row_id for row_id in ids if row_id not in found]
             found.update(_cosines(conn, vector, rest))
             return found

@@ -39,6 +39,7 @@ import os
 import struct
 import tempfile
 import threading
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -66,10 +67,12 @@ KMEANS_SAMPLE = 40  # rows per list in the k-means sample (at most SAMPLE_MAX)
 SAMPLE_MAX = 100_000
 KMEANS_ROUNDS = 6
 # The file is written anew when what changed since (new vectors, deletions) reaches this
-# share of it (and at least MERGE_MIN), and k-means is run anew when the owner has grown
-# to RETRAIN_GROWTH x the size its lists were trained on.
+# share of it (at least MERGE_MIN, at most MERGE_MAX: the changes are searched exactly,
+# 45k of them took 16 ms a search), and k-means is run anew when the owner has grown to
+# RETRAIN_GROWTH x the size its lists were trained on.
 MERGE_SHARE = 0.05
 MERGE_MIN = 2_000
+MERGE_MAX = 10_000
 RETRAIN_GROWTH = 2.0
 
 _MAGIC = b"LMIVF\x00\x01\n"
@@ -84,9 +87,11 @@ def owner_key(owner_id: str) -> str:
 
 
 def file_name(owner_id: str, generation: int, seq: int) -> str:
-    """A published file's name: the owner, the vector generation and the log position it
-    covers. Names are never reused, so a file is never rewritten in place."""
-    return f"{owner_key(owner_id)}-g{generation & 0xFFFFFFFFFFFFFFFF:x}-s{seq}.ivf"
+    """A published file's name: the owner, the vector generation, the log position it
+    covers and a random part. Names are never reused (two builds at the same position, as
+    before and after a forget that logs nothing, differ), so a process holding a file
+    open always sees that a new one was published."""
+    return f"{owner_key(owner_id)}-g{generation & 0xFFFFFFFFFFFFFFFF:x}-s{seq}-{uuid.uuid4().hex[:12]}.ivf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,8 @@ class IndexFile:
         self.id_rows: np.ndarray = arrays["id_rows"]
         self.conv_rows: np.ndarray = arrays["conv_rows"]
         self.conv_offsets: np.ndarray = arrays["conv_offsets"]
+        self.count = int(self.header["count"])
+        self._check_structure()
         self.sorted_ids: np.ndarray = self.ids[self.id_rows]
         self.conversations: dict[str, int] = {c: i for i, c in enumerate(self.header["conversations"])}
         self.scale = float(self.header["scale"])
@@ -142,6 +149,29 @@ class IndexFile:
         self.seq = int(self.header["seq"])
         self.generation = int(self.header["generation"])
         self.trained = int(self.header["trained"])
+
+    def _check_structure(self) -> None:
+        """What a search relies on, checked at open (a damaged file is refused, never
+        searched): the small arrays' checksums, the lists' and conversations' offsets in
+        order and within the rows, every row index in range."""
+        for name in ("centroids", "offsets", "conv_offsets"):
+            _, _, offset, crc = self.header["arrays"][name]
+            array = getattr(self, name)
+            if zlib.crc32(memoryview(self._map)[offset: offset + array.nbytes]) != crc:
+                raise ValueError(f"{self.path}: {name} does not match its checksum")
+        n = self.count
+        for name, offsets in (("offsets", self.offsets), ("conv_offsets", self.conv_offsets)):
+            if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0):
+                raise ValueError(f"{self.path}: {name} out of order or range")
+        for name in ("id_rows", "conv_rows"):
+            rows = getattr(self, name)
+            if len(rows) != n or (n and (int(rows.min()) < 0 or int(rows.max()) >= n)):
+                raise ValueError(f"{self.path}: {name} out of range")
+        if n and (int(self.conv.min()) < 0 or int(self.conv.max()) >= len(self.header["conversations"])):
+            raise ValueError(f"{self.path}: conv out of range")
+        dim = int(self.header["dim"])
+        if self.codes.shape != (n, dim) or self.vectors.shape != (n, dim) or self.centroids.shape[1:] != (dim,):
+            raise ValueError(f"{self.path}: arrays of the wrong shape")
 
     def verify(self) -> list[str]:
         """Each array's checksum against the header's (reads the whole file)."""
@@ -329,69 +359,110 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+class _Delta:
+    """The vectors written since the file, in growing arrays (doubled when full, so that a
+    write between two searches costs one row, not a copy of them all)."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.matrix = np.empty((64, dim), np.float32)
+        self.ids = np.empty(64, np.int64)
+        self.created = np.empty(64, np.int64)
+        self.conv = np.empty(64, np.int32)
+        self.alive = np.zeros(64, bool)
+        self.at: dict[int, int] = {}  # id -> its current row
+        self.conversations: dict[str, int] = {}
+
+    def add(self, row_id: int, conversation: str, created: int, vector: bytes) -> None:
+        if self.n == len(self.ids):
+            grow = len(self.ids)
+            self.matrix = np.concatenate([self.matrix, np.empty_like(self.matrix[:grow])])
+            for name in ("ids", "created", "conv", "alive"):
+                old = getattr(self, name)
+                setattr(self, name, np.concatenate([old, np.zeros_like(old[:grow])]))
+        self.drop(row_id)
+        at = self.n
+        self.matrix[at] = np.frombuffer(vector, np.float32)
+        self.ids[at], self.created[at], self.alive[at] = row_id, created, True
+        self.conv[at] = self.conversations.setdefault(conversation, len(self.conversations))
+        self.at[row_id] = at
+        self.n += 1
+
+    def drop(self, row_id: int) -> None:
+        at = self.at.pop(row_id, None)
+        if at is not None:
+            self.alive[at] = False
+
+    @property
+    def live(self) -> int:
+        return len(self.at)
+
+    def search(self, vector: np.ndarray, conversation_id: str | None, since_us: int | None,
+               only: np.ndarray | None = None) -> list[tuple[int, float]]:
+        n = self.n
+        if not n:
+            return []
+        keep = self.alive[:n].copy()
+        if conversation_id is not None:
+            keep &= self.conv[:n] == self.conversations.get(conversation_id, -1)
+        if since_us is not None:
+            keep &= self.created[:n] >= since_us
+        if only is not None:
+            keep &= np.isin(self.ids[:n], only)
+        if not keep.any():
+            return []
+        scores = self.matrix[:n] @ vector  # all rows, then the mask: no copy of the matrix
+        return list(zip(self.ids[:n][keep].tolist(), scores[keep].tolist(), strict=True))
+
+
 class OwnerIndex:
     """One owner's published file plus what changed since (held in memory), searchable.
 
     ``apply`` takes the log's changes in order; ``search`` answers candidates with their
-    approximate cosine (the int8 codes'; the delta's are exact)."""
+    cosines (the file's float16 copies; the delta's exact). ``lock``: hold it around
+    ``apply``, ``search``, ``cosines`` and ``close``; after ``close`` (``closed``) the
+    file's arrays are gone: answer without it."""
 
     def __init__(self, base: IndexFile):
         self.base = base
-        self.lock = threading.Lock()  # apply and search, one thread at a time
+        self.lock = threading.Lock()
+        self.closed = False
         self.seq = base.seq
         self.dead = np.zeros(base.count, bool)  # base rows deleted or re-embedded since
         self.dead_count = 0
-        self._delta_ids: list[int] = []
-        self._delta_at: dict[int, int] = {}
-        self._delta_rows: list[np.ndarray] = []
-        self._delta_conv: list[str] = []
-        self._delta_created: list[int] = []
-        self._delta_alive: list[bool] = []
-        self._matrix: np.ndarray | None = None
-        self._delta_arrays: tuple[np.ndarray, ...] = ()
+        self._delta = _Delta(int(base.header["dim"]))
 
     @property
     def changes(self) -> int:
         """How much differs from the file: vectors added plus rows masked."""
-        return sum(self._delta_alive) + self.dead_count
+        return self._delta.live + self.dead_count
 
     def needs_merge(self) -> bool:
-        return self.changes >= max(MERGE_MIN, MERGE_SHARE * self.base.count)
+        return self.changes >= max(MERGE_MIN, min(MERGE_MAX, MERGE_SHARE * self.base.count))
 
     def apply(self, seq: int, changed: list[tuple[int, tuple[str, int, bytes] | None]]) -> None:
         """What the log says changed up to ``seq``: for each id, its vector now (conversation,
         created_at, float32 bytes) or None (deleted). The file's copy of any changed id is
         masked; a current vector joins the delta."""
-        if not changed:
-            self.seq = max(self.seq, seq)
-            return
-        ids = np.array([i for i, _ in changed], np.int64)
-        rows = self.base.rows_of(ids)
-        hit = rows[rows >= 0]
-        newly = hit[~self.dead[hit]]
-        self.dead[newly] = True
-        self.dead_count += len(newly)
-        for row_id, now in changed:
-            at = self._delta_at.get(row_id)
-            if at is not None:
-                self._delta_alive[at] = False
-            if now is None:
-                continue
-            conversation, created, vector = now
-            self._delta_at[row_id] = len(self._delta_ids)
-            self._delta_ids.append(row_id)
-            self._delta_rows.append(np.frombuffer(vector, np.float32))
-            self._delta_conv.append(conversation)
-            self._delta_created.append(created)
-            self._delta_alive.append(True)
-        self._matrix = None
+        if changed:
+            ids = np.array([i for i, _ in changed], np.int64)
+            rows = self.base.rows_of(ids)
+            hit = rows[rows >= 0]
+            newly = hit[~self.dead[hit]]
+            self.dead[newly] = True
+            self.dead_count += len(newly)
+            for row_id, now in changed:
+                if now is None:
+                    self._delta.drop(row_id)
+                else:
+                    self._delta.add(row_id, *now)
         self.seq = max(self.seq, seq)
 
     def search(self, vector: np.ndarray, wanted: int, *, conversation_id: str | None = None,
                since_us: int | None = None) -> list[tuple[int, float]]:
         """Up to ``wanted`` candidates (id, approximate cosine), best first."""
         found = self._search_base(vector, wanted, conversation_id, since_us)
-        found.extend(self._search_delta(vector, conversation_id, since_us))
+        found.extend(self._delta.search(vector, conversation_id, since_us))
         found.sort(key=lambda pair: (-pair[1], pair[0]))
         return found[:wanted]
 
@@ -458,30 +529,12 @@ class OwnerIndex:
             if hit.any():
                 scores = self.base.vectors[rows[hit]].astype(np.float32) @ vector
                 out.update(zip(wanted[hit].tolist(), scores.tolist(), strict=True))
-        for row_id, score in self._search_delta(vector, None, None, only=ids):
+        for row_id, score in self._delta.search(vector, None, None, only=np.array(ids, np.int64)):
             out[row_id] = score
         return out
 
-    def _search_delta(self, vector: np.ndarray, conversation_id: str | None,
-                      since_us: int | None, only: list[int] | None = None) -> list[tuple[int, float]]:
-        if not self._delta_ids:
-            return []
-        if self._matrix is None:
-            self._matrix = np.stack(self._delta_rows)
-            self._delta_arrays = (np.array(self._delta_ids, np.int64), np.array(self._delta_conv, object),
-                                  np.array(self._delta_created, np.int64), np.array(self._delta_alive, bool))
-        ids, convs, created, alive = self._delta_arrays
-        keep = alive.copy()
-        if conversation_id is not None:
-            keep &= convs == conversation_id
-        if since_us is not None:
-            keep &= created >= since_us
-        if only is not None:
-            keep &= np.isin(ids, np.array(only, np.int64))
-        scores = self._matrix[keep] @ vector
-        return list(zip(ids[keep].tolist(), scores.tolist(), strict=True))
-
     def close(self) -> None:
+        self.closed = True
         self.base.close()
 
 
@@ -503,6 +556,7 @@ def key_lock(folder: Path, key: str, *, wait: bool) -> Iterator[bool]:
         yield True
         return
     fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    _HELD.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -511,7 +565,25 @@ def key_lock(folder: Path, key: str, *, wait: bool) -> Iterator[bool]:
             return
         yield True
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock
+
+
+# The lock files this process has open. A forked child closes its copies: flock belongs
+# to the open file, shared with the parent, and a child living on would otherwise keep
+# the owner locked after the parent's build ended (every later build skipped).
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 def stale_files(folder: Path, owner_id: str | None, keep: str | None, *, key: str | None = None) -> list[Path]:

@@ -5,6 +5,7 @@ what forget, a new model, a damaged file and a read-only store do to it."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import datetime, timezone
 
@@ -286,3 +287,104 @@ def test_rows_of_lists_are_the_runs_in_the_order_asked():
     assert vector_index._rows_of_lists(offsets, np.array([], np.int64)).tolist() == []
     assert vector_index.probe_rows(100) == vector_index.PROBE_ROWS
     assert vector_index.probe_rows(1_000_000) == 12_000
+
+
+def test_a_process_holding_the_file_never_answers_what_another_forgot(built, vectors):
+    q = query(vectors, 1)  # near message 2, of c1
+    c1 = {r[0] for r in built._query("SELECT id FROM messages WHERE conversation_id = 'c1'")}
+    assert {i for i, _ in built.knn(q, 10, owner_id="u")} & c1
+    other = Store(str(built.path))  # another process: forgets, then builds at once
+    other.index_min = 1000
+    try:
+        old = built._query("SELECT file FROM vector_indexes")[0][0]
+        other.forget("u", "c1", None)
+        assert other.build_vector_index("u")
+        assert other._query("SELECT file FROM vector_indexes")[0][0] != old  # (a forget logs nothing)
+    finally:
+        other.close()
+    assert not {i for i, _ in built.knn(q, 10, owner_id="u")} & c1
+
+
+def test_a_forked_child_does_not_keep_the_build_lock(tmp_path):
+    folder = tmp_path / "idx"
+    ready, tell = os.pipe()
+    with vector_index.owner_lock(folder, "u", wait=True) as held:
+        assert held
+        pid = os.fork()
+        if pid == 0:  # the child lives on past the parent's build (its fork hooks have run)
+            os.write(tell, b"x")
+            time.sleep(30)
+            os._exit(0)
+    os.read(ready, 1)
+    try:
+        with vector_index.owner_lock(folder, "u", wait=False) as again:
+            assert again  # the child's copy was closed at fork
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_a_background_build_waits_for_the_vectors(tmp_path, vectors):
+    store = Store(str(tmp_path / "c.db"))
+    try:
+        store.insert_many([new_message("user", f"m{i}", conversation_id="c", owner_id="u") for i in range(3000)])
+        batch = store.pending_batch(64)  # most messages still wait for their vector
+        store.write_vectors(IDENTITY, [i for i, _ in batch], [vectors[i].tobytes() for i, _ in batch])
+        assert not store.build_vector_index("u", at_least=1000)
+        assert store._query("SELECT count(*) FROM vector_indexes")[0][0] == 0  # not even registered
+        store.index_min = 1000
+        store.knn(query(vectors, 1), 5, owner_id="u")  # starts the background build, which declines
+        deadline = time.monotonic() + 30
+        while store._index_builds and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "u" in store._index_retry_at  # and is not tried again on every search
+        assert store._query("SELECT count(*) FROM vector_indexes")[0][0] == 0
+    finally:
+        store.close()
+
+
+def test_a_file_damaged_inside_its_arrays_is_refused_at_open(built, vectors):
+    (path,) = built.index_dir.glob("*.ivf")
+    offsets_at = vector_index.IndexFile(path).header["arrays"]["offsets"][2]
+    built.close()
+    with open(path, "r+b") as f:
+        f.seek(offsets_at + 8)
+        f.write(np.int64(-5).tobytes())
+    with pytest.raises(ValueError, match="offsets"):
+        vector_index.IndexFile(path)
+    store = Store(str(built.path))
+    store.index_min = 1000
+    try:
+        q = query(vectors, 8)
+        assert [i for i, _ in store.knn(q, 10, owner_id="u", exact_max=EXACT)] == exact_ids(built.path, q)
+    finally:
+        store.close()
+
+
+def test_maintain_drops_the_file_of_an_owner_below_index_min_and_spares_builds_in_progress(built, vectors):
+    temp = built.index_dir / f".building-{vector_index.owner_key('u')}-inprogress.ivf"
+    temp.write_bytes(b"another process is writing this")
+    for i in range(1, 201):
+        built.delete(built.rows_by_id([i])[i].msg_id)
+    built.index_min = N  # the owner now has fewer
+    assert built.refresh_vector_indexes() == (0, 1)
+    assert list(built.index_dir.glob("[!.]*.ivf")) == [] and temp.exists()
+    assert built._query("SELECT count(*) FROM vector_log")[0][0] == 0
+    assert built._query("SELECT count(*) FROM vector_indexes")[0][0] == 0
+
+
+def test_many_changes_since_the_file_are_searched_exactly(built, vectors):
+    rng = np.random.default_rng(3)
+    extra = unit(rng.standard_normal((300, DIM)))
+    built.insert_many([new_message("user", f"x{i}", conversation_id="c2", owner_id="u") for i in range(300)])
+    batch = built.pending_batch(300)
+    built.write_vectors(IDENTITY, [i for i, _ in batch], [extra[k].tobytes() for k, _ in enumerate(batch)])
+    for i in range(300, 360):
+        built.delete(built.rows_by_id([i])[i].msg_id)
+    for k in (0, 150, 299):
+        q = extra[k].tobytes()
+        got = built.knn(q, 10, owner_id="u")
+        assert got[0][0] == batch[k][0] and got[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert not {i for i, _ in got} & set(range(300, 360))
+        assert len({i for i, _ in got}) == 10
+    assert built._indexes["u"].changes == 360
