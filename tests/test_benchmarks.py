@@ -236,3 +236,14 @@ def test_keyword_scale_quick_run(tmp_path):
         (scope, config) for scope in ("owner", "conversation")
         for config in ("main", "no fragments", "budget 5000")}
     assert all(r["p50_ms"] > 0 for r in results)
+
+
+def test_scale_quick_run(tmp_path):
+    stdout, results = run_benchmark(tmp_path, "scale.py", "--quick", timeout=600)
+    (size,) = results
+    assert size["n"] == 3000 and size["ingest"]["total_s"] > 0
+    for path in ("index", "sqlite-vec"):
+        for scope in ("owner-wide", "one conversation"):
+            assert 0 < size["recall"][f"dense {scope}, {path}"] <= 1
+    assert size["disk_mb"]["index"] > 0 and size["served"]["max_rss_mb"] > 0
+    assert "faster with the index" in stdout
