@@ -1,24 +1,24 @@
 """Approximate vector search for large owners: an IVF index in a file beside the database.
 
 sqlite-vec scans an owner's whole partition for every query and picks its top k at a
-cost of n x k (benchmarks/scale.py: 169 ms owner-wide at 1M messages, recall@10 0.71 with
-the sign-bit pre-scan; a conversation of that owner 201 ms, since the conversation filter is
+cost of n x k (benchmarks/scale.py: 212 ms owner-wide at 1M messages, recall@10 0.66 with
+the sign-bit pre-scan; a conversation of that owner 244 ms, since the conversation filter is
 checked row by row). Past ``INDEX_MIN`` vectors an owner gets an inverted-file index here:
 
 * k-means (spherical, on a sample) splits the owner's vectors into ``nlist`` lists
-  (about 4 x sqrt(n)); the vectors are stored as int8 codes, list by list, beside their
+  (``LISTS_PER_SQRT`` x sqrt(n)); the vectors are stored as int8 codes, list by list, beside their
   ids, conversations and times;
 * a query scores the centroids, then the codes of the nearest lists until ``probe_rows(n)``
   rows that pass the scope's filters (conversation, time) are scored, and returns the best
-  by their float16 copies (cosine within ~1e-4 of the float32 one: sqlite-vec's point
+  by their float16 copies (cosine within 2e-4 of the float32 one: sqlite-vec's point
   lookups, 45 us each at 100k, cost more than the search itself).
   A filter therefore costs lists, not recall: a conversation holding 5 % of the owner's
   messages probes about 20x more lists, and only its own rows are scored;
-* the file is derived and read-only (memory-mapped: the serving process keeps in memory
-  only the pages it touches). What changed since it was written is read from the
+* the file is derived and read-only (memory-mapped: its pages are the OS's page cache,
+  read as searches touch them). What changed since it was written is read from the
   database's ``vector_log`` and held in memory (``OwnerIndex.apply``): new vectors are
   searched exactly, deleted ones are masked. When that grows past ``MERGE_SHARE`` of the
-  file, the file is written anew (``Store.build_vector_index``).
+  file (at most ``MERGE_MAX``), the file is written anew (``Store.build_vector_index``).
 
 Pure numpy: no new dependency. usearch (HNSW) was measured on the same data: 0.27 ms at
 100k and recall 0.98 (int8 + re-scoring), but its build took 45 s per 100k at 200k
@@ -26,7 +26,7 @@ vectors (over 5 minutes for 1M on two cores), a filtered search needs a Python c
 per visited node, and reading 5k vectors back out of it took 33 ms.
 
 The SQLite file stays the single source of truth: deleting the index folder loses nothing;
-the next search rebuilds it.
+the owner's next search starts a rebuild (sqlite-vec answers meanwhile).
 """
 
 from __future__ import annotations
@@ -460,7 +460,7 @@ class OwnerIndex:
 
     def search(self, vector: np.ndarray, wanted: int, *, conversation_id: str | None = None,
                since_us: int | None = None) -> list[tuple[int, float]]:
-        """Up to ``wanted`` candidates (id, approximate cosine), best first."""
+        """Up to ``wanted`` candidates (id, cosine: of the float16 copy, or exact for the delta), best first."""
         found = self._search_base(vector, wanted, conversation_id, since_us)
         found.extend(self._delta.search(vector, conversation_id, since_us))
         found.sort(key=lambda pair: (-pair[1], pair[0]))
