@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from semantic_speed import locomo_text
+from semantic_speed import locomo_text, pct
 
 from localmem import retrieval
 from localmem import store as store_module
@@ -83,11 +83,6 @@ def configured(fragments: bool, budget: int | None) -> Iterator[None]:
         yield
     finally:
         retrieval.DROP_FRAGMENTS, store_module.KEYWORD_BUDGET = saved
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def measure(path: Path, questions: list[str], configs: dict[str, tuple[bool, int | None]],

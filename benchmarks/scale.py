@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from semantic_speed import DIM, LookupEmbedder, dataset
+from semantic_speed import DIM, LookupEmbedder, dataset, pct
 
 from localmem import Memory, Strategy, vector_index
 from localmem.store import Store
@@ -54,11 +54,6 @@ from localmem.validate import new_message
 CONVERSATIONS = 20
 OWNER = "u1"
 IDENTITY = {"name": LookupEmbedder.name, "dim": DIM, "sha256": None}
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ingest(path: Path, vectors: np.ndarray, texts: list[str]) -> dict[str, float]:

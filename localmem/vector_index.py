@@ -154,11 +154,8 @@ class IndexFile:
         """What a search relies on, checked at open (a damaged file is refused, never
         searched): the small arrays' checksums, the lists' and conversations' offsets in
         order and within the rows, every row index in range."""
-        for name in ("centroids", "offsets", "conv_offsets"):
-            _, _, offset, crc = self.header["arrays"][name]
-            array = getattr(self, name)
-            if zlib.crc32(memoryview(self._map)[offset: offset + array.nbytes]) != crc:
-                raise ValueError(f"{self.path}: {name} does not match its checksum")
+        for problem in self.verify(("centroids", "offsets", "conv_offsets")):
+            raise ValueError(problem)
         n = self.count
         for name, offsets in (("offsets", self.offsets), ("conv_offsets", self.conv_offsets)):
             if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0):
@@ -173,10 +170,12 @@ class IndexFile:
         if self.codes.shape != (n, dim) or self.vectors.shape != (n, dim) or self.centroids.shape[1:] != (dim,):
             raise ValueError(f"{self.path}: arrays of the wrong shape")
 
-    def verify(self) -> list[str]:
-        """Each array's checksum against the header's (reads the whole file)."""
+    def verify(self, names: Iterable[str] | None = None) -> list[str]:
+        """Each array's checksum (or those of ``names``) against the header's (all of them:
+        reads the whole file)."""
         problems = []
-        for name, (_dtype, _shape, offset, crc) in self.header["arrays"].items():
+        for name in self.header["arrays"] if names is None else names:
+            _dtype, _shape, offset, crc = self.header["arrays"][name]
             array = getattr(self, name)
             if zlib.crc32(memoryview(self._map)[offset: offset + array.nbytes]) != crc:
                 problems.append(f"{self.path.name}: {name} does not match its checksum")
@@ -586,9 +585,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_held_in_child)
 
 
-def stale_files(folder: Path, owner_id: str | None, keep: str | None, *, key: str | None = None) -> list[Path]:
-    """The owner's (or ``key``'s) files other than ``keep``: older published ones and the
-    leftovers of a build that died (call with the owner's lock held)."""
-    key = key if owner_id is None else owner_key(owner_id)
+def stale_files(folder: Path, owner_id: str, keep: str | None) -> list[Path]:
+    """The owner's files other than ``keep``: older published ones and the leftovers of a
+    build that died (call with the owner's lock held)."""
+    key = owner_key(owner_id)
     found = [*folder.glob(f"{key}-*.ivf"), *folder.glob(f".building-{key}-*.ivf")]
     return [path for path in found if path.name != keep]
