@@ -266,20 +266,12 @@ def test_the_keyword_index_knows_each_messages_predecessor(mem, db_path):
     assert found[0] == "third" and sorted(found[1:]) == ["first", "fourth"]
 
 
-def test_integrity_check_notices_a_stale_successor(mem, db_path):
+@pytest.mark.parametrize("column, neighbour", [("next", "two"), ("prev", "one")])
+def test_integrity_check_notices_a_stale_neighbour(mem, db_path, column, neighbour):
     mem.add("user", "one", **OK)
     mem.add("user", "two", **OK)
     conn = raw(db_path)
-    conn.execute("UPDATE messages_fts SET next = 'wrong' WHERE next = 'two'")
-    conn.close()
-    assert "previous or next message" in mem.check_integrity()
-
-
-def test_integrity_check_notices_a_stale_predecessor(mem, db_path):
-    mem.add("user", "one", **OK)
-    mem.add("user", "two", **OK)
-    conn = raw(db_path)
-    conn.execute("UPDATE messages_fts SET prev = 'wrong' WHERE prev = 'one'")
+    conn.execute(f"UPDATE messages_fts SET {column} = 'wrong' WHERE {column} = ?", (neighbour,))
     conn.close()
     assert "previous or next message" in mem.check_integrity()
 
