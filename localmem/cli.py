@@ -57,8 +57,11 @@ def _print_json(value: Any) -> None:
 
 
 def _db_path(args: argparse.Namespace, *, create: bool = True) -> str:
-    """--db, else the default file (``create``: its folder is made if missing)."""
-    return os.fspath(default_path(create=create)) if args.db is None else args.db
+    """--db, else $LOCALMEM_DB, else the default file (``create``: its folder is made if
+    missing). ``demo`` reads only --db: the tour never writes into the user's memory."""
+    if args.db is not None:
+        return str(args.db)
+    return os.environ.get("LOCALMEM_DB") or os.fspath(default_path(create=create))
 
 
 def _open_existing(args: argparse.Namespace, **options: Any) -> Memory:
@@ -559,7 +562,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Conversation memory for AI agents, in one SQLite file.",
         epilog="Start with: localmem demo",
     )
-    db_help = "database file (default: memory.db in the user data directory)"
+    db_help = "database file (default: $LOCALMEM_DB, else memory.db in the user data directory)"
     parser.add_argument("--db", metavar="PATH", help=db_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")

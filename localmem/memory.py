@@ -56,7 +56,7 @@ from .records import (
     Strategy,
 )
 from .retrieval import Rerank, Searcher, keyword_query
-from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch
+from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch, row_to_message
 from .strategy_log import LogEntry, StrategyLog, log_path
 from .summaries import Folder, SummaryPolicy, Written, summarizer_name
 from .tokens import MESSAGE_OVERHEAD, check_counter
@@ -682,6 +682,20 @@ class Memory:
         """The stored message with this msg_id, or None."""
         self._check_open()
         return self._store.get(check_id(msg_id, "msg_id"))
+
+    def messages(self, *, conversation_id: str, owner_id: str) -> tuple[Message, ...]:
+        """Every message of the conversation, oldest first (by ``created_at``, then the
+        order they were stored in): the whole chat history, as the chat-history adapters
+        (``localmem.integrations``) read it. Empty for an unknown conversation."""
+        self._check_open()
+        owner, conversation = check_id(owner_id, "owner_id"), check_id(conversation_id, "conversation_id")
+        rows = self._store.conversation_rows(owner, conversation)
+        return tuple(row_to_message(r) for r in rows)
+
+    def conversations(self, owner_id: str) -> tuple[str, ...]:
+        """The ids of the owner's conversations that hold at least one message, sorted."""
+        self._check_open()
+        return tuple(self._store.owner_conversations(check_id(owner_id, "owner_id")))
 
     @_gated
     def get_memory(

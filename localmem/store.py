@@ -2385,6 +2385,24 @@ class Store:
         rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (msg_id,))
         return row_to_message(Row._make(rows[0])) if rows else None
 
+    def conversation_rows(self, owner_id: str, conversation_id: str) -> list[Row]:
+        """Every message of the conversation, oldest first ((created_at, id) order)."""
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation_id = ? AND owner_id = ?"
+            " ORDER BY created_at, id",
+            (conversation_id, owner_id),
+        )
+        return [Row._make(r) for r in rows]
+
+    def owner_conversations(self, owner_id: str) -> list[str]:
+        """The ids of the owner's conversations that hold a message, sorted."""
+        rows = self._query(
+            "SELECT conversation_id FROM conversations WHERE owner_id = ? AND message_count > 0"
+            " ORDER BY conversation_id",
+            (owner_id,),
+        )
+        return [r[0] for r in rows]
+
     def counts(self) -> dict[str, int]:
         with self.read() as conn:
             messages, conversations = conn.execute(

@@ -1,9 +1,10 @@
 import dataclasses
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import localmem
-from localmem import MemoryResult, Message, RetrievedMessage, Strategy
+from localmem import InvalidInputError, MemoryResult, Message, RetrievedMessage, Strategy
 
 PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages", "Selection", "StrategyStats", "StrategyUsage",
@@ -67,3 +68,41 @@ def test_session_only_and_unavailable_strategies(mem):
     for strategy in set(Strategy) - set(mem.strategies()):
         with pytest.raises(localmem.StrategyUnavailableError, match="recent_history"):
             mem.get_memory(strategy, conversation_id="c", owner_id="u", query="hi")
+
+
+def test_messages_are_the_whole_conversation_oldest_first(mem):
+    t = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    mem.add("user", "second", conversation_id="c", owner_id="u", created_at=t + timedelta(hours=1))
+    mem.add("user", "first", conversation_id="c", owner_id="u", created_at=t)
+    for n in range(3):  # the same instant: stored order
+        mem.add("assistant", f"tie {n}", conversation_id="c", owner_id="u", created_at=t + timedelta(hours=2))
+    mem.add("user", "elsewhere", conversation_id="other", owner_id="u")
+    mem.add("user", "someone else's", conversation_id="c", owner_id="v")
+    got = mem.messages(conversation_id="c", owner_id="u")
+    assert [m.content for m in got] == ["first", "second", "tie 0", "tie 1", "tie 2"]
+    assert all(isinstance(m, Message) for m in got)
+    assert mem.messages(conversation_id="nobody", owner_id="u") == ()
+
+
+def test_conversations_lists_an_owners_conversations_that_hold_messages(mem):
+    for conversation in ("b", "a", "c"):
+        mem.add("user", "hi", conversation_id=conversation, owner_id="u")
+    mem.add("user", "hi", conversation_id="z", owner_id="v")
+    assert mem.conversations("u") == ("a", "b", "c")
+    mem.forget(owner_id="u", conversation_id="b")
+    assert mem.conversations("u") == ("a", "c")
+    only = mem.messages(conversation_id="c", owner_id="u")[0]
+    assert mem.delete(only.msg_id)
+    assert mem.conversations("u") == ("a",)
+    assert mem.conversations("nobody") == ()
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.messages(conversation_id="", owner_id="u"),
+    lambda m: m.messages(conversation_id="c", owner_id=None),
+    lambda m: m.conversations(" "),
+    lambda m: m.conversations(7),
+])
+def test_messages_and_conversations_check_their_ids(mem, call):
+    with pytest.raises(InvalidInputError):
+        call(mem)

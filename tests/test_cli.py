@@ -377,6 +377,23 @@ def test_db_after_the_subcommand_wins_over_the_global_one(run, tmp_path):
     assert b.exists() and not a.exists()
 
 
+def test_localmem_db_names_the_file_when_no_db_is_given(run, tmp_path, monkeypatch, temp_dir):
+    env_db, flag_db = tmp_path / "env.db", tmp_path / "flag.db"
+    monkeypatch.setenv("LOCALMEM_DB", str(env_db))
+    assert run("add", "--conversation", "c", "--owner", "u", "from the environment")[0] == 0
+    assert env_db.exists()
+    code, out, _ = run("recent", "--conversation", "c", "--owner", "u")
+    assert code == 0 and "from the environment" in out
+    run("--db", str(flag_db), "add", "--conversation", "c", "--owner", "u", "x")  # --db wins
+    assert flag_db.exists()
+    with Memory(env_db, read_only=True) as mem:
+        assert mem.stats()["messages"] == 1
+    # The tour never writes into the file the environment names.
+    assert run("demo")[0] == 0
+    with Memory(env_db, read_only=True) as mem:
+        assert mem.stats()["messages"] == 1
+
+
 # -- errors ------------------------------------------------------------------------------
 
 
