@@ -1,0 +1,89 @@
+"""What the chat-history adapters share: storing a framework's message as a localmem
+message without losing anything, and reading it back.
+
+localmem stores ``user``, ``assistant`` and ``system`` messages with non-blank text. A
+framework's message can be more: a tool result, a tool call with no text, text in blocks,
+a name, provider fields. Each adapter maps it to the nearest localmem role with its text
+(or a readable stand-in such as ``[tool call] get_weather {"city": "Paris"}``, so search
+and summaries see something true), and when that loses anything it keeps the framework's
+own serialised form of the message in ``metadata[<carrier key>]`` as one JSON string (a
+string, so that deep tool arguments do not meet the metadata depth limit). Reading back
+rebuilds the original from it. The carrier leaves out the text when it equals the stored
+content, so a long tool result is not stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import InvalidInputError, LocalMemError
+from ..records import Message
+from ..validate import MAX_ID_CHARS
+
+# How much of a tool call's arguments the stand-in text shows (the carrier has them all).
+MAX_ARGS_CHARS = 1000
+
+
+def msg_id_for(framework_id: object) -> str | None:
+    """The framework's message id as the localmem ``msg_id`` when it can be one (a
+    non-blank str of at most 255 characters, no NUL); else None: a new one is made and
+    the original is kept in the carrier."""
+    if not isinstance(framework_id, str) or not framework_id.strip() or "\0" in framework_id:
+        return None
+    if len(framework_id) > MAX_ID_CHARS:
+        return None
+    try:
+        framework_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return None
+    return framework_id
+
+
+def tool_calls_text(calls: Iterable[tuple[str, Any]]) -> str:
+    """The stand-in text of tool calls: one ``[tool call] name {args}`` line each."""
+    lines = []
+    for name, args in calls:
+        shown = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False, sort_keys=True, default=str)
+        if len(shown) > MAX_ARGS_CHARS:
+            shown = shown[:MAX_ARGS_CHARS] + "…"
+        lines.append(f"[tool call] {name} {shown}".rstrip())
+    return "\n".join(lines)
+
+
+def stored_text(text: str | None, *stand_ins: str) -> str:
+    """``text`` when it has a non-blank character, else the first non-blank stand-in,
+    else ``[empty message]`` (localmem keeps no blank message)."""
+    for candidate in (text, *stand_ins):
+        if candidate and candidate.strip():
+            return candidate
+    return "[empty message]"
+
+
+def carry(key: str, data: Mapping[str, Any]) -> dict[str, str]:
+    """The metadata that carries a message's serialised form under ``key``."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"the message cannot be stored as JSON ({exc})") from exc
+    return {key: text}
+
+
+def carried(message: Message, key: str) -> dict[str, Any] | None:
+    """The serialised form an adapter stored under ``key`` (None: the message was stored
+    plain, or by something else). A value there that is not what an adapter writes is an
+    error, never ignored: the message would come back as something it was not."""
+    value = (message.metadata or {}).get(key)
+    if value is None:
+        return None
+    try:
+        data = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise LocalMemError(
+            f"message {message.msg_id}: metadata[{key!r}] is not the JSON object the {key} adapter "
+            "stores, so the message cannot be rebuilt (it was written by something else)"
+        )
+    return data
