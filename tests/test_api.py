@@ -4,7 +4,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import localmem
-from localmem import InvalidInputError, MemoryResult, Message, RetrievedMessage, Strategy
+from localmem import (
+    InvalidInputError,
+    MemoryResult,
+    Message,
+    RetrievedMessage,
+    Strategy,
+)
 
 PUBLIC = {
     "Memory", "Strategy", "Message", "RetrievedMessage", "MemoryResult", "SearchStages", "Selection", "StrategyStats", "StrategyUsage",
