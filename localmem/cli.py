@@ -1,4 +1,4 @@
-"""The ``localmem`` command: ``demo``, ``add``, ``recent``, ``info``, ``export``, ``import`` and ``models``.
+"""The ``localmem`` command: ``demo``, ``add``, ``recent``, ``search``, ``context``, ``mcp``, ``info``, ``export``, ``import``, ``models``...
 
 Exit codes: 0 success, 1 a localmem error (printed as ``localmem: error: ...``), 2 a usage
 error (argparse's own).
@@ -260,6 +260,20 @@ def cmd_context(args: argparse.Namespace) -> int:
               f"history {t.history}), turns {t.turns} ({len(ctx.turns)}); {len(ctx.dropped)} left out or cut"
               + ("" if ctx.strategy is None else f"; history by {ctx.strategy.value}"))
     return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Serve over stdio (localmem/integrations/mcp.py) until the client goes away."""
+    try:
+        from .integrations.mcp import serve
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in ("mcp", "pydantic"):
+            raise
+        raise LocalMemError(
+            "the MCP server needs the MCP SDK: pip install 'localmem-engine[mcp]'"
+        ) from exc
+    options: dict[str, Any] = {} if args.embedder is None else {"embedder": args.embedder}
+    return serve(_db_path(args), owner_id=args.owner, conversation_id=args.conversation, **options)
 
 
 def cmd_reembed(args: argparse.Namespace) -> int:
@@ -690,6 +704,13 @@ def _parser() -> argparse.ArgumentParser:
     importing.add_argument("path", metavar="PATH", help="a file written by localmem export (JSONL or Parquet)")
     importing.add_argument("--skip-invalid", action="store_true",
                            help="import the valid lines and list the others (default: nothing from a file with a bad line)")
+
+    mcp = command("mcp", cmd_mcp, "serve the memory to MCP clients over stdio (extra: mcp)")
+    mcp.add_argument("--owner", metavar="ID", help="the owner the tools serve (default: $LOCALMEM_OWNER; "
+                                                   "else every call names one)")
+    mcp.add_argument("--conversation", metavar="ID", help="the conversation calls default to "
+                                                          "(default: $LOCALMEM_CONVERSATION, else 'default')")
+    mcp.add_argument("--embedder", metavar="NAME", help="embedder (default: the recorded one, else all-MiniLM-L6-v2)")
 
     models_help = "list, download, inspect and quantize the ONNX models"
     models = sub.add_parser("models", help=models_help, description=models_help)
