@@ -273,7 +273,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
             "the MCP server needs the MCP SDK: pip install 'localmem-engine[mcp]'"
         ) from exc
     options: dict[str, Any] = {} if args.embedder is None else {"embedder": args.embedder}
-    return serve(_db_path(args), owner_id=args.owner, conversation_id=args.conversation, **options)
+    return serve(_db_path(args), owner_id=args.owner, conversation_id=args.conversation,
+                 keywords_only=args.keywords_only, **options)
 
 
 def cmd_reembed(args: argparse.Namespace) -> int:
@@ -710,7 +711,10 @@ def _parser() -> argparse.ArgumentParser:
                                                    "else every call names one)")
     mcp.add_argument("--conversation", metavar="ID", help="the conversation calls default to "
                                                           "(default: $LOCALMEM_CONVERSATION, else 'default')")
-    mcp.add_argument("--embedder", metavar="NAME", help="embedder (default: the recorded one, else all-MiniLM-L6-v2)")
+    model = mcp.add_mutually_exclusive_group()
+    model.add_argument("--embedder", metavar="NAME", help="embedder (default: the recorded one, else all-MiniLM-L6-v2)")
+    model.add_argument("--keywords-only", action="store_true",
+                       help="no embedding model: recall searches by keywords (new messages wait for vectors)")
 
     models_help = "list, download, inspect and quantize the ONNX models"
     models = sub.add_parser("models", help=models_help, description=models_help)

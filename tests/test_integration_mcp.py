@@ -255,7 +255,7 @@ class RawClient:
 
     def __init__(self, db: Path) -> None:
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "localmem", "--db", str(db), "mcp", "--owner", "me"],
+            [sys.executable, "-m", "localmem", "--db", str(db), "mcp", "--owner", "me", "--keywords-only"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
@@ -292,9 +292,13 @@ def test_a_raw_line_that_is_not_json_and_arguments_that_are_not_an_object(tmp_pa
     raw.call(2, "remember", ["x"])
     answer = raw.reply()
     assert answer["id"] == 2 and "error" in answer  # a JSON-RPC error: arguments must be an object
-    raw.call(3, "remember", {"content": "ok"})
+    raw.call(3, "remember", {"content": "my sister lives in Porto", "conversation_id": "family"})
     answer = raw.reply()
     assert answer["id"] == 3 and answer["result"]["isError"] is False
+    # --keywords-only: no model anywhere, and recall still finds it (by keywords).
+    raw.call(4, "recall", {"query": "where does my sister live?"})
+    found = raw.reply()["result"]["structuredContent"]
+    assert [m["content"] for m in found["messages"]] == ["my sister lives in Porto"], found
     raw.server.stdin.close()  # the client closes: the server ends, with 0 and no traceback
     code, err = raw.end()
     assert code == 0 and "Traceback" not in err, err

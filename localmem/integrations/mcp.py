@@ -186,11 +186,14 @@ def _tool_errors(tool: str) -> Iterator[None]:
 
 class Settings:
     """Who the server serves: the owner (None: every call names one) and the default
-    conversation."""
+    conversation; ``dense=False``: searches by keywords alone (a memory opened with
+    ``embed="off"``, on a machine without the embedding model)."""
 
-    def __init__(self, owner_id: str | None = None, conversation_id: str = DEFAULT_CONVERSATION) -> None:
+    def __init__(self, owner_id: str | None = None, conversation_id: str = DEFAULT_CONVERSATION, *,
+                 dense: bool = True) -> None:
         self.owner_id = None if owner_id is None else check_id(owner_id, "owner")
         self.conversation_id = check_id(conversation_id, "conversation")
+        self.dense = dense
 
     def owner(self, given: str | None) -> str:
         if self.owner_id is None:
@@ -256,7 +259,7 @@ def build_server(memory: Memory, settings: Settings | None = None) -> MCPServer:
         The answer says which strategy ran and, for auto, why."""
         with _tool_errors("recall"):
             result = memory.get_memory(
-                SCOPES[scope], query=query, limit=limit, lookback_days=lookback_days,
+                SCOPES[scope], query=query, limit=limit, lookback_days=lookback_days, dense=s.dense,
                 conversation_id=s.conversation(conversation_id), owner_id=s.owner(owner_id),
             )
             return {
@@ -383,14 +386,20 @@ def _client_gone(exc: BaseException) -> bool:
     return isinstance(exc, (BrokenPipeError, ConnectionResetError))
 
 
-def serve(path: str, *, owner_id: str | None = None, conversation_id: str | None = None, **options: Any) -> int:
+def serve(path: str, *, owner_id: str | None = None, conversation_id: str | None = None,
+          keywords_only: bool = False, **options: Any) -> int:
     """Serve the memory at ``path`` over stdio until the client goes away; returns the
     exit code. ``owner_id``/``conversation_id``: the settings (None: $LOCALMEM_OWNER,
-    $LOCALMEM_CONVERSATION); ``options`` go to ``Memory``."""
+    $LOCALMEM_CONVERSATION); ``keywords_only``: no embedding model (``embed="off"``:
+    new messages wait for their vectors, searches use keywords); ``options`` go to
+    ``Memory``."""
     settings = Settings(
         owner_id if owner_id is not None else (os.environ.get("LOCALMEM_OWNER") or None),
         conversation_id or os.environ.get("LOCALMEM_CONVERSATION") or DEFAULT_CONVERSATION,
+        dense=not keywords_only,
     )
+    if keywords_only:
+        options["embed"] = "off"
     with Memory(path, **options) as memory:
         server = build_server(memory, settings)
         try:
