@@ -29,7 +29,7 @@ worker threads (the SDK runs plain functions so), several at once; ``Memory`` is
 for that. When the client goes away (stdin closed, or the client killed mid-call) the
 server closes the memory and exits quietly.
 
-Tested with the official SDK, mcp 2.3 (``mcp.server.mcpserver.MCPServer``; 1.x
+Tested with the official SDK, mcp 2.0.0 and 2.3.0 (``mcp.server.mcpserver.MCPServer``; 1.x
 called it FastMCP), by its own stdio client: tests/test_integration_mcp.py.
 """
 
