@@ -33,7 +33,8 @@ chunks (``AIMessageChunk``...)         as the message they are a chunk of
 The stored content is the message's text (``message.text``: its text blocks joined); when
 that is blank, a readable stand-in: ``[tool call] name {args}`` lines for tool calls,
 ``[tool result] <tool_call_id>``, the kinds of the blocks (``[image]``), else
-``[empty message]``. A ``HumanMessage``, ``AIMessage`` or ``SystemMessage`` that is only
+``[empty message]``. A NUL character is stored as U+FFFD (localmem refuses NUL; the
+carrier keeps the original). A ``HumanMessage``, ``AIMessage`` or ``SystemMessage`` that is only
 its text (and id) is stored as it is, with no metadata, so other readers of the file (the
 MCP server, the command line) see clean messages. Anything more (a name, tool calls,
 ``additional_kwargs``, ``response_metadata``, ``usage_metadata``, list-of-blocks content,
@@ -148,7 +149,8 @@ def to_localmem(message: BaseMessage) -> dict[str, Any]:
     if not isinstance(message, BaseMessage):
         raise InvalidInputError(f"expected a LangChain BaseMessage, not {type(message).__name__}")
     role = _role(message)
-    content = _messages.stored_text(message.text, _stand_in(message))
+    # localmem refuses NUL in content: the stored text shows U+FFFD, the carrier the original.
+    content = _messages.stored_text(message.text, _stand_in(message)).replace("\0", "\ufffd")
     msg_id = _messages.msg_id_for(message.id)
     item: dict[str, Any] = {"role": role, "content": content}
     if msg_id is not None:
