@@ -22,7 +22,8 @@ Mapping (``ChatMessage`` -> localmem message):
 - content: the message's text (``ChatMessage.content``: its text blocks joined). When
   that is blank: the tool calls it makes as ``[tool call] name {args}`` lines (OpenAI-style
   ``additional_kwargs["tool_calls"]`` or ``ToolCallBlock`` blocks), else its other blocks
-  as ``[image]``, ``[audio]``... (``localmem.integrations._messages``).
+  as ``[image]``, ``[audio]``... (``localmem.integrations._messages``). A NUL character
+  (which localmem does not store) becomes U+FFFD there, and the carrier keeps the text.
 - When ``ChatMessage(role=<stored role>, content=<stored text>)`` would not equal the
   message (another role, ``additional_kwargs``, non-text blocks, blank text...), its
   ``model_dump(mode="json")`` is kept in ``metadata["llama_index"]`` (as one JSON string,
@@ -252,7 +253,7 @@ def to_fields(message: ChatMessage) -> dict[str, Any]:
         text,
         _messages.tool_calls_text(_tool_calls(message)),
         " ".join(f"[{b.block_type}]" for b in message.blocks if not isinstance(b, (TextBlock, ToolCallBlock))),
-    )
+    ).replace("\0", "\ufffd")  # localmem stores no NUL; the carrier keeps the text as it was
     if ChatMessage(role=MessageRole(role), content=content) == message:
         return {"role": role, "content": content}
     data = message.model_dump(mode="json")
