@@ -54,10 +54,11 @@ def tool_calls_text(calls: Iterable[tuple[str, Any]]) -> str:
 
 def stored_text(text: str | None, *stand_ins: str) -> str:
     """``text`` when it has a non-blank character, else the first non-blank stand-in,
-    else ``[empty message]`` (localmem keeps no blank message)."""
+    else ``[empty message]`` (localmem keeps no blank message). A NUL character, which
+    localmem does not store, shows as U+FFFD (the carrier keeps the text as it was)."""
     for candidate in (text, *stand_ins):
         if candidate and candidate.strip():
-            return candidate
+            return candidate.replace("\0", "\ufffd")
     return "[empty message]"
 
 

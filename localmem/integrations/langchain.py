@@ -149,8 +149,7 @@ def to_localmem(message: BaseMessage) -> dict[str, Any]:
     if not isinstance(message, BaseMessage):
         raise InvalidInputError(f"expected a LangChain BaseMessage, not {type(message).__name__}")
     role = _role(message)
-    # localmem refuses NUL in content: the stored text shows U+FFFD, the carrier the original.
-    content = _messages.stored_text(message.text, _stand_in(message)).replace("\0", "\ufffd")
+    content = _messages.stored_text(message.text, _stand_in(message))
     msg_id = _messages.msg_id_for(message.id)
     item: dict[str, Any] = {"role": role, "content": content}
     if msg_id is not None:

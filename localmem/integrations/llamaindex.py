@@ -253,7 +253,7 @@ def to_fields(message: ChatMessage) -> dict[str, Any]:
         text,
         _messages.tool_calls_text(_tool_calls(message)),
         " ".join(f"[{b.block_type}]" for b in message.blocks if not isinstance(b, (TextBlock, ToolCallBlock))),
-    ).replace("\0", "\ufffd")  # localmem stores no NUL; the carrier keeps the text as it was
+    )
     if ChatMessage(role=MessageRole(role), content=content) == message:
         return {"role": role, "content": content}
     data = message.model_dump(mode="json")
