@@ -10,7 +10,8 @@ file is closed and opened again: the history is still there.
     python examples/langchain_memory.py              # with all-MiniLM-L6-v2 (found or downloaded once)
     python examples/langchain_memory.py --no-model   # no model: keyword retrieval only
 
-Needs the langchain extra: pip install "localmem[langchain]".
+Needs the langchain extra: pip install "localmem-engine[langchain]" (never "localmem": an
+unrelated project).
 """
 
 import sys

@@ -6,7 +6,7 @@ so every turn is stored in the localmem file. LlamaIndex's MockLLM stands in for
 new store and engine, which go on with the same conversation, and localmem's own
 retrieval finds a fact from that conversation: the same file serves both.
 
-Needs the `llamaindex` extra (pip install "localmem[llamaindex]").
+Needs the `llamaindex` extra (pip install "localmem-engine[llamaindex]"; never "localmem", an unrelated project).
 
     python examples/llamaindex_memory.py              # with all-MiniLM-L6-v2 (found or downloaded once)
     python examples/llamaindex_memory.py --no-model   # no model: keyword retrieval only
