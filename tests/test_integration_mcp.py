@@ -436,3 +436,36 @@ def test_without_the_sdk_the_command_says_which_extra_to_install(run, tmp_path, 
     code, _, err = run("--db", str(tmp_path / "x.db"), "mcp", "--owner", "me")
     assert code == 1 and "pip install 'localmem-engine[mcp]'" in err
     assert not (tmp_path / "x.db").exists()
+
+
+def _run_example(tmp_path, *args: str, env: dict[str, str] | None = None) -> str:
+    example = Path(__file__).resolve().parent.parent / "examples" / "mcp_agent.py"
+    done = subprocess.run(
+        [sys.executable, str(example), *args], capture_output=True, text=True, encoding="utf-8",
+        timeout=300, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path), **(env or {})}, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".ses"] == []  # it cleans up
+    return done.stdout
+
+
+def test_the_example_agent_without_a_model(tmp_path):
+    out = _run_example(tmp_path, "--no-model", env={"LOCALMEM_MODELS_DIR": "", "HF_HUB_OFFLINE": "1"})
+    assert out.count("tools build_context, forget, recall, recent, remember, stats") == 2
+    assert out.count("  remember -> ") == 3
+    # Keywords alone: "Porto" is found (looking wider), food/peanuts shares no word.
+    assert "assistant: From what you told me: My sister Ana lives in Porto" in out
+    assert "user: Is there any food I must avoid?\n" in out and out.count("I do not know yet.") == 1
+    assert "stats: conversations ['today', 'weeks-ago'], messages 7" in out
+    assert "forget weeks-ago: deleted 3, complete True" in out
+    assert "recall after forget: 0 from weeks-ago" in out
+
+
+@needs_minilm
+def test_the_example_agent_with_the_real_model(tmp_path):
+    out = _run_example(tmp_path, env={"LOCALMEM_MODELS_DIR": MODELS_DIR, "HF_HUB_OFFLINE": "1"})
+    assert "recall -> strategy cross_conversation" in out  # auto looked in the earlier chat
+    assert "assistant: From what you told me: My sister Ana lives in Porto" in out
+    assert "assistant: From what you told me: I am allergic to peanuts." in out
+    assert "I do not know yet." not in out
+    assert "recall after forget: 0 from weeks-ago" in out
