@@ -55,8 +55,15 @@ from .records import (
     Selection,
     Strategy,
 )
-from .retrieval import Rerank, Searcher, keyword_query
-from .store import EXACT_SEARCH_MAX, NO_MARK, Store, SummaryRow, model_mismatch, row_to_message
+from .retrieval import Rerank, Searcher, keyword_query, keyword_terms
+from .store import (
+    EXACT_SEARCH_MAX,
+    NO_MARK,
+    Store,
+    SummaryRow,
+    model_mismatch,
+    row_to_message,
+)
 from .strategy_log import LogEntry, StrategyLog, log_path
 from .summaries import Folder, SummaryPolicy, Written, summarizer_name
 from .tokens import MESSAGE_OVERHEAD, check_counter
@@ -94,6 +101,9 @@ DEFAULT_MEMORY_SHARE = 0.35  # of a context's budget reserved for the summary an
 _CONTEXT_PAGE = 64  # messages read at a time by build_context
 DEFAULT_SUMMARY_SHARE = 0.6  # of the memory block the summary may take when history competes
 _US_PER_DAY = 86_400 * 1_000_000
+# auto without an embedding: how many of the owner's best keyword matches are read to
+# find the best one that is not the query itself (stored before the search).
+WORDS_PROBE_DEPTH = 8
 _MAX_RERANK = 4096  # rerank_candidates / rerank_min_keep: sqlite-vec's largest k
 _MEMORY_SETTING: Any = object()  # a get_memory() setting not given: the Memory's is used
 # Scopes from this many messages run their BM25 search on a second connection, in
@@ -730,7 +740,9 @@ class Memory:
           text, then where the closest stored messages are); ``result.strategy`` is the
           one that ran and ``result.selection`` says why, with the scores and
           ``choose_ms``. The query's vector and the owner's ranking the choice read are
-          reused by the search it chooses.
+          reused by the search it chooses. Without an embedding (``dense=False``, or a
+          Memory opened with ``embed="off"``, where auto searches by keywords alone) it
+          reads the text, then where the query's words match best.
 
         Searching by meaning fuses the dense (cosine) ranking with FTS5 BM25 by score
         fusion (``localmem.retrieval``: 0.6 x BM25 / the best BM25 + 0.4 x cosine / the
@@ -943,6 +955,8 @@ class Memory:
         """``_recall``'s answer to a validated call."""
         selection = searcher = None
         if strategy is Strategy.AUTO:
+            # Without an embedder auto chooses only what can run: searches by keywords.
+            dense = dense and self.embed_mode != "off"
             selection, searcher = self._choose(request, keyword, dense, floor)
             strategy = selection.strategy
         if strategy not in strategies.SEARCHING:
@@ -1008,7 +1022,27 @@ class Memory:
             since = now_us() - selector.PATTERN_DAYS * _US_PER_DAY
             return selector.habit(self._log.explicit_counts(request.owner_id, since))
 
-        chosen = selector.choose(cues, probe, pattern, has_query=query is not None)
+        def words() -> bool | None:
+            """No embedding: whether the owner's best keyword match for the query's content
+            words (in the lookback window, the query's own text left out; in a message's
+            own text, not its neighbours', which would lead back to the query stored in
+            this conversation) is in this conversation (True) or another (False); None: no
+            match, or no words."""
+            terms = keyword_terms(" ".join(cues.content)) if keyword else []
+            if not terms:
+                return None
+            # The words apart: the keyword budget bounds the work on a large owner.
+            ranked = self._store.keyword(terms, WORDS_PROBE_DEPTH, owner_id=request.owner_id,
+                                         since_us=request.since_us, own_text=True)
+            rows = self._store.rows_by_id([row_id for row_id, _ in ranked])
+            asked = (query or "").strip()
+            for row_id, _ in ranked:
+                row = rows.get(row_id)
+                if row is not None and row.content.strip() != asked:
+                    return row.conversation_id == request.conversation_id
+            return None
+
+        chosen = selector.choose(cues, probe, pattern, has_query=query is not None, words=words)
         choose_ms = (time.perf_counter() - started) * 1000 - embedding_ms
         return replace(chosen, choose_ms=choose_ms), searcher
 

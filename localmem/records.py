@@ -99,7 +99,8 @@ class Selection:
 
     ``strategy``: the one that ran. ``reason``: the rule that decided: from the text,
     ``small_talk``, ``recent_reference``, ``this_chat_topic``, ``this_chat``, ``follow_up``,
-    ``arithmetic``, ``no_query`` (and without an embedding ``recall``); from the memory, ``like_small_talk``,
+    ``arithmetic``, ``no_query`` (and without an embedding ``recall``, then from keyword
+    matches ``words_here``, ``words_elsewhere``); from the memory, ``like_small_talk``,
     ``like_a_follow_up``, ``nothing_in_common``, ``past_or_personal``, ``long_request``,
     ``current_thread``, ``assistant_said``, ``closer_elsewhere``, ``close_elsewhere_too``,
     ``closer_here``, ``recall_here``, ``memory_asked``, ``addressed_nothing_close``,

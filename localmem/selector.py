@@ -422,11 +422,14 @@ def choose(
     pattern: Callable[[], Strategy | None],
     *,
     has_query: bool = True,
+    words: Callable[[], bool | None] | None = None,
 ) -> Selection:
     """The strategy for a query with these ``cues``. ``probe()`` measures the memory (None:
-    it cannot: no embedding for this call); ``pattern()`` is the owner's habit, if any.
-    Both are called only when the text does not settle the choice. ``choose_ms`` is left 0:
-    the caller times the whole stage."""
+    it cannot: no embedding for this call); ``pattern()`` is the owner's habit, if any;
+    without an embedding, ``words()`` says where the best keyword match of the query's
+    content words is: this conversation (True), another (False), or nowhere (None).
+    They are called only when the text does not settle the choice. ``choose_ms`` is left
+    0: the caller times the whole stage."""
     def chosen(strategy: Strategy, reason: str, detail: str, confident: bool = True,
                found: Probe | None = None) -> Selection:
         return Selection(strategy, reason, detail, confident, 0.0,
@@ -459,6 +462,13 @@ def choose(
             return chosen(Strategy.HYBRID, "long_request", "a long request: the recent turns and what relates to it")
         if recall:
             return chosen(Strategy.SEMANTIC_SEARCH, "recall", "asks to remember something (this conversation first)")
+        where = None if words is None else words()
+        if where is True:
+            return chosen(Strategy.SEMANTIC_SEARCH, "words_here",
+                          "no embedding: the best keyword match of its words is in this conversation")
+        if where is False:
+            return chosen(Strategy.CROSS_CONVERSATION, "words_elsewhere",
+                          "no embedding: the best keyword match of its words is in another conversation")
         return _fallback(pattern, "no similarity to judge by (no embedding for this call)", None, chosen)
 
     if not (memory or recall or cues.this_chat):

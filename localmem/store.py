@@ -1785,15 +1785,19 @@ class Store:
         owner_id: str,
         conversation_id: str | None = None,
         since_us: int | None = None,
+        own_text: bool = False,
     ) -> list[tuple[int, float]]:
         """The ``k`` best BM25 matches of an FTS5 ``match`` expression in the scope, as
         (id, bm25 score: lower is better), best first. Build ``match`` with
         ``keyword_query()``: raw user text is never FTS5 syntax; or give the words apart
         (``keyword_terms()``): they are OR-ed, the most common left out while the rest
-        match more than KEYWORD_BUDGET rows (see there)."""
+        match more than KEYWORD_BUDGET rows (see there). ``own_text``: match the messages'
+        own text only, not their neighbours' (the ``prev``/``next`` columns)."""
         with self.read("keyword") as conn:
             if not isinstance(match, str):
                 match = _bounded_match(conn, match, KEYWORD_BUDGET)
+            if own_text:
+                match = f"content : ({match})"
             sql = (
                 "SELECT m.id, bm25(messages_fts, 1.0, 0.5, 0.5) AS score FROM messages_fts"
                 " JOIN messages m ON m.id = messages_fts.rowid"

@@ -280,3 +280,23 @@ def test_a_fact_with_number_in_it_is_not_a_follow_up():
     # Only remembering makes a question about the person: "eu falei ..." (I said) may be this chat.
     assert read_cues("eu falei algo sobre o tom da palestra?").personal is False
     assert read_cues("do you remember what I weigh?").personal is True
+
+
+def test_without_embeddings_auto_searches_where_the_querys_words_are(tmp_path):
+    with Memory(tmp_path / "m.db", embed="off") as mem:
+        mem.add("user", "My favourite drink is green tea with jasmine", conversation_id="now", owner_id="u")
+        for n in range(20):
+            mem.add("user", f"Meeting notes {n}: the quarterly budget review", conversation_id="now", owner_id="u")
+        mem.add("user", "The boat to Ilha Grande leaves at nine", conversation_id="trip", owner_id="u")
+        ask = {"conversation_id": "now", "owner_id": "u", "limit": 3, "lookback_days": None}
+        # Not the last turns (the old fallback): this conversation's keyword match.
+        tea = mem.get_memory("auto", query="green tea", **ask)  # dense left True: embed="off" decides
+        assert tea.strategy is Strategy.SEMANTIC_SEARCH and tea.selection.reason == "words_here"
+        assert tea.messages[0].content.startswith("My favourite drink")
+        boat = mem.get_memory("auto", query="when does the boat to Ilha Grande leave", **ask)
+        assert boat.strategy is Strategy.CROSS_CONVERSATION and boat.selection.reason == "words_elsewhere"
+        assert [m.conversation_id for m in boat.messages] == ["trip"]
+        # The query itself, stored before the search, is not where its words are.
+        mem.add("user", "the ferry schedule to Paraty", conversation_id="now", owner_id="u")
+        alone = mem.get_memory("auto", query="the ferry schedule to Paraty", **ask)
+        assert alone.selection.reason == "fallback" and not alone.selection.confident
