@@ -40,6 +40,7 @@ from real_model import needs_minilm
 
 from localmem import InvalidInputError, LocalMemError, Memory, Strategy
 from localmem import validate as localmem_validate
+from localmem.integrations._messages import CARRIER_FORMAT
 from localmem.integrations.langchain import (
     CARRIER_KEY,
     LocalmemChatMessageHistory,
@@ -146,7 +147,9 @@ def test_each_kind_comes_back_equal_with_its_msg_id(mem, kind):
         assert stored.metadata is None
     else:
         assert set(stored.metadata) == {CARRIER_KEY}
-        carried = json.loads(stored.metadata[CARRIER_KEY])
+        wrapper = json.loads(stored.metadata[CARRIER_KEY])
+        assert wrapper["format"] == CARRIER_FORMAT
+        carried = wrapper["message"]
         # The text is not stored twice, nor the id (the msg_id gives it back).
         assert "id" not in carried["data"]
         assert ("content" in carried["data"]) == (original.content != stored.content)
@@ -212,8 +215,17 @@ def test_messages_stored_by_something_else_read_as_plain_messages(mem):
     ]
 
 
-@pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"type": 1}', '{"type": "nonsense", "data": {}}', 5])
-def test_a_damaged_carrier_raises_instead_of_guessing(mem, value):
+@pytest.mark.parametrize("value", ["1.0", "not json", "[1, 2]", '{"type": "ai", "data": {}}', 5, {"a": 1}])
+def test_a_callers_own_metadata_under_the_carriers_name_is_not_a_carrier(mem, value):
+    """A tag such as metadata={"langchain": "1.0"} (from the MCP server, the command line)
+    must not lock the history: such a message reads as the plain message of its role."""
+    mem.add("user", "x", conversation_id=CONV, owner_id=OWNER, msg_id="m1", metadata={CARRIER_KEY: value})
+    assert history(mem).messages == [HumanMessage("x", id="m1")]
+
+
+@pytest.mark.parametrize("message", [None, "text", {"type": 1}, {"type": "nonsense", "data": {}}])
+def test_a_damaged_carrier_raises_instead_of_guessing(mem, message):
+    value = json.dumps({"format": CARRIER_FORMAT, "message": message})
     mem.add("user", "x", conversation_id=CONV, owner_id=OWNER, metadata={CARRIER_KEY: value})
     with pytest.raises(LocalMemError, match=CARRIER_KEY):
         _ = history(mem).messages
@@ -303,7 +315,7 @@ def test_a_message_over_the_size_limit_raises_and_nothing_of_the_call_is_stored(
     (ToolMessage("r", tool_call_id="c", artifact=object()), "JSON"),
     (AIMessage("a", additional_kwargs={"n": float("nan")}), "JSON"),
     ("just a string", "BaseMessage"),
-    (HumanMessage("deep", additional_kwargs={"pad": "p" * 70_000}), "metadata"),
+    (HumanMessage("deep", additional_kwargs={"pad": "p" * 70_000}), "beside the text: keep large files by reference"),
 ])
 def test_a_message_that_cannot_be_stored_raises_and_stores_nothing(mem, bad, error):
     h = history(mem)

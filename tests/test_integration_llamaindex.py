@@ -37,6 +37,7 @@ from real_model import needs_minilm
 import localmem.validate
 from localmem import Memory
 from localmem.errors import InvalidInputError, LocalMemError
+from localmem.integrations._messages import CARRIER_FORMAT
 from localmem.integrations.llamaindex import CARRIER_KEY, LocalmemChatStore
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -192,8 +193,15 @@ def test_messages_written_by_others_read_back_as_plain_chat_messages(store, memo
     assert store.get_messages("c1") == [user("from the CLI"), ChatMessage(role="system", content="from MCP")]
 
 
-@pytest.mark.parametrize("value", ["not json", '["a list"]', '{"role": "nobody", "blocks": []}', 7])
-def test_a_carrier_that_is_not_one_is_an_error_not_a_silent_plain_message(store, memory, value):
+@pytest.mark.parametrize("value", ["1.0", "not json", '["a list"]', '{"role": "user", "blocks": []}', 7])
+def test_a_callers_own_metadata_under_the_carriers_name_reads_as_a_plain_message(store, memory, value):
+    memory.add("assistant", "hello", conversation_id="c1", owner_id=OWNER, metadata={CARRIER_KEY: value})
+    assert store.get_messages("c1") == [ChatMessage(role="assistant", content="hello")]
+
+
+@pytest.mark.parametrize("message", [None, ["a list"], {"role": "nobody", "blocks": []}])
+def test_a_damaged_carrier_is_an_error_not_a_silent_plain_message(store, memory, message):
+    value = json.dumps({"format": CARRIER_FORMAT, "message": message})
     memory.add("assistant", "hello", conversation_id="c1", owner_id=OWNER, metadata={CARRIER_KEY: value})
     with pytest.raises(LocalMemError, match=CARRIER_KEY):
         store.get_messages("c1")
@@ -215,7 +223,7 @@ def test_a_message_localmem_cannot_store_raises_its_invalid_input_error(tmp_path
         store = LocalmemChatStore(memory, owner_id=OWNER)
         with pytest.raises(InvalidInputError, match="limit is 100"):
             store.add_message("c1", user("x" * 101))
-        with pytest.raises(InvalidInputError, match="metadata"):  # the carrier is over 64 KiB
+        with pytest.raises(InvalidInputError, match="at most 65536 beside the text"):  # the carrier
             store.add_message("c1", ChatMessage(role="tool", content="x", additional_kwargs={"big": "y" * 70_000}))
         assert store.get_messages("c1") == []
 

@@ -7,9 +7,12 @@ a name, provider fields. Each adapter maps it to the nearest localmem role with 
 (or a readable stand-in such as ``[tool call] get_weather {"city": "Paris"}``, so search
 and summaries see something true), and when that loses anything it keeps the framework's
 own serialised form of the message in ``metadata[<carrier key>]`` as one JSON string (a
-string, so that deep tool arguments do not meet the metadata depth limit). Reading back
-rebuilds the original from it. The carrier leaves out the text when it equals the stored
-content, so a long tool result is not stored twice.
+string, so that deep tool arguments do not meet the metadata depth limit), marked with
+``CARRIER_FORMAT`` so that a caller's own metadata under that key is never mistaken for
+it. Reading back rebuilds the original from it. The carrier leaves out the text when it
+equals the stored content, so a long tool result is not stored twice; what it holds is
+bounded by localmem's metadata limit (64 KiB): an image or artifact larger than that is
+refused with an error that says so (keep large files by reference, e.g. a URL).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from typing import Any
 
 from ..errors import InvalidInputError, LocalMemError
 from ..records import Message
-from ..validate import MAX_ID_CHARS
+from ..validate import MAX_ID_CHARS, MAX_METADATA_BYTES
 
 # How much of a tool call's arguments the stand-in text shows (the carrier has them all).
 MAX_ARGS_CHARS = 1000
+# The mark of a carrier (its "format"): what an adapter wrote, in this layout.
+CARRIER_FORMAT = "localmem.integrations/1"
 
 
 def msg_id_for(framework_id: object) -> str | None:
@@ -62,29 +67,45 @@ def stored_text(text: str | None, *stand_ins: str) -> str:
     return "[empty message]"
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def carry(key: str, data: Mapping[str, Any]) -> dict[str, str]:
-    """The metadata that carries a message's serialised form under ``key``."""
+    """The metadata that carries a message's serialised form under ``key``.
+    ``InvalidInputError`` when it is not JSON, or larger than localmem keeps."""
     try:
-        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _json({"format": CARRIER_FORMAT, "message": data})
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"the message cannot be stored as JSON ({exc})") from exc
+    size = len(_json({key: text}).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInputError(
+            f"this message's parts beyond its text (images, tool data, provider fields...) take {size} "
+            f"bytes as JSON; localmem keeps at most {MAX_METADATA_BYTES} beside the text: keep large "
+            "files by reference (e.g. a URL)"
+        )
     return {key: text}
 
 
 def carried(message: Message, key: str) -> dict[str, Any] | None:
-    """The serialised form an adapter stored under ``key`` (None: the message was stored
-    plain, or by something else). A value there that is not what an adapter writes is an
-    error, never ignored: the message would come back as something it was not."""
+    """The serialised form an adapter stored under ``key``; None when the message was
+    stored plain, or the value there is not a carrier (a caller's own metadata under that
+    name). A carrier that is damaged is an error, never ignored: the message would come
+    back as something it was not."""
     value = (message.metadata or {}).get(key)
-    if value is None:
+    if not isinstance(value, str):
         return None
     try:
-        data = json.loads(value) if isinstance(value, str) else None
+        wrapper = json.loads(value)
     except ValueError:
-        data = None
+        return None
+    if not isinstance(wrapper, dict) or wrapper.get("format") != CARRIER_FORMAT:
+        return None
+    data = wrapper.get("message")
     if not isinstance(data, dict):
         raise LocalMemError(
-            f"message {message.msg_id}: metadata[{key!r}] is not the JSON object the {key} adapter "
-            "stores, so the message cannot be rebuilt (it was written by something else)"
+            f"message {message.msg_id}: metadata[{key!r}] is a damaged {key} carrier (no message in it), "
+            "so the message cannot be rebuilt"
         )
     return data
