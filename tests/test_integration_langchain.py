@@ -582,3 +582,28 @@ def test_example_without_a_model(tmp_path):
 @needs_minilm
 def test_example_with_the_model(tmp_path):
     check_example(run_example(tmp_path))
+
+
+def test_a_thread_copied_into_another_conversation_keeps_its_ids_and_a_retry_adds_nothing(mem):
+    a = history(mem)
+    a.add_messages([HumanMessage("plan the trip"), AIMessage("where to?", id="ai-1"), ToolMessage("ok", tool_call_id="t")])
+    b = LocalmemChatMessageHistory(mem, conversation_id="fork", owner_id=OWNER)
+    b.add_messages(a.messages)  # the messages carry a's msg_ids as their ids
+    assert b.messages == a.messages
+    b.add_messages(a.messages)  # a retry: nothing new
+    assert len(mem.messages(conversation_id="fork", owner_id=OWNER)) == 3
+    assert a.messages == b.messages and len(a.messages) == 3
+    b.clear()
+    assert len(a.messages) == 3  # a's messages are its own
+
+
+def test_two_owners_whose_clients_number_messages_alike_do_not_collide(mem):
+    mine = history(mem)
+    theirs = LocalmemChatMessageHistory(mem, conversation_id=CONV, owner_id="someone-else")
+    mine.add_messages([HumanMessage("mine", id="1")])
+    theirs.add_messages([HumanMessage("theirs", id="1")])
+    theirs.add_messages([HumanMessage("theirs", id="1")])
+    assert mine.messages == [HumanMessage("mine", id="1")]
+    assert theirs.messages == [HumanMessage("theirs", id="1")]
+    with pytest.raises(InvalidInputError, match="'1'"):  # in the same conversation, an id names one message
+        mine.add_messages([HumanMessage("changed", id="1")])

@@ -46,9 +46,13 @@ the message added. Artifacts and kwargs must be JSON (a tuple comes back as a li
 
 Ids: a message's ``id`` becomes its localmem ``msg_id`` (when it is a usable id: a
 non-blank str of at most 255 characters), so adding the same messages again stores them
-once (a different message under a stored id raises ``InvalidInputError``). A message
-added without an id gets a new ``msg_id``; messages read back carry their ``msg_id`` as
-``id``. An id that cannot be a ``msg_id`` is kept in the carrier and given back as it was.
+once (a different message under an id stored in this conversation raises
+``InvalidInputError``). An id already taken by a message of another conversation or
+owner (a thread copied with ``b.add_messages(a.messages)``, two users' clients that
+number messages alike) is stored under a msg_id derived from this conversation and the
+id, so a retry is still a no-op. A message added without an id gets a new ``msg_id``;
+messages read back carry their ``msg_id`` as ``id``. An id that cannot be the
+``msg_id`` is kept in the carrier and given back as it was.
 Messages stored by something else are read as ``HumanMessage``/``AIMessage``/
 ``SystemMessage`` by role (their localmem metadata is not shown).
 
@@ -72,6 +76,7 @@ Tested with langchain-core 1.8.3 and langchain-tests 1.1.9 (the retriever passes
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,26 +147,31 @@ def _stand_in(message: BaseMessage) -> str:
     return ""
 
 
-def to_localmem(message: BaseMessage) -> dict[str, Any]:
+def to_localmem(message: BaseMessage, *, msg_id: str | None = None) -> dict[str, Any]:
     """The ``Memory.add_many`` item for a LangChain message: role, content, and when
-    needed ``msg_id`` and ``metadata`` (the carrier). Raises ``InvalidInputError`` for
-    what is not a message or cannot be stored as JSON."""
+    needed ``msg_id`` and ``metadata`` (the carrier). ``msg_id``: store it under this id
+    instead of the message's own (which the carrier then keeps). Raises
+    ``InvalidInputError`` for what is not a message or cannot be stored as JSON."""
     if not isinstance(message, BaseMessage):
         raise InvalidInputError(f"expected a LangChain BaseMessage, not {type(message).__name__}")
     role = _role(message)
     content = _messages.stored_text(message.text, _stand_in(message))
-    msg_id = _messages.msg_id_for(message.id)
+    if msg_id is None:
+        msg_id = _messages.msg_id_for(message.id)
     item: dict[str, Any] = {"role": role, "content": content}
     if msg_id is not None:
         item["msg_id"] = msg_id
-    if (message.id is None or msg_id is not None) and _PLAIN[role](content=content, id=message.id) == message:
+    # Read back, a message's id is its msg_id: the original when it became the msg_id,
+    # or when it had none (it then gets the new msg_id).
+    id_given_back = message.id is None or message.id == msg_id
+    if id_given_back and _PLAIN[role](content=content, id=message.id) == message:
         return item  # rebuilt from role, content and id alone: no carrier
     data = message_to_dict(message)
     fields = dict(data["data"])
     if fields.get("content") == content:
         del fields["content"]  # the stored content: not twice
-    if msg_id is not None or message.id is None:
-        fields.pop("id", None)  # the msg_id gives it back
+    if id_given_back:
+        fields.pop("id", None)
     item["metadata"] = _messages.carry(CARRIER_KEY, {"type": data["type"], "data": fields})
     return item
 
@@ -223,7 +233,10 @@ class LocalmemChatMessageHistory(BaseChatMessageHistory):
         items = []
         for index, message in enumerate(messages):
             try:
-                items.append(to_localmem(message))
+                item = to_localmem(message)
+                if "msg_id" in item and self._stored_elsewhere(item["msg_id"]):
+                    item = to_localmem(message, msg_id=self._scoped_id(item["msg_id"]))
+                items.append(item)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"message {index}: {exc}") from exc
         if not items:
@@ -232,6 +245,19 @@ class LocalmemChatMessageHistory(BaseChatMessageHistory):
             items, conversation_id=self.conversation_id, owner_id=self.owner_id,
             chunk_size=min(len(items), _MAX_CHUNK),
         )
+
+    def _stored_elsewhere(self, msg_id: str) -> bool:
+        """Whether ``msg_id`` names a message of another conversation or owner: a thread
+        copied into this one (``b.add_messages(a.messages)``), or another user's client
+        that numbers its messages the same way."""
+        stored = self.memory.get(msg_id)
+        return stored is not None and (stored.owner_id, stored.conversation_id) != (self.owner_id, self.conversation_id)
+
+    def _scoped_id(self, framework_id: str) -> str:
+        """The msg_id of a message whose id is taken elsewhere: derived from this
+        conversation and the id, so adding it again is still a no-op."""
+        key = "\0".join((self.owner_id, self.conversation_id, framework_id)).encode("utf-8", "surrogatepass")
+        return "lc-" + hashlib.sha256(key).hexdigest()[:40]
 
     def clear(self) -> None:
         """Delete the conversation for good (``Memory.forget``)."""
