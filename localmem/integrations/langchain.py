@@ -256,7 +256,7 @@ class LocalmemChatMessageHistory(BaseChatMessageHistory):
     def _scoped_id(self, framework_id: str) -> str:
         """The msg_id of a message whose id is taken elsewhere: derived from this
         conversation and the id, so adding it again is still a no-op."""
-        key = "\0".join((self.owner_id, self.conversation_id, framework_id)).encode("utf-8", "surrogatepass")
+        key = f"{self.owner_id}\0{self.conversation_id}\0{framework_id}".encode("utf-8", "surrogatepass")
         return "lc-" + hashlib.sha256(key).hexdigest()[:40]
 
     def clear(self) -> None:
