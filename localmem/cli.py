@@ -58,10 +58,13 @@ def _print_json(value: Any) -> None:
 
 def _db_path(args: argparse.Namespace, *, create: bool = True) -> str:
     """--db, else $LOCALMEM_DB, else the default file (``create``: its folder is made if
-    missing). ``demo`` reads only --db: the tour never writes into the user's memory."""
+    missing); a leading ``~`` is the home folder. ``demo`` reads only --db: the tour never
+    writes into the user's memory."""
+    # "~" expanded here too: MCP clients start commands without a shell.
     if args.db is not None:
-        return str(args.db)
-    return os.environ.get("LOCALMEM_DB") or os.fspath(default_path(create=create))
+        return os.path.expanduser(str(args.db))
+    named = os.environ.get("LOCALMEM_DB")
+    return os.path.expanduser(named) if named else os.fspath(default_path(create=create))
 
 
 def _open_existing(args: argparse.Namespace, **options: Any) -> Memory:

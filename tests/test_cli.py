@@ -388,6 +388,14 @@ def test_localmem_db_names_the_file_when_no_db_is_given(run, tmp_path, monkeypat
     assert flag_db.exists()
     with Memory(env_db, read_only=True) as mem:
         assert mem.stats()["messages"] == 1
+    # "~" is the home folder (MCP clients start commands without a shell to expand it).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LOCALMEM_DB", "~/tilde.db")
+    assert run("add", "--conversation", "c", "--owner", "u", "x")[0] == 0
+    assert (tmp_path / "tilde.db").exists()
+    assert run("--db", "~/tilde2.db", "add", "--conversation", "c", "--owner", "u", "x")[0] == 0
+    assert (tmp_path / "tilde2.db").exists()
+    monkeypatch.setenv("LOCALMEM_DB", str(env_db))
     # The tour never writes into the file the environment names.
     assert run("demo")[0] == 0
     with Memory(env_db, read_only=True) as mem:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from datetime import datetime, timedelta, timezone
@@ -253,8 +255,8 @@ class RawClient:
     """The server as a child process spoken to in raw JSON-RPC lines, below the SDK
     client: what a buggy or dying client may do."""
 
-    def __init__(self, db: Path) -> None:
-        self.server = subprocess.Popen(
+    def __init__(self, db: Path | None = None, server: subprocess.Popen | None = None) -> None:
+        self.server = server or subprocess.Popen(
             [sys.executable, "-m", "localmem", "--db", str(db), "mcp", "--owner", "me", "--keywords-only"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -263,6 +265,11 @@ class RawClient:
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
         assert self.reply()["result"]["serverInfo"]["name"] == "localmem"
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    @classmethod
+    def attach(cls, server: subprocess.Popen) -> RawClient:
+        """Speak to a server started some other way."""
+        return cls(server=server)
 
     def send(self, message) -> None:
         self.server.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
@@ -469,3 +476,50 @@ def test_the_example_agent_with_the_real_model(tmp_path):
     assert "assistant: From what you told me: I am allergic to peanuts." in out
     assert "I do not know yet." not in out
     assert "recall after forget: 0 from weeks-ago" in out
+
+
+async def test_a_msg_id_of_another_owner_is_taken_without_saying_whose(memory):
+    memory.add("user", "bob's", conversation_id="default", owner_id="bob", msg_id="hr-1")
+    async with client(memory) as c:
+        said = await error(c, "remember", content="mine", msg_id="hr-1")
+        assert "taken" in said and "bob" not in said and "fields" not in said
+        assert (await call(c, "remember", content="mine", msg_id="hr-2"))["msg_id"] == "hr-2"
+
+
+async def test_a_missing_model_is_a_tool_error_that_names_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALMEM_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with Memory(tmp_path / "m.db", embedder="not-a-model-anywhere") as mem:
+        async with client(mem) as c:
+            await call(c, "remember", content="kept while the model is missing")
+            said = await error(c, "recall", query="kept", scope="conversation")
+            assert "not-a-model-anywhere" in said and "--keywords-only" in said
+            assert len((await call(c, "recent"))["messages"]) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not Path("/usr/bin/setpriv").exists(),
+                    reason="root ignores file modes; needs setpriv (util-linux) to run the server as nobody")
+def test_a_file_it_cannot_write_is_served_read_only(tmp_path):
+    folder = Path(tempfile.mkdtemp())  # not under pytest's folder, which only root may enter
+    db = folder / "ro.db"
+    with Memory(db, embed="off") as mem:
+        mem.add("user", "written before", conversation_id="default", owner_id="me")
+    db.chmod(0o444)
+    folder.chmod(0o555)
+    command = [sys.executable, "-m", "localmem", "--db", str(db), "mcp", "--owner", "me", "--keywords-only"]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    try:
+        server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(folder)})
+        raw = RawClient.attach(server)
+        raw.call(2, "recent", {})
+        assert [m["content"] for m in raw.reply()["result"]["structuredContent"]["messages"]] == ["written before"]
+        raw.call(3, "remember", {"content": "new"})
+        answer = raw.reply()["result"]
+        assert answer["isError"] and "read" in answer["content"][0]["text"].lower()
+        code, err = raw.end()
+        assert code == 0 and "serving it read-only" in err, err
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)

@@ -22,9 +22,9 @@ single-user setup needs no ids in calls; a call may name it only when it is the 
 (or when the server has none: then every call must). The conversation defaults to the
 server's (``--conversation``, ``$LOCALMEM_CONVERSATION``, else ``"default"``).
 
-A localmem error (bad input, a model that cannot load, a read-only file) comes back as a
-tool error with localmem's message; anything else as a tool error naming the exception,
-with its traceback logged on stderr. The server never dies of a call. Tools run in
+A localmem error (bad input, a model that cannot load, a write to a file it cannot
+write, which it serves read-only) comes back as a tool error with localmem's message;
+anything else as a tool error naming the exception, with its traceback logged on stderr. The server never dies of a call. Tools run in
 worker threads (the SDK runs plain functions so), several at once; ``Memory`` is safe
 for that. When the client goes away (stdin closed, or the client killed mid-call) the
 server closes the memory and exits quietly.
@@ -54,7 +54,8 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from .._version import __version__
-from ..errors import InvalidInputError, LocalMemError
+from ..driver import can_write
+from ..errors import InvalidInputError, LocalMemError, ModelError
 from ..memory import Memory
 from ..records import Message, RetrievedMessage, Strategy
 from ..validate import MAX_LIMIT, check_id
@@ -177,6 +178,8 @@ def _tool_errors(tool: str) -> Iterator[None]:
         yield
     except ToolError:
         raise
+    except ModelError as exc:
+        raise ToolError(f"{exc} (to search by keywords without a model, start the server with --keywords-only)") from exc
     except LocalMemError as exc:
         raise ToolError(str(exc)) from exc
     except Exception as exc:
@@ -235,8 +238,12 @@ def build_server(memory: Memory, settings: Settings | None = None) -> MCPServer:
         """Store a message or a fact in long-term memory, so that recall finds it later.
         Durable when this returns. Returns the stored message with its msg_id."""
         with _tool_errors("remember"):
+            owner = s.owner(owner_id)
+            if msg_id is not None and (taken := memory.get(msg_id)) is not None and taken.owner_id != owner:
+                # Said without what holds it: another owner's message is not there for this one.
+                raise InvalidInputError(f"msg_id {msg_id!r} is taken; choose another, or leave it out")
             stored = memory.add(
-                role, content, conversation_id=s.conversation(conversation_id), owner_id=s.owner(owner_id),
+                role, content, conversation_id=s.conversation(conversation_id), owner_id=owner,
                 feature=feature, msg_id=msg_id, metadata=metadata,
             )
             return _stored(stored)
@@ -350,8 +357,9 @@ def build_server(memory: Memory, settings: Settings | None = None) -> MCPServer:
 
     @server.tool(annotations=READ_ONLY.model_copy(update={"title": "Memory statistics"}))
     def stats(owner_id: OwnerArg = None) -> StatsAnswer:
-        """What the memory holds: the owner's conversations, and the database's counts
-        (messages, conversations, owners, vectors, messages waiting for one, bytes)."""
+        """What the memory holds: the owner's conversations, and the whole file's counts
+        (messages, conversations and owners of every owner, vectors, messages waiting for
+        one, bytes)."""
         with _tool_errors("stats"):
             owner = s.owner(owner_id)
             counts = memory.stats()
@@ -400,6 +408,10 @@ def serve(path: str, *, owner_id: str | None = None, conversation_id: str | None
     )
     if keywords_only:
         options["embed"] = "off"
+    if path != ":memory:" and os.path.exists(path) and not can_write(path):
+        # As the other commands read such a file: remember and forget answer with an error.
+        print(f"localmem mcp: note: {path} cannot be written here; serving it read-only", file=sys.stderr)
+        options["read_only"] = True
     with Memory(path, **options) as memory:
         server = build_server(memory, settings)
         try:
