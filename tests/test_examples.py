@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from real_model import needs_minilm
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -95,3 +96,17 @@ def test_chat_loop_example_with_the_model_recalls_the_earlier_chat(tmp_path):
     check_chat_loop(out)
     turn9 = out.split("turn  9:", 1)[1].split("turn 10:", 1)[0]
     assert "by cross_conversation" in turn9 and "a free place to stay in Porto" in turn9
+
+
+@pytest.mark.parametrize("heading", ["### LangChain", "### LlamaIndex"])
+def test_the_readme_integration_snippets_run_as_written(tmp_path, heading):
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme.split(heading + "\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    done = subprocess.run(
+        [sys.executable, "-c", code + "\nprint('ran')"],
+        capture_output=True, text=True, encoding="utf-8", timeout=120, cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0 and done.stdout.endswith("ran\n"), done.stderr
+    assert (tmp_path / "agent.db").exists()
