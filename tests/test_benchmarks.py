@@ -247,3 +247,10 @@ def test_scale_quick_run(tmp_path):
             assert 0 < size["recall"][f"dense {scope}, {path}"] <= 1
     assert size["disk_mb"]["index"] > 0 and size["served"]["max_rss_mb"] > 0
     assert "faster with the index" in stdout
+
+
+def test_mcp_overhead_quick_run(tmp_path):
+    stdout, results = run_benchmark(tmp_path, "mcp_overhead.py", "--quick", "--no-model", timeout=300)
+    assert [r["op"] for r in results["rows"]] == ["recall", "recent", "remember"]
+    assert all(r["direct_p50_ms"] > 0 and r["mcp_p50_ms"] > 0 for r in results["rows"])
+    assert "MCP p50 (p95) ms" in stdout
