@@ -69,7 +69,7 @@ only, no model needed, as with ``Memory(..., embed="off")``); ``min_relevance`` 
 on only when given (else the Memory's). A bad ``strategy``, ``k`` or id raises
 ``InvalidInputError`` at construction.
 
-Tested with langchain-core 1.8.3 and langchain-tests 1.1.9 (the retriever passes
+Tested with langchain-core 1.7.7 and 1.8.3, langchain-tests 1.1.9 (the retriever passes
 ``RetrieversIntegrationTests``; LangChain has no standard suite for chat histories).
 """
 
