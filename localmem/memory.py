@@ -101,9 +101,6 @@ DEFAULT_MEMORY_SHARE = 0.35  # of a context's budget reserved for the summary an
 _CONTEXT_PAGE = 64  # messages read at a time by build_context
 DEFAULT_SUMMARY_SHARE = 0.6  # of the memory block the summary may take when history competes
 _US_PER_DAY = 86_400 * 1_000_000
-# auto without an embedding: how many of the owner's best keyword matches are read to
-# find the best one that is not the query itself (stored before the search).
-WORDS_PROBE_DEPTH = 8
 _MAX_RERANK = 4096  # rerank_candidates / rerank_min_keep: sqlite-vec's largest k
 _MEMORY_SETTING: Any = object()  # a get_memory() setting not given: the Memory's is used
 # Scopes from this many messages run their BM25 search on a second connection, in
@@ -742,7 +739,7 @@ class Memory:
           ``choose_ms``. The query's vector and the owner's ranking the choice read are
           reused by the search it chooses. Without an embedding (``dense=False``, or a
           Memory opened with ``embed="off"``, where auto searches by keywords alone) it
-          reads the text, then where the query's words match best.
+          reads the text, then where the query's words are (other conversations: cross_conversation).
 
         Searching by meaning fuses the dense (cosine) ranking with FTS5 BM25 by score
         fusion (``localmem.retrieval``: 0.6 x BM25 / the best BM25 + 0.4 x cosine / the
@@ -1023,24 +1020,17 @@ class Memory:
             return selector.habit(self._log.explicit_counts(request.owner_id, since))
 
         def words() -> bool | None:
-            """No embedding: whether the owner's best keyword match for the query's content
-            words (in the lookback window, the query's own text left out; in a message's
-            own text, not its neighbours', which would lead back to the query stored in
-            this conversation) is in this conversation (True) or another (False); None: no
-            match, or no words."""
+            """No embedding: where the query's content words are (selector.choose's
+            ``words``): in another of the owner's conversations (False: cross_conversation,
+            whose scope holds this one too), else only in this one (True), else nowhere."""
             terms = keyword_terms(" ".join(cues.content)) if keyword else []
             if not terms:
                 return None
-            # The words apart: the keyword budget bounds the work on a large owner.
-            ranked = self._store.keyword(terms, WORDS_PROBE_DEPTH, owner_id=request.owner_id,
-                                         since_us=request.since_us, own_text=True)
-            rows = self._store.rows_by_id([row_id for row_id, _ in ranked])
-            asked = (query or "").strip()
-            for row_id, _ in ranked:
-                row = rows.get(row_id)
-                if row is not None and row.content.strip() != asked:
-                    return row.conversation_id == request.conversation_id
-            return None
+            here, elsewhere = self._store.keyword_presence(
+                terms, owner_id=request.owner_id, conversation_id=request.conversation_id,
+                since_us=request.since_us, skip_text=query,
+            )
+            return False if elsewhere else (True if here else None)
 
         chosen = selector.choose(cues, probe, pattern, has_query=query is not None, words=words)
         choose_ms = (time.perf_counter() - started) * 1000 - embedding_ms

@@ -426,8 +426,8 @@ def choose(
 ) -> Selection:
     """The strategy for a query with these ``cues``. ``probe()`` measures the memory (None:
     it cannot: no embedding for this call); ``pattern()`` is the owner's habit, if any;
-    without an embedding, ``words()`` says where the best keyword match of the query's
-    content words is: this conversation (True), another (False), or nowhere (None).
+    without an embedding, ``words()`` says where the query's content words are: in other
+    conversations of the owner (False), only in this one (True), or nowhere (None).
     They are called only when the text does not settle the choice. ``choose_ms`` is left
     0: the caller times the whole stage."""
     def chosen(strategy: Strategy, reason: str, detail: str, confident: bool = True,
@@ -465,10 +465,10 @@ def choose(
         where = None if words is None else words()
         if where is True:
             return chosen(Strategy.SEMANTIC_SEARCH, "words_here",
-                          "no embedding: the best keyword match of its words is in this conversation")
+                          "no embedding: its words are in this conversation only")
         if where is False:
             return chosen(Strategy.CROSS_CONVERSATION, "words_elsewhere",
-                          "no embedding: the best keyword match of its words is in another conversation")
+                          "no embedding: its words are in other conversations (whose search holds this one too)")
         return _fallback(pattern, "no similarity to judge by (no embedding for this call)", None, chosen)
 
     if not (memory or recall or cues.this_chat):

@@ -1785,19 +1785,15 @@ class Store:
         owner_id: str,
         conversation_id: str | None = None,
         since_us: int | None = None,
-        own_text: bool = False,
     ) -> list[tuple[int, float]]:
         """The ``k`` best BM25 matches of an FTS5 ``match`` expression in the scope, as
         (id, bm25 score: lower is better), best first. Build ``match`` with
         ``keyword_query()``: raw user text is never FTS5 syntax; or give the words apart
         (``keyword_terms()``): they are OR-ed, the most common left out while the rest
-        match more than KEYWORD_BUDGET rows (see there). ``own_text``: match the messages'
-        own text only, not their neighbours' (the ``prev``/``next`` columns)."""
+        match more than KEYWORD_BUDGET rows (see there)."""
         with self.read("keyword") as conn:
             if not isinstance(match, str):
                 match = _bounded_match(conn, match, KEYWORD_BUDGET)
-            if own_text:
-                match = f"content : ({match})"
             sql = (
                 "SELECT m.id, bm25(messages_fts, 1.0, 0.5, 0.5) AS score FROM messages_fts"
                 " JOIN messages m ON m.id = messages_fts.rowid"
@@ -1813,6 +1809,33 @@ class Store:
             sql += " ORDER BY score, m.id LIMIT ?"
             args.append(k)
             return conn.execute(sql, args).fetchall()
+
+    def keyword_presence(
+        self, terms: Sequence[str], *, owner_id: str, conversation_id: str, since_us: int | None,
+        skip_text: str | None,
+    ) -> tuple[bool, bool]:
+        """Whether the words (``keyword_terms()``, the keyword budget applied) are in a
+        message's own text (not the ``prev``/``next`` context) of this conversation, and of
+        another of the owner's (from ``since_us``). Here, the conversation's latest user
+        message and any whose text is ``skip_text`` do not count: that is the query
+        itself, stored before the search, which would always point here. Two EXISTS
+        probes: no ranking."""
+        with self.read("keyword") as conn:
+            match = f"content : ({_bounded_match(conn, terms, KEYWORD_BUDGET)})"
+            base = ("SELECT 1 FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+                    " WHERE messages_fts MATCH ? AND m.owner_id = ?")
+            since, since_args = ("", []) if since_us is None else (" AND m.created_at >= ?", [since_us])
+            here = conn.execute(
+                base + " AND m.conversation_id = ? AND m.content != ? AND m.id IS NOT ("
+                "SELECT id FROM messages WHERE conversation_id = ? AND owner_id = ? AND role = 'user'"
+                " ORDER BY created_at DESC, id DESC LIMIT 1)" + since + " LIMIT 1",
+                [match, owner_id, conversation_id, (skip_text or "").strip(), conversation_id, owner_id, *since_args],
+            ).fetchone() is not None
+            elsewhere = conn.execute(
+                base + " AND m.conversation_id != ?" + since + " LIMIT 1",
+                [match, owner_id, conversation_id, *since_args],
+            ).fetchone() is not None
+        return here, elsewhere
 
     def cosines(self, vector: bytes, ids: Sequence[int], owner_id: str | None = None) -> dict[int, float]:
         """The cosine similarity between ``vector`` and each message of ``ids`` that has a

@@ -296,6 +296,13 @@ def test_without_embeddings_auto_searches_where_the_querys_words_are(tmp_path):
         boat = mem.get_memory("auto", query="when does the boat to Ilha Grande leave", **ask)
         assert boat.strategy is Strategy.CROSS_CONVERSATION and boat.selection.reason == "words_elsewhere"
         assert [m.conversation_id for m in boat.messages] == ["trip"]
+        # The user's turn stored before the search (here, reworded) is not where its words
+        # are: a fact in another conversation still is.
+        mem.add("user", "I had green tea at the old place", conversation_id="old", owner_id="u")
+        mem.add("user", "Which TEA did I have?", conversation_id="now", owner_id="u")
+        which = mem.get_memory("auto", query="which tea did I have", **ask)
+        assert which.strategy is Strategy.CROSS_CONVERSATION and which.selection.reason == "words_elsewhere"
+        assert "I had green tea at the old place" in [m.content for m in which.messages]
         # The query itself, stored before the search, is not where its words are.
         mem.add("user", "the ferry schedule to Paraty", conversation_id="now", owner_id="u")
         alone = mem.get_memory("auto", query="the ferry schedule to Paraty", **ask)

@@ -607,3 +607,19 @@ def test_two_owners_whose_clients_number_messages_alike_do_not_collide(mem):
     assert theirs.messages == [HumanMessage("theirs", id="1")]
     with pytest.raises(InvalidInputError, match="'1'"):  # in the same conversation, an id names one message
         mine.add_messages([HumanMessage("changed", id="1")])
+
+
+def test_a_copied_thread_added_again_after_its_original_is_gone_is_not_doubled(mem):
+    a = history(mem)
+    a.add_messages([HumanMessage("hi there"), AIMessage("hello!")])
+    b = LocalmemChatMessageHistory(mem, conversation_id="fork", owner_id=OWNER)
+    b.add_messages(a.messages)
+    a.clear()  # the original ids are free again
+    b.add_messages(b.messages)  # an app re-adding its whole history
+    assert [m.content for m in b.messages] == ["hi there", "hello!"]
+    u1, u2 = history(mem), LocalmemChatMessageHistory(mem, conversation_id=CONV, owner_id="u2")
+    u1.add_messages([HumanMessage("u1 first", id="1")])
+    u2.add_messages([HumanMessage("u2 first", id="1")])
+    u1.clear()
+    u2.add_messages(u2.messages)
+    assert u2.messages == [HumanMessage("u2 first", id="1")]

@@ -28,6 +28,7 @@ from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from real_model import MODELS_DIR, needs_minilm
 
 from localmem import Memory
+from localmem.integrations._messages import CARRIER_FORMAT
 from localmem.integrations.mcp import DEFAULT_CONVERSATION, Settings, build_server
 
 TOOLS = {"remember", "recall", "recent", "build_context", "forget", "stats"}
@@ -523,3 +524,17 @@ def test_a_file_it_cannot_write_is_served_read_only(tmp_path):
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
+
+
+async def test_remember_refuses_a_forged_chat_adapter_carrier(memory):
+    forged = json.dumps({"format": CARRIER_FORMAT, "message": {"type": "bogus", "data": {}}})
+    async with client(memory) as c:
+        assert "carrier" in await error(c, "remember", content="x", metadata={"langchain": forged})
+        await call(c, "remember", content="x", metadata={"langchain": "1.0"})  # a plain tag is fine
+    assert memory.stats()["messages"] == 1
+
+
+@pytest.mark.parametrize(("where", "says"), [("missing/x.db", "does not exist"), (".", "is a folder")])
+def test_a_path_that_cannot_be_a_database_says_why(run, tmp_path, where, says):
+    code, _, err = run("--db", str(tmp_path / where), "mcp", "--owner", "me")
+    assert code == 1 and says in err

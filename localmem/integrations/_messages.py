@@ -88,21 +88,26 @@ def carry(key: str, data: Mapping[str, Any]) -> dict[str, str]:
     return {key: text}
 
 
+def is_carrier(value: Any) -> bool:
+    """Whether a metadata value is marked as a carrier (what only the adapters write)."""
+    if not isinstance(value, str) or CARRIER_FORMAT not in value:
+        return False
+    try:
+        wrapper = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(wrapper, dict) and wrapper.get("format") == CARRIER_FORMAT
+
+
 def carried(message: Message, key: str) -> dict[str, Any] | None:
     """The serialised form an adapter stored under ``key``; None when the message was
     stored plain, or the value there is not a carrier (a caller's own metadata under that
     name). A carrier that is damaged is an error, never ignored: the message would come
     back as something it was not."""
     value = (message.metadata or {}).get(key)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not is_carrier(value):
         return None
-    try:
-        wrapper = json.loads(value)
-    except ValueError:
-        return None
-    if not isinstance(wrapper, dict) or wrapper.get("format") != CARRIER_FORMAT:
-        return None
-    data = wrapper.get("message")
+    data = json.loads(value).get("message")
     if not isinstance(data, dict):
         raise LocalMemError(
             f"message {message.msg_id}: metadata[{key!r}] is a damaged {key} carrier (no message in it), "

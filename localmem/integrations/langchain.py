@@ -234,8 +234,12 @@ class LocalmemChatMessageHistory(BaseChatMessageHistory):
         for index, message in enumerate(messages):
             try:
                 item = to_localmem(message)
-                if "msg_id" in item and self._stored_elsewhere(item["msg_id"]):
-                    item = to_localmem(message, msg_id=self._scoped_id(item["msg_id"]))
+                if "msg_id" in item:
+                    # Stored here under the derived id once (its own id was taken then, and
+                    # may be free now): that one again, never a second copy.
+                    scoped = self._scoped_id(item["msg_id"])
+                    if self.memory.get(scoped) is not None or self._stored_elsewhere(item["msg_id"]):
+                        item = to_localmem(message, msg_id=scoped)
                 items.append(item)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"message {index}: {exc}") from exc

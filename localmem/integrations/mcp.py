@@ -59,6 +59,7 @@ from ..errors import InvalidInputError, LocalMemError, ModelError
 from ..memory import Memory
 from ..records import Message, RetrievedMessage, Strategy
 from ..validate import MAX_LIMIT, check_id
+from ._messages import is_carrier
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,10 @@ def build_server(memory: Memory, settings: Settings | None = None) -> MCPServer:
         Durable when this returns. Returns the stored message with its msg_id."""
         with _tool_errors("remember"):
             owner = s.owner(owner_id)
+            if metadata is not None and any(is_carrier(value) for value in metadata.values()):
+                # A forged one would make the chat-history adapters fail on the conversation.
+                raise InvalidInputError("metadata holds a chat-adapter carrier: only localmem's LangChain "
+                                        "and LlamaIndex adapters write those")
             if msg_id is not None and (taken := memory.get(msg_id)) is not None and taken.owner_id != owner:
                 # Said without what holds it: another owner's message is not there for this one.
                 raise InvalidInputError(f"msg_id {msg_id!r} is taken; choose another, or leave it out")
@@ -408,6 +413,13 @@ def serve(path: str, *, owner_id: str | None = None, conversation_id: str | None
     )
     if keywords_only:
         options["embed"] = "off"
+    if path != ":memory:":
+        # Said plainly here: a client sees only that the server closed.
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise InvalidInputError(f"{path} is a folder; name the database file, e.g. {os.path.join(path, 'memory.db')}")
+        if not os.path.isdir(folder):
+            raise InvalidInputError(f"the folder {folder} does not exist: create it, or name a file in another one")
     if path != ":memory:" and os.path.exists(path) and not can_write(path):
         # As the other commands read such a file: remember and forget answer with an error.
         print(f"localmem mcp: note: {path} cannot be written here; serving it read-only", file=sys.stderr)
