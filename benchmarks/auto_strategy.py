@@ -3,6 +3,7 @@ it keeps of cross_conversation's recall on LoCoMo.
 
     python benchmarks/auto_strategy.py                 # labelled set (dev + held-out), ~1 min
     python benchmarks/auto_strategy.py --locomo        # also LoCoMo through auto, ~2 min
+    python benchmarks/auto_strategy.py --no-model      # the labelled sets without an embedder
 
 (b) The labelled set: ``data/auto_strategy_queries.json`` (written by a helper who did not
 see the selector's rules; 169 dev + 79 held-out queries, English and Portuguese), asked as
@@ -206,14 +207,19 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=locomo.DEFAULT_DATA, help="folder of LoCoMo *.json")
     parser.add_argument("--misses", action="store_true", help="list every query auto got wrong")
     parser.add_argument("--scale", type=int, metavar="N", help="also (c) at N messages (LoCoMo turns as filler)")
+    parser.add_argument("--no-model", action="store_true",
+                        help="the labelled sets on Memory(embed='off'): auto from the text and keyword matches")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.no_model and (args.locomo or args.scale):
+        parser.error("--no-model runs the labelled sets only (--locomo and --scale measure recall by meaning)")
+    options = {"embed": "off"} if args.no_model else {}
     queries = json.loads((DATA / "auto_strategy_queries.json").read_text(encoding="utf-8"))
     results: dict[str, Any] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
     for fixture_file, splits in SETS.items():
         fixture = json.loads((DATA / fixture_file).read_text(encoding="utf-8"))
-        with tempfile.TemporaryDirectory() as tmp, Memory(Path(tmp) / "auto.db", query_cache_ttl=0) as mem:
+        with tempfile.TemporaryDirectory() as tmp, Memory(Path(tmp) / "auto.db", query_cache_ttl=0, **options) as mem:
             started = time.perf_counter()
             load_fixture(mem, fixture, datetime.now(timezone.utc))
             print(f"{fixture_file}: {mem.stats()['messages']} messages in {len(fixture['conversations'])} "

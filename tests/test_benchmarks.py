@@ -194,6 +194,12 @@ def test_auto_strategy_runs_every_labelled_set(tmp_path):
     assert results["all"]["auto"] > results["all"]["seed"]  # the seed's rules are the baseline
 
 
+def test_auto_strategy_without_a_model_runs_every_labelled_set(tmp_path):
+    _, results = run_benchmark(tmp_path, "auto_strategy.py", "--no-model", timeout=900)
+    assert results["test4"]["queries"] == 150
+    assert results["all"]["auto"] > results["all"]["seed"]
+
+
 @needs_minilm
 @pytest.mark.skipif(not sorted(LOCOMO.glob("*.json")),
                     reason=f"needs the LoCoMo files (set LOCALMEM_LOCOMO_DIR; .ci/run does): none in {LOCOMO}")
