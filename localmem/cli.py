@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, replace
-from datetime import datetime
 from typing import Any
 
 from . import progress
@@ -41,7 +40,7 @@ from .models import (
 from .progress import bar
 from .records import MemoryResult, Message, Strategy
 from .store import describe_model
-from .validate import ROLES
+from .validate import ROLES, parse_time
 
 
 def _iso(value: Any) -> str:
@@ -305,7 +304,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     """Delete an owner's, a conversation's or older messages, leaving no byte of them."""
     if args.conversation is not None and args.owner is None:
         raise InvalidInputError("--conversation needs --owner")
-    before = _before(args.before)
+    before = parse_time(args.before, "--before")
     with _open_existing(args, embed="off") as mem:
         report = mem.forget(owner_id=args.owner, conversation_id=args.conversation, before=before)
     _print_json(asdict(report))
@@ -355,22 +354,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _before(text: str | None) -> datetime | None:
-    """--before: an ISO 8601 time with its UTC offset."""
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInputError(f"--before must be an ISO 8601 time, e.g. 2024-05-01T00:00:00+00:00; got {text!r}") from None
-    if value.tzinfo is None:
-        raise InvalidInputError(f"--before needs its UTC offset, e.g. {text}+00:00; got {text!r}")
-    return value
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Write messages to a file (reading the database creates nothing beside it)."""
-    before = _before(args.before)
+    before = parse_time(args.before, "--before")
     with _open_existing(args, read_only=True, embed="off", strategy_log=False) as mem:
         try:
             report = mem.export(

@@ -179,6 +179,20 @@ def check_metadata(value: Any) -> str | None:
     return text
 
 
+def parse_time(text: str | None, what: str) -> datetime | None:
+    """A time given as text (a command's ``--before``, an MCP tool's ``before``): ISO 8601
+    with its UTC offset, so that it is never read in some local zone; None stays None."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(f"{what} must be an ISO 8601 time, e.g. 2024-05-01T00:00:00+00:00; got {text!r}") from None
+    if value.utcoffset() is None:
+        raise InvalidInputError(f"{what} needs its UTC offset, e.g. {text}+00:00; got {text!r}")
+    return value
+
+
 def to_utc_us(value: Any, what: str = "created_at") -> int:
     """An aware datetime as integer microseconds since the epoch (exact, no float); it
     must be an instant a UTC datetime can hold, so that it can be read back."""

@@ -41,7 +41,6 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -58,7 +57,7 @@ from ..driver import can_write
 from ..errors import InvalidInputError, LocalMemError, ModelError
 from ..memory import Memory
 from ..records import Message, RetrievedMessage, Strategy
-from ..validate import MAX_LIMIT, check_id
+from ..validate import MAX_LIMIT, check_id, parse_time
 from ._messages import is_carrier
 
 log = logging.getLogger(__name__)
@@ -357,7 +356,7 @@ def build_server(memory: Memory, settings: Settings | None = None) -> MCPServer:
                 if found is None or found.owner_id != owner:  # another owner's message is not there
                     return {"deleted": 0, "complete": True, "pending": []}
                 return {"deleted": int(memory.delete(msg_id)), "complete": True, "pending": []}
-            report = memory.forget(owner_id=owner, conversation_id=conversation_id, before=_time(before))
+            report = memory.forget(owner_id=owner, conversation_id=conversation_id, before=parse_time(before, "before"))
             return {"deleted": report.messages, "complete": report.complete, "pending": list(report.pending)}
 
     @server.tool(annotations=READ_ONLY.model_copy(update={"title": "Memory statistics"}))
@@ -376,19 +375,6 @@ def build_server(memory: Memory, settings: Settings | None = None) -> MCPServer:
             }
 
     return server
-
-
-def _time(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    example = "e.g. 2025-01-31T00:00:00+00:00"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInputError(f"before must be an ISO 8601 time, {example}; got {text!r}") from None
-    if when.utcoffset() is None:
-        raise InvalidInputError(f"before needs its UTC offset, {example}; got {text!r}")
-    return when
 
 
 def _client_gone(exc: BaseException) -> bool:
