@@ -316,6 +316,7 @@ def test_a_message_over_the_size_limit_raises_and_nothing_of_the_call_is_stored(
     (AIMessage("a", additional_kwargs={"n": float("nan")}), "JSON"),
     ("just a string", "BaseMessage"),
     (HumanMessage("deep", additional_kwargs={"pad": "p" * 70_000}), "beside the text: keep large files by reference"),
+    (AIMessage("a", additional_kwargs={"note": "x\ud800y"}), "lone surrogate"),
 ])
 def test_a_message_that_cannot_be_stored_raises_and_stores_nothing(mem, bad, error):
     h = history(mem)

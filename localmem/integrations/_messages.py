@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import InvalidInputError, LocalMemError
 from ..records import Message
-from ..validate import MAX_ID_CHARS, MAX_METADATA_BYTES
+from ..validate import MAX_METADATA_BYTES, check_id, check_metadata
 
 # How much of a tool call's arguments the stand-in text shows (the carrier has them all).
 MAX_ARGS_CHARS = 1000
@@ -32,18 +32,13 @@ CARRIER_FORMAT = "localmem.integrations/1"
 
 
 def msg_id_for(framework_id: object) -> str | None:
-    """The framework's message id as the localmem ``msg_id`` when it can be one (a
-    non-blank str of at most 255 characters, no NUL); else None: a new one is made and
-    the original is kept in the carrier."""
-    if not isinstance(framework_id, str) or not framework_id.strip() or "\0" in framework_id:
-        return None
-    if len(framework_id) > MAX_ID_CHARS:
-        return None
+    """The framework's message id as the localmem ``msg_id`` when it can be one
+    (``validate.check_id``: a non-blank str of at most 255 characters, valid text, no
+    NUL); else None: a new one is made and the original is kept in the carrier."""
     try:
-        framework_id.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
+        return check_id(framework_id, "msg_id")
+    except InvalidInputError:
         return None
-    return framework_id
 
 
 def tool_calls_text(calls: Iterable[tuple[str, Any]]) -> str:
@@ -72,31 +67,42 @@ def _json(value: Any) -> str:
 
 
 def carry(key: str, data: Mapping[str, Any]) -> dict[str, str]:
-    """The metadata that carries a message's serialised form under ``key``.
-    ``InvalidInputError`` when it is not JSON, or larger than localmem keeps."""
+    """The metadata that carries a message's serialised form under ``key``, checked as
+    ``Memory.add`` will check it (``validate.check_metadata``). ``InvalidInputError`` when
+    it is not JSON, holds what localmem does not store (a lone surrogate), or is larger
+    than localmem keeps."""
     try:
-        text = _json({"format": CARRIER_FORMAT, "message": data})
+        metadata = {key: _json({"format": CARRIER_FORMAT, "message": data})}
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"the message cannot be stored as JSON ({exc})") from exc
-    size = len(_json({key: text}).encode("utf-8"))
-    if size > MAX_METADATA_BYTES:
+    try:
+        check_metadata(metadata)
+    except InvalidInputError as exc:
+        size = len(_json(metadata).encode("utf-8", "surrogatepass"))
+        if size <= MAX_METADATA_BYTES:
+            raise
         raise InvalidInputError(
             f"this message's parts beyond its text (images, tool data, provider fields...) take {size} "
             f"bytes as JSON; localmem keeps at most {MAX_METADATA_BYTES} beside the text: keep large "
             "files by reference (e.g. a URL)"
-        )
-    return {key: text}
+        ) from exc
+    return metadata
+
+
+def _unwrap(value: Any) -> dict[str, Any] | None:
+    """The carrier a metadata value is (its parsed wrapper), or None when it is not one."""
+    if not isinstance(value, str) or CARRIER_FORMAT not in value:
+        return None
+    try:
+        wrapper = json.loads(value)
+    except ValueError:
+        return None
+    return wrapper if isinstance(wrapper, dict) and wrapper.get("format") == CARRIER_FORMAT else None
 
 
 def is_carrier(value: Any) -> bool:
     """Whether a metadata value is marked as a carrier (what only the adapters write)."""
-    if not isinstance(value, str) or CARRIER_FORMAT not in value:
-        return False
-    try:
-        wrapper = json.loads(value)
-    except ValueError:
-        return False
-    return isinstance(wrapper, dict) and wrapper.get("format") == CARRIER_FORMAT
+    return _unwrap(value) is not None
 
 
 def carried(message: Message, key: str) -> dict[str, Any] | None:
@@ -104,10 +110,10 @@ def carried(message: Message, key: str) -> dict[str, Any] | None:
     stored plain, or the value there is not a carrier (a caller's own metadata under that
     name). A carrier that is damaged is an error, never ignored: the message would come
     back as something it was not."""
-    value = (message.metadata or {}).get(key)
-    if not isinstance(value, str) or not is_carrier(value):
+    wrapper = _unwrap((message.metadata or {}).get(key))
+    if wrapper is None:
         return None
-    data = json.loads(value).get("message")
+    data = wrapper.get("message")
     if not isinstance(data, dict):
         raise LocalMemError(
             f"message {message.msg_id}: metadata[{key!r}] is a damaged {key} carrier (no message in it), "
