@@ -31,6 +31,18 @@ MAX_ARGS_CHARS = 1000
 CARRIER_FORMAT = "localmem.integrations/1"
 
 
+# A framework's role names -> localmem's. Any other (tool and function results, custom
+# roles) is "assistant": what the agent obtained, not what the user said (the selector and
+# the summaries read user messages as the user's own words).
+_ROLES = {"human": "user", "user": "user", "system": "system", "developer": "system",
+          "ai": "assistant", "assistant": "assistant", "chatbot": "assistant", "model": "assistant"}
+
+
+def role_for(name: str) -> str:
+    """The localmem role of a framework's role name (case and spaces ignored)."""
+    return _ROLES.get(name.strip().lower(), "assistant")
+
+
 def msg_id_for(framework_id: object) -> str | None:
     """The framework's message id as the localmem ``msg_id`` when it can be one
     (``validate.check_id``: a non-blank str of at most 255 characters, valid text, no

@@ -112,11 +112,6 @@ CARRIER_KEY = "langchain"
 # Largest add_messages call written in one transaction (Memory.add_many's chunk limit).
 _MAX_CHUNK = 100_000
 
-_CHAT_ROLES = {
-    "human": "user", "user": "user",
-    "ai": "assistant", "assistant": "assistant", "chatbot": "assistant", "model": "assistant",
-    "system": "system", "developer": "system",
-}
 _PLAIN: dict[str, type[BaseMessage]] = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
 
 
@@ -127,7 +122,7 @@ def _role(message: BaseMessage) -> str:
     if isinstance(message, SystemMessage):
         return "system"
     if isinstance(message, ChatMessage):
-        return _CHAT_ROLES.get(str(message.role).strip().lower(), "assistant")
+        return _messages.role_for(str(message.role))
     return "assistant"  # AIMessage, ToolMessage, FunctionMessage, anything else
 
 

@@ -74,16 +74,6 @@ __all__ = ["CARRIER_KEY", "LocalmemChatStore"]
 CARRIER_KEY = "llama_index"
 """The metadata key that keeps a message's ``model_dump(mode="json")``."""
 
-_ROLES = {
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.CHATBOT: "assistant",
-    MessageRole.MODEL: "assistant",
-    MessageRole.TOOL: "assistant",
-    MessageRole.FUNCTION: "assistant",
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
-}
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -247,7 +237,7 @@ def to_fields(message: ChatMessage) -> dict[str, Any]:
     """``Memory.add``'s role, content and metadata for a ChatMessage."""
     if not isinstance(message, ChatMessage):
         raise InvalidInputError(f"a chat store message must be a llama_index ChatMessage, not {type(message).__name__}")
-    role = _ROLES.get(message.role, "assistant")
+    role = _messages.role_for(MessageRole(message.role).value)
     text = message.content
     content = _messages.stored_text(
         text,
