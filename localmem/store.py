@@ -345,6 +345,11 @@ _LOG_VECTOR = (
     "INSERT INTO vector_log (owner_id, id) SELECT owner_id, id FROM messages"
     " WHERE id = ? AND owner_id IN (SELECT owner_id FROM vector_indexes)"
 )
+# A conversation's newest user message (args: conversation_id, owner_id).
+_LATEST_USER_MESSAGE = (
+    "SELECT {column} FROM messages WHERE conversation_id = ? AND owner_id = ?"
+    " AND role = 'user' ORDER BY created_at DESC, id DESC LIMIT 1"
+)
 _VECTOR_DELETE_TRIGGER = """CREATE TRIGGER messages_after_delete_vector AFTER DELETE ON messages
 BEGIN
     DELETE FROM message_vectors WHERE rowid = old.id;
@@ -1826,9 +1831,8 @@ class Store:
                     " WHERE messages_fts MATCH ? AND m.owner_id = ?")
             since, since_args = ("", []) if since_us is None else (" AND m.created_at >= ?", [since_us])
             here = conn.execute(
-                base + " AND m.conversation_id = ? AND m.content != ? AND m.id IS NOT ("
-                "SELECT id FROM messages WHERE conversation_id = ? AND owner_id = ? AND role = 'user'"
-                " ORDER BY created_at DESC, id DESC LIMIT 1)" + since + " LIMIT 1",
+                base + " AND m.conversation_id = ? AND m.content != ?"
+                f" AND m.id IS NOT ({_LATEST_USER_MESSAGE.format(column='id')})" + since + " LIMIT 1",
                 [match, owner_id, conversation_id, (skip_text or "").strip(), conversation_id, owner_id, *since_args],
             ).fetchone() is not None
             elsewhere = conn.execute(
@@ -1970,11 +1974,7 @@ class Store:
 
     def latest_user_message(self, owner_id: str, conversation_id: str) -> str | None:
         """The content of the conversation's newest user message."""
-        rows = self._query(
-            "SELECT content FROM messages WHERE conversation_id = ? AND owner_id = ?"
-            " AND role = 'user' ORDER BY created_at DESC, id DESC LIMIT 1",
-            (conversation_id, owner_id),
-        )
+        rows = self._query(_LATEST_USER_MESSAGE.format(column="content"), (conversation_id, owner_id))
         return rows[0][0] if rows else None
 
     # -- writes -----------------------------------------------------------------------
