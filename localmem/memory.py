@@ -1019,10 +1019,11 @@ class Memory:
             since = now_us() - selector.PATTERN_DAYS * _US_PER_DAY
             return selector.habit(self._log.explicit_counts(request.owner_id, since))
 
-        def words() -> bool | None:
+        def words() -> selector.Where | None:
             """No embedding: where the query's content words are (selector.choose's
-            ``words``): in another of the owner's conversations (False: cross_conversation,
-            whose scope holds this one too), else only in this one (True), else nowhere."""
+            ``words``): in another of the owner's conversations ("elsewhere":
+            cross_conversation, whose scope holds this one too), else only in this one
+            ("here"), else nowhere (None)."""
             terms = keyword_terms(" ".join(cues.content)) if keyword else []
             if not terms:
                 return None
@@ -1030,7 +1031,7 @@ class Memory:
                 terms, owner_id=request.owner_id, conversation_id=request.conversation_id,
                 since_us=request.since_us, skip_text=query,
             )
-            return False if elsewhere else (True if here else None)
+            return "elsewhere" if elsewhere else ("here" if here else None)
 
         chosen = selector.choose(cues, probe, pattern, has_query=query is not None, words=words)
         choose_ms = (time.perf_counter() - started) * 1000 - embedding_ms

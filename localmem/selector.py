@@ -33,6 +33,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from .records import Selection, Strategy
 
@@ -416,18 +417,21 @@ def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.2f}"
 
 
+Where = Literal["here", "elsewhere"]  # where a query's words are, without an embedding (choose's words)
+
+
 def choose(
     cues: Cues,
     probe: Callable[[], Probe | None],
     pattern: Callable[[], Strategy | None],
     *,
     has_query: bool = True,
-    words: Callable[[], bool | None] | None = None,
+    words: Callable[[], Where | None] | None = None,
 ) -> Selection:
     """The strategy for a query with these ``cues``. ``probe()`` measures the memory (None:
     it cannot: no embedding for this call); ``pattern()`` is the owner's habit, if any;
     without an embedding, ``words()`` says where the query's content words are: in other
-    conversations of the owner (False), only in this one (True), or nowhere (None).
+    conversations of the owner ("elsewhere"), only in this one ("here"), or nowhere (None).
     They are called only when the text does not settle the choice. ``choose_ms`` is left
     0: the caller times the whole stage."""
     def chosen(strategy: Strategy, reason: str, detail: str, confident: bool = True,
@@ -463,10 +467,10 @@ def choose(
         if recall:
             return chosen(Strategy.SEMANTIC_SEARCH, "recall", "asks to remember something (this conversation first)")
         where = None if words is None else words()
-        if where is True:
+        if where == "here":
             return chosen(Strategy.SEMANTIC_SEARCH, "words_here",
                           "no embedding: its words are in this conversation only")
-        if where is False:
+        if where == "elsewhere":
             return chosen(Strategy.CROSS_CONVERSATION, "words_elsewhere",
                           "no embedding: its words are in other conversations (whose search holds this one too)")
         return _fallback(pattern, "no similarity to judge by (no embedding for this call)", None, chosen)
