@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any
 import diskcache
 
 from . import driver
+from .backend import ConversationState
 from .errors import InvalidInputError
 from .records import Row
-from .store import ConversationState
 from .validate import MAX_US, MIN_US, ROLES
 
 if TYPE_CHECKING:  # numpy is imported on first use: ``import localmem`` stays light

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import progress
 from ._version import __version__
+from .backend import describe_model
 from .demo import run_demo
 from .driver import can_write
 from .errors import InvalidInputError, LocalMemError
@@ -39,7 +40,6 @@ from .models import (
 )
 from .progress import bar
 from .records import MemoryResult, Message, Strategy
-from .store import describe_model
 from .validate import ROLES, parse_time
 
 

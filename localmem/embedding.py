@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import driver
+from .backend import describe_model, model_mismatch, same_model
 from .cache import EmbeddingCache
 from .errors import InvalidInputError, ModelError, call_model
 from .indexer import check_vectors
-from .store import describe_model, model_mismatch, same_model
 
 log = logging.getLogger(__name__)
 

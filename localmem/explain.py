@@ -14,9 +14,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from .backend import Backend
 from .records import SearchStages, Strategy
 from .retrieval import Trace
-from .store import Store
 
 __all__ = ["Explained", "Explanation", "explain"]
 
@@ -142,7 +142,7 @@ def _move(c: Explained) -> str:
 
 
 def explain(
-    store: Store, strategy: Strategy, query: str | None, limit: int, stages: SearchStages | None,
+    store: Backend, strategy: Strategy, query: str | None, limit: int, stages: SearchStages | None,
     trace: Trace | None, answer_ids: list[str],
 ) -> Explanation:
     """An ``Explanation`` of a search from its trace and the msg_ids of its answer (in

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from . import driver
+from .backend import Backend
 from .errors import (
     ClosedError,
     LockTimeoutError,
@@ -33,7 +34,6 @@ from .errors import (
     ModelNotFoundError,
     as_localmem_error,
 )
-from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ class Indexer:
 
     def __init__(
         self,
-        store: Store,
-        open_store: Callable[[], Store] | None,
+        store: Backend,
+        open_store: Callable[[], Backend] | None,
         embed: Callable[[Sequence[str]], np.ndarray],
         identity: Callable[[], dict[str, Any]],
         *,
@@ -143,7 +143,7 @@ class Indexer:
         self._shared_store = store
         self._open_store = open_store
         self._store_lock = threading.Lock()
-        self._own_store: Store | None = None
+        self._own_store: Backend | None = None
         self._embed = embed
         self._identity = identity
         self._thread_exit = thread_exit
@@ -183,7 +183,7 @@ class Indexer:
         self._forked = True
 
     @property
-    def _store(self) -> Store:
+    def _store(self) -> Backend:
         if self._stopping:  # never reopen a connection once close() has begun
             raise ClosedError("the Memory is closed")
         if self._open_store is None:

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import driver
+from .backend import Backend
 from .errors import ClosedError, InvalidInputError, LockTimeoutError
 from .progress import ProgressCallback, Reporter
 from .records import ForgetReport
-from .store import Store
 from .strategy_log import StrategyLog
 from .validate import check_id, from_utc_us, now_us
 
@@ -227,7 +227,7 @@ class Lifecycle:
 
     def __init__(
         self,
-        store: Store,
+        store: Backend,
         *,
         hot: Any,  # cache.HotWindow | None
         queries: Any,  # cache.QueryCache | None

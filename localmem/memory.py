@@ -18,6 +18,14 @@ from typing import Any, TypeVar, cast
 import platformdirs
 
 from . import analytics, context, driver, selector, strategies, transfer
+from .backend import (
+    NO_MARK,
+    Backend,
+    SummaryRow,
+    model_mismatch,
+    open_backend,
+    row_to_message,
+)
 from .cache import (
     CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
@@ -56,14 +64,7 @@ from .records import (
     Strategy,
 )
 from .retrieval import Rerank, Searcher, keyword_query, keyword_terms
-from .store import (
-    EXACT_SEARCH_MAX,
-    NO_MARK,
-    Store,
-    SummaryRow,
-    model_mismatch,
-    row_to_message,
-)
+from .store import EXACT_SEARCH_MAX
 from .strategy_log import LogEntry, StrategyLog, log_path
 from .summaries import Folder, SummaryPolicy, Written, summarizer_name
 from .tokens import MESSAGE_OVERHEAD, check_counter
@@ -278,7 +279,8 @@ class Memory:
         self._close_lock = threading.Lock()
         driver.reset_locks_after_fork(self)
         # (an in-memory read_only store is refused there: it would be empty)
-        self._store = Store(self.path, durability=durability, lock_timeout=lock_timeout, read_only=read_only)
+        self._store: Backend = open_backend(self.path, durability=durability, lock_timeout=lock_timeout,
+                                           read_only=read_only)
         try:
             embedder = model_arg(embedder, "embedder", "embed")
             self._reranker_arg = model_arg(reranker, "reranker", "score")
@@ -408,10 +410,10 @@ class Memory:
                 self._reranker = load_model(self._reranker_arg, "reranker")
             return self._reranker
 
-    def _open_store(self) -> Store:
-        """Another connection to the file, with this Memory's settings (the embedding
-        worker's)."""
-        return Store(self.path, durability=self._store.durability, lock_timeout=self._store.lock_timeout)
+    def _open_store(self) -> Backend:
+        """Another handle on the database, with this Memory's settings (the embedding
+        worker's: its own connections)."""
+        return self._store.reopen()
 
     def __enter__(self) -> Memory:
         self._check_open()

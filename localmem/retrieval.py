@@ -32,10 +32,11 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple, TypedDict
 
 from . import signals
+from .backend import Backend
 from .errors import ModelError, call_model
 from .records import Row, SearchStages
 from .signals import STOPWORDS, WORD
-from .store import EXACT_SEARCH_MAX, Store
+from .store import EXACT_SEARCH_MAX
 
 __all__ = ["ADJUST_DEPTH", "CONFIDENT", "FUSION_DEPTH", "KEYWORD_WEIGHT", "SCORED_DEPTH", "STOPWORDS", "Candidate", "Lists",
            "Rerank", "Retrieval", "Searcher", "Trace", "adjust", "floor", "fuse", "gather", "keyword_query",
@@ -115,7 +116,7 @@ class Searcher:
     chooses embed once and scan a scope once (``dataclasses.replace`` keeps them).
     """
 
-    store: Store
+    store: Backend
     query_vector: Callable[[str], bytes]
     keyword: bool = True
     parallel: bool = False
@@ -268,7 +269,7 @@ def floor(found: list[Candidate], lists: Lists, min_relevance: float | None) -> 
     return [c for c in found if c.bm25 is not None or (c.cosine is not None and c.cosine >= min_relevance)]
 
 
-def adjust(store: Store, query: str, kept: list[Candidate], lists: Lists, now: datetime) -> list[Candidate]:
+def adjust(store: Backend, query: str, kept: list[Candidate], lists: Lists, now: datetime) -> list[Candidate]:
     """Stage 4, signals (``localmem.signals``) on the ranking the floor kept: each
     message that asks a question passes ``REPLY_SHARE`` of its (positive) score to the
     next message of its conversation, which joins the ranking if it was not in it, past
@@ -394,7 +395,7 @@ def score_with(rerank: Rerank, query: str, texts: list[str]) -> list[float]:
 
 
 def rerank_stage(
-    store: Store, rerank: Rerank, query: str, kept: list[Candidate], limit: int
+    store: Backend, rerank: Rerank, query: str, kept: list[Candidate], limit: int
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Stage 5: the reranker orders the first ``max(candidates, limit)`` messages (ties
     keep the first stage's order), the threshold drops weak ones unless fewer than

@@ -28,7 +28,6 @@ Rules this module keeps (see DESIGN.md):
 
 from __future__ import annotations
 
-import array
 import contextlib
 import json
 import logging
@@ -37,25 +36,42 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from . import driver, vector_index
+from .backend import (
+    ConversationState,
+    Deleted,
+    Exported,
+    Forgotten,
+    Scope,
+    SummaryRow,
+    conflict_error,
+    describe_model,
+    is_zero_vector,
+    message_params,
+    model_mismatch,
+    new_stamp,
+    row_to_message,
+    same_fields,
+    same_model,
+    unique_by_msg_id,
+    vector_dim,
+)
 from .errors import (
     ClosedError,
     CorruptDatabaseError,
     InvalidInputError,
     LockTimeoutError,
-    ModelMismatchError,
     ReadOnlyError,
     StorageFullError,
     StoreError,
 )
 from .records import Message, Row
-from .validate import MAX_US, MIN_US, NewMessage, from_utc_us, now_us
+from .validate import MAX_US, MIN_US, NewMessage, now_us
 
 # The message just before (cmp "<", order DESC) or just after (">", ASC) message ``m`` in
 # its conversation, by (created_at, id); ``col`` picks what to return. Uses the
@@ -423,60 +439,6 @@ log = logging.getLogger(__name__)
 _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
 
 
-def row_to_message(row: Row) -> Message:
-    """A stored row as a Message."""
-    return Message(
-        msg_id=row.msg_id,
-        conversation_id=row.conversation_id,
-        owner_id=row.owner_id,
-        role=row.role,
-        content=row.content,
-        created_at=from_utc_us(row.created_us),
-        feature=row.feature,
-        metadata=None if row.metadata is None else json.loads(row.metadata),
-    )
-
-
-def _params(m: NewMessage) -> Row:
-    return Row(
-        m.msg_id, m.conversation_id, m.owner_id, m.role, m.content, m.created_us,
-        m.feature, m.metadata_json,
-    )
-
-
-def _same(stored: Row, new: NewMessage) -> bool:
-    """Is ``new`` a retry of the stored row? created_at counts only if the caller gave it."""
-    same = (
-        stored.conversation_id == new.conversation_id
-        and stored.owner_id == new.owner_id
-        and stored.role == new.role
-        and stored.content == new.content
-        and stored.feature == new.feature
-        and stored.metadata == new.metadata_json
-    )
-    return same and (not new.explicit_created_at or stored.created_us == new.created_us)
-
-
-def _unique(chunk: Sequence[NewMessage]) -> dict[str, NewMessage]:
-    """The chunk by msg_id, a retry inside it dropped; a msg_id repeated with different
-    fields raises."""
-    fresh: dict[str, NewMessage] = {}
-    for m in chunk:
-        seen = fresh.get(m.msg_id)
-        if seen is None:
-            fresh[m.msg_id] = m
-        elif not _same(_params(seen), m):
-            raise _conflict(m)
-    return fresh
-
-
-def _vector_dim(identity: dict[str, Any]) -> int:
-    dim = identity.get("dim")
-    if type(dim) is not int or dim < 1:
-        raise InvalidInputError(f"an embedder identity needs a positive int dim; got {dim!r}")
-    return dim
-
-
 # Keyword search's work. FTS5 scores every row that matches any word of the query, in the
 # whole file, before the owner and conversation filters; a word matches about 3x the
 # messages that hold it (the content, prev and next columns), so a common one ("like",
@@ -565,12 +527,6 @@ def _signature(path: Path) -> tuple[Any, ...]:
     return (path.name, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _conflict(new: NewMessage) -> InvalidInputError:
-    return InvalidInputError(
-        f"msg_id {new.msg_id!r} already exists with different fields; a msg_id names one message"
-    )
-
-
 def _error_code(exc: BaseException) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return None if code is None else code & 0xFF
@@ -611,18 +567,6 @@ def map_error(exc: Exception, path: str) -> StoreError:
     return StoreError(f"{path}: {exc}")
 
 
-def is_zero_vector(vector: bytes) -> bool:
-    """Is this float32 vector all zeros (+0.0 or -0.0)? It has no direction: its cosine
-    with anything is undefined."""
-    return not any(array.array("f", vector))
-
-
-def new_stamp() -> int:
-    """A fresh random 63-bit write stamp (from the OS: a forked child never repeats its
-    parent's, as a copied PRNG state would)."""
-    return int.from_bytes(os.urandom(8), "big") >> 1
-
-
 def _refuse_hard_links(path: str) -> None:
     """Refuse a database file with more than one name. SQLite finds the -wal and -shm
     files by the name it was opened with: two processes opening one file by two hard
@@ -642,94 +586,7 @@ def _refuse_hard_links(path: str) -> None:
         )
 
 
-def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same vector space: same name and dim, and same file hash when both are known."""
-    if a.get("name") != b.get("name") or a.get("dim") != b.get("dim"):
-        return False
-    return not (a.get("sha256") and b.get("sha256")) or a["sha256"] == b["sha256"]
-
-
-def describe_model(identity: dict[str, Any]) -> str:
-    sha = identity.get("sha256")
-    return f"{identity.get('name')!r} (dim {identity.get('dim')}{', sha256 ' + sha[:12] if sha else ''})"
-
-
-def model_mismatch(path: str, recorded: dict[str, Any], given: str) -> ModelMismatchError:
-    """The one error for a file whose vectors come from another model than ``given``."""
-    return ModelMismatchError(
-        f"{path} holds vectors from {describe_model(recorded)}; this Memory uses {given}. "
-        f"Vectors of two models cannot be mixed: open it with embedder={recorded.get('name')!r} "
-        "(or leave embedder unset to use the recorded one)"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationState:
-    """What a cache needs to know to trust an entry: the version and how many messages."""
-
-    version: int
-    message_count: int
-
-
-class SummaryRow(NamedTuple):
-    """A conversation's summary row. It covers every message at or before
-    (``through_us``, ``through_id``) in (created_at, id) order; an emptied summary covers
-    nothing (``through_us`` below every time)."""
-
-    version: int
-    text: str
-    through_us: int
-    through_id: int
-    folded: int
-    summarizer: str
-    updated_us: int
-
-
-NO_MARK = (-(2**63), 0)  # (created_us, id) before every message: a summary covering nothing
 _SUMMARY_COLUMNS = "version, text, through_us, through_id, folded, summarizer, updated_us"  # a SummaryRow
-
-
-@dataclass(frozen=True, slots=True)
-class Deleted:
-    """A message just deleted: where it was and what it said, for the caches to forget."""
-
-    owner_id: str
-    conversation_id: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class Forgotten:
-    """What ``Store.forget`` deleted: how many messages, the (owner, conversation) pairs
-    that lost some (``emptied``: those left with none), the texts (for the caches), and
-    whether the file was written with secure_delete on all along (``secure``)."""
-
-    messages: int
-    scopes: tuple[tuple[str, str], ...]
-    emptied: tuple[tuple[str, str], ...]
-    contents: tuple[str, ...]
-    secure: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """A search scope's state: ``token`` changes whenever a message enters or leaves it, or
-    the vectors are rebuilt;
-    ``size`` counts its messages; ``pending`` is True while some lack their vector."""
-
-    token: list[int]
-    size: int
-    pending: bool
-
-
-class Exported(NamedTuple):
-    """What ``Store.exporting`` reads in one snapshot: how many messages are selected, the
-    embedder recorded for their vectors (None: none yet), and the messages themselves as
-    batches of (row, float32 vector bytes or None), in insertion order."""
-
-    total: int
-    embedder: dict[str, Any] | None
-    batches: Iterator[list[tuple[Row, bytes | None]]]
 
 
 def _selected(owner_id: str | None, conversation_id: str | None, before_us: int | None,
@@ -824,6 +681,11 @@ class Store:
             self.instance_id = self._meta_value("instance_id")
 
     # -- connection lifecycle ---------------------------------------------------------
+
+    def reopen(self) -> Store:
+        """Another handle on the file with the same settings (its own connections)."""
+        return Store(self.path, durability=self.durability, lock_timeout=self.lock_timeout, read_only=self.read_only,
+                     index_dir=None if self.index_dir is None else str(self.index_dir))
 
     def _open(self, *, reader: bool = False) -> Any:
         if self.read_only:
@@ -1334,7 +1196,7 @@ class Store:
         concurrent writers (threads or processes) never duplicate one, and a message
         deleted meanwhile gets none (no orphans).
         """
-        dim = _vector_dim(identity)
+        dim = vector_dim(identity)
         with self.write() as conn:
             return self._write_vectors(conn, identity, dim, ids, vectors)
 
@@ -1571,7 +1433,7 @@ class Store:
                 identity = conn.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()
                 if table is None or identity is None:
                     return None
-                dim = _vector_dim(json.loads(identity[0]))
+                dim = vector_dim(json.loads(identity[0]))
                 seq = conn.execute("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'vector_log'),"
                                    " 0)").fetchone()[0]
                 ids = np.array([i for (i,) in conn.execute(_VECTOR_IDS, (owner_id,))], np.int64)
@@ -1983,7 +1845,7 @@ class Store:
         """Store one message: (it, whether it is new). A retry of an existing msg_id
         returns the stored message and False."""
         with self.write() as conn:
-            cur = conn.execute(_INSERT + " ON CONFLICT (msg_id) DO NOTHING", _params(m))
+            cur = conn.execute(_INSERT + " ON CONFLICT (msg_id) DO NOTHING", message_params(m))
             if cur.rowcount == 1:
                 self._index_keywords(conn, cur.lastrowid - 1)
                 stored = None
@@ -1992,10 +1854,10 @@ class Store:
                     f"SELECT {_COLUMNS} FROM messages WHERE msg_id = ?", (m.msg_id,)
                 ).fetchone()
         if stored is None:
-            return row_to_message(_params(m)), True
+            return row_to_message(message_params(m)), True
         row = Row._make(stored)
-        if not _same(row, m):
-            raise _conflict(m)
+        if not same_fields(row, m):
+            raise conflict_error(m)
         return row_to_message(row), False
 
     def insert_many(self, chunk: Sequence[NewMessage]) -> int:
@@ -2004,7 +1866,7 @@ class Store:
         Retries (same msg_id, same fields) are skipped; a msg_id reused with different
         fields, in the file or inside the chunk, raises before anything is written.
         """
-        fresh = _unique(chunk)
+        fresh = unique_by_msg_id(chunk)
         with self.write() as conn:
             return self._insert_fresh(conn, fresh)
 
@@ -2017,10 +1879,10 @@ class Store:
                 f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part
             ):
                 m = fresh.pop(stored[0])
-                if not _same(Row._make(stored), m):
-                    raise _conflict(m)
+                if not same_fields(Row._make(stored), m):
+                    raise conflict_error(m)
         last_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
-        conn.executemany(_INSERT, [_params(m) for m in fresh.values()])
+        conn.executemany(_INSERT, [message_params(m) for m in fresh.values()])
         self._index_keywords(conn, last_id)
         return len(fresh)
 
@@ -2034,7 +1896,7 @@ class Store:
                 for row in conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE msg_id IN ({marks})", part):
                     stored[row[0]] = Row._make(row)
         found = [stored.get(m.msg_id) for m in chunk]
-        return [None if row is None else _same(row, m) for row, m in zip(found, chunk)]
+        return [None if row is None else same_fields(row, m) for row, m in zip(found, chunk)]
 
     def import_chunk(
         self, chunk: Sequence[NewMessage], vectors: dict[str, bytes], identity: dict[str, Any] | None,
@@ -2043,8 +1905,8 @@ class Store:
         it came with (``vectors`` by msg_id, from the model ``identity``; see
         ``write_vectors``: only a message still waiting gets one). Returns (new messages,
         vectors written)."""
-        fresh = _unique(chunk)
-        dim = None if identity is None or not vectors else _vector_dim(identity)
+        fresh = unique_by_msg_id(chunk)
+        dim = None if identity is None or not vectors else vector_dim(identity)
         with self.write() as conn:
             new = self._insert_fresh(conn, dict(fresh))
             if dim is None or identity is None:

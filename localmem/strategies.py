@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .backend import Backend
 from .cache import HotWindow, message_rows
 from .records import RetrievedMessage, Row, SearchStages, Strategy
 from .retrieval import Candidate, Rerank, Retrieval, Searcher, Trace, retrieve
-from .store import Store
 from .validate import from_utc_us, now_us, to_utc_us
 
 _US_PER_DAY = 86_400 * 1_000_000
@@ -54,7 +54,7 @@ class Sources:
     """What strategies read: the store, the hot window (None: off), and, for the
     strategies that search, ``searcher()`` giving the ``Searcher`` of this call."""
 
-    store: Store
+    store: Backend
     hot: HotWindow | None
     make_searcher: Callable[[], Searcher] | None = None
 
@@ -151,7 +151,7 @@ def recent_history(sources: Sources, request: Request) -> Recall:
 
 
 def _recent_rows(
-    store: Store,
+    store: Backend,
     hot: HotWindow | None,
     owner_id: str,
     conversation_id: str,
@@ -184,7 +184,7 @@ def _newest(rows: Sequence[Row], limit: int, since: int | None) -> Sequence[Row]
     return rows[-limit:]
 
 
-def _rows(store: Store, found: Sequence[Candidate], source: str) -> tuple[RetrievedMessage, ...]:
+def _rows(store: Backend, found: Sequence[Candidate], source: str) -> tuple[RetrievedMessage, ...]:
     """The candidates as messages (their rows read now, unless a stage already did)."""
     missing = [c.row_id for c in found if c.row is None]
     rows = store.rows_by_id(missing) if missing else {}

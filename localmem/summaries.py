@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import driver
+from .backend import NO_MARK, Backend, row_to_message
 from .errors import ClosedError, InvalidInputError, LocalMemError, SummaryError
 from .records import Message
-from .store import NO_MARK, Store, row_to_message
 from .tokens import MESSAGE_OVERHEAD, check_counter
 
 log = logging.getLogger("localmem.summaries")
@@ -136,7 +136,7 @@ class Folder:
     this Memory wrote to or asked about; ``fold(...)`` to fold one now, in this thread.
     """
 
-    def __init__(self, store: Store, policy: SummaryPolicy, summarizer: Summarizer, name: str):
+    def __init__(self, store: Backend, policy: SummaryPolicy, summarizer: Summarizer, name: str):
         self._store = store
         self.policy = policy
         self._summarize = summarizer

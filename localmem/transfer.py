@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+from .backend import Backend, describe_model, same_model
 from .errors import InvalidInputError, StorageFullError
 from .progress import ProgressCallback, Reporter, check_callback
 from .records import Row
-from .store import Store, describe_model, same_model
 from .validate import (
     MAX_METADATA_BYTES,
     MAX_US,
@@ -331,7 +331,7 @@ def _write_parquet(temp: str, header: str, batches: Iterator[list[tuple[Row, byt
 
 
 def export(
-    store: Store, path: Any, *, database: str, owner_id: Any = None, conversation_id: Any = None,
+    store: Backend, path: Any, *, database: str, owner_id: Any = None, conversation_id: Any = None,
     before: Any = None, vectors: Any = False, format: Any = None, overwrite: Any = False, progress: Any = None,
     exclude_owners: Sequence[str] = (), through_id: int | None = None,
 ) -> ExportReport:
@@ -737,7 +737,7 @@ def _too_many(path: str, unit: str, findings: _Findings) -> InvalidInputError:
 
 
 def import_(
-    store: Store, path: Any, *, max_content_bytes: int, wanted: dict[str, Any], skip_invalid: Any = False,
+    store: Backend, path: Any, *, max_content_bytes: int, wanted: dict[str, Any], skip_invalid: Any = False,
     progress: Any = None, committed: Callable[[list[NewMessage], int], Any] | None = None,
 ) -> ImportReport:
     """Read an export into ``store`` (see ``Memory.import_``); ``committed(chunk, new)`` is
@@ -806,7 +806,7 @@ def import_(
     )
 
 
-def _check_file(store: Store, reader: _Jsonl | _Parquet, header: Header, max_content_bytes: int,
+def _check_file(store: Backend, reader: _Jsonl | _Parquet, header: Header, max_content_bytes: int,
                 reporter: Reporter) -> _Findings:
     """Pass 1: every line checked, against the database too (a msg_id stored with other
     fields), a thousand lines at a time; then msg_ids repeated inside the file."""
