@@ -1,8 +1,10 @@
 """The storage interface: what the rest of localmem asks of a backend, and the typed
 records that cross it.
 
-``store.Store`` (one SQLite file: sqlite-vec, FTS5) implements ``Backend``; a second
-backend (PostgreSQL) is coming. ``open_backend`` picks one from the path. Nothing outside the backends writes SQL against the
+Two backends implement ``Backend``: ``store.Store`` (one SQLite file: sqlite-vec, FTS5;
+the default) and ``postgres.PostgresStore`` (PostgreSQL with pgvector, for many processes
+on many machines). ``open_backend`` picks one from the path: a ``postgresql://`` URL is
+PostgreSQL, anything else a file. Nothing outside the backends writes SQL against the
 database; rows cross as ``records.Row`` and the records here, never positional tuples.
 
 The helpers below are the rules both backends share: what a retry of a msg_id is, how a
@@ -22,6 +24,13 @@ from typing import Any, NamedTuple, Protocol
 from .errors import InvalidInputError, ModelMismatchError
 from .records import Message, Row
 from .validate import NewMessage, from_utc_us
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(path: str) -> bool:
+    """Does ``path`` name a PostgreSQL database (a libpq URL) rather than a file?"""
+    return path.startswith(POSTGRES_SCHEMES)
 
 
 def row_to_message(row: Row) -> Message:
@@ -300,7 +309,17 @@ class Backend(Protocol):
 
 def open_backend(path: str, *, durability: str = "normal", lock_timeout: float = 5.0,
                  read_only: bool = False) -> Backend:
-    """The backend ``path`` names: the SQLite file (the one backend so far)."""
+    """The backend ``path`` names: PostgreSQL for a ``postgresql://`` URL (the ``postgres``
+    extra), else the SQLite file."""
+    if is_postgres_url(path):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:  # psycopg is the postgres extra
+            raise InvalidInputError(
+                f"{exc.name or 'psycopg'} is not installed: a PostgreSQL database needs the postgres extra "
+                "(pip install 'localmem[postgres]')"
+            ) from exc
+        return PostgresStore(path, durability=durability, lock_timeout=lock_timeout, read_only=read_only)
     from .store import Store
 
     return Store(path, durability=durability, lock_timeout=lock_timeout, read_only=read_only)

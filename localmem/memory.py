@@ -22,6 +22,7 @@ from .backend import (
     NO_MARK,
     Backend,
     SummaryRow,
+    is_postgres_url,
     model_mismatch,
     open_backend,
     row_to_message,
@@ -298,7 +299,12 @@ class Memory:
             # a no-op, so start-up code that passes it stays safe to run again.
             self.embed_mode = embed
             in_memory = self._store.in_memory
-            if cache_dir is None and not in_memory:
+            shared = is_postgres_url(self.path)  # a server's database: no folder beside it
+            self.path = self._store.path  # (a URL without its password)
+            if cache_dir is None and shared:
+                # This machine's tiers of that database, found again by its instance id.
+                cache_dir = platformdirs.user_cache_path("localmem", appauthor=False) / f"db-{self._store.instance_id}"
+            elif cache_dir is None and not in_memory:
                 cache_dir = self.path + "-cache"
             if read_only:
                 cache_dir, hot_window, query_cache_ttl = None, 0, 0  # no cache folder: nothing created
@@ -323,7 +329,8 @@ class Memory:
                     timeout=self._cache_timeout,
                 )
             self._log = StrategyLog(
-                log_path(self.path), keep_queries=self.log_queries,
+                (str(Path(cache_dir) / "strategy-log") if shared and cache_dir is not None else log_path(self.path)),
+                keep_queries=self.log_queries,
                 retention_days=log_retention, read_only=read_only,
             ) if strategy_log else None
             self._metrics: Any = None
