@@ -1,4 +1,4 @@
-"""The ``localmem`` command: ``demo``, ``add``, ``recent``, ``search``, ``context``, ``mcp``, ``info``, ``export``, ``import``, ``models``...
+"""The ``localmem`` command: ``demo``, ``add``, ``recent``, ``search``, ``context``, ``mcp``, ``info``, ``export``, ``import``, ``migrate``, ``models``...
 
 Exit codes: 0 success, 1 a localmem error (printed as ``localmem: error: ...``), 2 a usage
 error (argparse's own).
@@ -23,7 +23,7 @@ from typing import Any
 
 from . import progress
 from ._version import __version__
-from .backend import describe_model
+from .backend import describe_model, is_postgres_url
 from .demo import run_demo
 from .driver import can_write
 from .errors import InvalidInputError, LocalMemError
@@ -60,16 +60,16 @@ def _db_path(args: argparse.Namespace, *, create: bool = True) -> str:
     missing); a leading ``~`` is the home folder. ``demo`` reads only --db: the tour never
     writes into the user's memory."""
     # "~" expanded here too: MCP clients start commands without a shell.
-    if args.db is not None:
-        return os.path.expanduser(str(args.db))
-    named = os.environ.get("LOCALMEM_DB")
+    named = str(args.db) if args.db is not None else os.environ.get("LOCALMEM_DB")
+    if named and is_postgres_url(named):
+        return named
     return os.path.expanduser(named) if named else os.fspath(default_path(create=create))
 
 
 def _open_existing(args: argparse.Namespace, **options: Any) -> Memory:
     """Open a database that must already exist: reading never creates a file."""
     path = _db_path(args, create=False)
-    if path != ":memory:" and not os.path.exists(path):
+    if path != ":memory:" and not is_postgres_url(path) and not os.path.exists(path):
         raise LocalMemError(
             f"no database at {path} (nothing was created); "
             "'localmem add' or 'localmem demo --db PATH' creates one"
@@ -207,7 +207,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.rerank_threshold is not None:
         ask["rerank_threshold"] = _setting(args.rerank_threshold, "--rerank-threshold", auto=False)
     path = _db_path(args, create=False)
-    writable = path == ":memory:" or can_write(path)
+    writable = path == ":memory:" or is_postgres_url(path) or can_write(path)
     with _open_existing(args, strategy_log=False, read_only=not writable, **options) as mem:  # a look
         if writable:
             mem.flush()  # messages added by `localmem add` get their vectors first
@@ -235,7 +235,7 @@ def cmd_context(args: argparse.Namespace) -> int:
     recency = args.strategy in (Strategy.SESSION_ONLY.value, Strategy.RECENT_HISTORY.value)
     options: dict[str, Any] = {"embed": "off"} if recency else {}
     path = _db_path(args, create=False)
-    writable = path == ":memory:" or can_write(path)
+    writable = path == ":memory:" or is_postgres_url(path) or can_write(path)
     with _open_existing(args, strategy_log=False, read_only=not writable, **options) as mem:  # a look
         if writable:
             if not recency:
@@ -379,6 +379,24 @@ def cmd_import(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise LocalMemError(f"cannot read {args.path}: {exc}") from exc
     _print_json(asdict(report))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy a database into another (a file into PostgreSQL), vectors included, then check
+    the copy; exit 1 when the check found a problem (localmem/migrate.py)."""
+    from .migrate import migrate
+
+    source = args.source if is_postgres_url(args.source) else os.path.expanduser(args.source)
+    if not is_postgres_url(source) and not os.path.exists(source):
+        raise LocalMemError(f"no database at {source}")
+    target = args.target if is_postgres_url(args.target) else os.path.expanduser(args.target)
+    report = migrate(source, target, sample=args.sample, progress=bar())
+    _print_json({**asdict(report), "ok": report.ok})
+    if not report.ok:
+        print("localmem: error: the copy does not match its source:\n  " + "\n  ".join(report.problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -566,7 +584,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Conversation memory for AI agents, in one SQLite file.",
         epilog="Start with: localmem demo",
     )
-    db_help = "database file (default: $LOCALMEM_DB, else memory.db in the user data directory)"
+    db_help = ("database file or postgresql:// URL (default: $LOCALMEM_DB, else memory.db in the user data "
+               "directory)")
     parser.add_argument("--db", metavar="PATH", help=db_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
@@ -694,6 +713,17 @@ def _parser() -> argparse.ArgumentParser:
     importing.add_argument("path", metavar="PATH", help="a file written by localmem export (JSONL or Parquet)")
     importing.add_argument("--skip-invalid", action="store_true",
                            help="import the valid lines and list the others (default: nothing from a file with a bad line)")
+
+    moving = sub.add_parser(
+        "migrate", help="copy a database into another (a file into PostgreSQL), with its vectors, and check the copy",
+        description="Copy every message and vector of --from into --to (created if need be; running it again "
+                    "finishes an interrupted copy), then compare counts and a sample of searches.")
+    moving.add_argument("--from", dest="source", required=True, metavar="DB", help="the database to copy (a file)")
+    moving.add_argument("--to", dest="target", required=True, metavar="DB",
+                        help="where to copy it: a postgresql:// URL (or another file)")
+    moving.add_argument("--sample", type=int, default=50, metavar="N",
+                        help="messages whose searches are compared (default: 50)")
+    moving.set_defaults(func=cmd_migrate)
 
     mcp = command("mcp", cmd_mcp, "serve the memory to MCP clients over stdio (extra: mcp)")
     mcp.add_argument("--owner", metavar="ID", help="the owner the tools serve (default: $LOCALMEM_OWNER; "

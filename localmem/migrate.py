@@ -1,0 +1,175 @@
+"""Moving up: copy a database (a SQLite file, usually) into another backend (PostgreSQL,
+usually), with its vectors, then check the copy.
+
+``localmem migrate --from agent.db --to postgresql://...`` runs ``migrate()``. The source
+is opened read-only and read in one snapshot, a batch at a time (memory stays bounded);
+each batch is one transaction in the target, messages and vectors together. A msg_id the
+target holds already with the same fields is skipped, so a migration stopped half-way
+(a crash, a lost connection) is finished by running it again; one held with other fields
+stops it (``InvalidInputError``) before that batch is written.
+
+What is copied: every message (ids, times, metadata) and its vector as stored, so nothing
+is embedded again (the target records the source's model; a target holding vectors of
+another model is refused: ``ModelMismatchError``). Messages still waiting for their vector
+wait in the target too. Not copied: the running summaries (their positions are the
+source's row ids; the target folds them again from the messages), the strategy log and the
+caches (each machine keeps its own).
+
+The check, after the copy: every owner's and conversation's message count is compared
+(those of the source must be in the target: the target may hold more), the vector counts,
+and a sample of searches: for ``sample`` messages with a vector, the nearest 10 of their
+owner by the source's ranking (exact, or its vector index for owners that have one) against
+the target's own search (HNSW on PostgreSQL): recall@10, and the keyword search of their words (the
+message itself must be among the target's first 10).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from .backend import Backend, open_backend
+from .errors import InvalidInputError
+from .progress import ProgressCallback, Reporter
+from .records import Row
+from .retrieval import keyword_terms
+from .validate import NewMessage
+
+__all__ = ["MigrationReport", "migrate"]
+
+BATCH = 1000
+_NEAREST = 10
+_TIE = 1e-5  # cosines closer than this are a tie
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """What ``migrate`` did. ``messages``: in the source; ``copied``: stored by this run
+    (the rest were in the target already); ``vectors``: vectors written by this run.
+    ``counts_match``: every owner's and conversation's count of the source is in the
+    target, and as many vectors. ``searches``: messages sampled; ``knn_recall``: mean
+    overlap of the target's 10 nearest with the source's exact 10 (None: no vectors);
+    ``keyword_found``: share of sampled messages the target's keyword search of their own
+    words ranks in its first 10. ``problems``: what did not match, a line each."""
+
+    source: str
+    target: str
+    messages: int
+    copied: int
+    vectors: int
+    counts_match: bool
+    searches: int
+    knn_recall: float | None
+    keyword_found: float | None
+    problems: tuple[str, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def migrate(source: str, target: str, *, sample: int = 50, batch_size: int = BATCH,
+            progress: ProgressCallback | None = None, seed: int = 0) -> MigrationReport:
+    """Copy every message of ``source`` (with vectors) into ``target``, then check the
+    copy (see the module docstring). Both are what ``Memory`` takes: a file path or a
+    ``postgresql://`` URL; the target is created if need be."""
+    if source == target:
+        raise InvalidInputError("migrate: the source and the target are the same database")
+    start = time.perf_counter()
+    src = open_backend(source, read_only=True)
+    try:
+        dst = open_backend(target)
+        try:
+            copied, vectors, total = _copy(src, dst, batch_size, progress)
+            problems = _compare_counts(src, dst)
+            counts_match = not problems
+            searches, recall, found, more = _compare_searches(src, dst, sample, seed)
+            problems.extend(more)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return MigrationReport(source=src.path, target=dst.path, messages=total, copied=copied, vectors=vectors,
+                           counts_match=counts_match, searches=searches, knn_recall=recall, keyword_found=found,
+                           problems=tuple(problems), seconds=round(time.perf_counter() - start, 3))
+
+
+def _copy(src: Backend, dst: Backend, batch_size: int, progress: ProgressCallback | None) -> tuple[int, int, int]:
+    copied = vectors = 0
+    with src.exporting(vectors=True, batch_size=batch_size) as exported:
+        reporter = Reporter(progress, "migrate", exported.total, stage="copy")
+        identity = exported.embedder
+        if identity is not None and dst.embedder_identity() is None:
+            dst.bind_embedder(identity)  # a target of another model raises here, before a write
+        for batch in exported.batches:
+            chunk = [NewMessage(msg_id=row.msg_id, conversation_id=row.conversation_id, owner_id=row.owner_id,
+                                feature=row.feature, role=row.role, content=row.content, metadata_json=row.metadata,
+                                created_us=row.created_us, explicit_msg_id=True, explicit_created_at=True)
+                     for row, _ in batch]
+            carried = {row.msg_id: vector for row, vector in batch if vector is not None}
+            new, written = dst.import_chunk(chunk, carried, identity if carried else None)
+            copied += new
+            vectors += written
+            reporter.advance(len(batch))
+        reporter.finish()
+        return copied, vectors, exported.total
+
+
+def _compare_counts(src: Backend, dst: Backend) -> list[str]:
+    problems: list[str] = []
+    with src.exporting(batch_size=BATCH) as exported:
+        scopes: dict[tuple[str, str], int] = {}
+        for batch in exported.batches:
+            for row, _ in batch:
+                key = (row.owner_id, row.conversation_id)
+                scopes[key] = scopes.get(key, 0) + 1
+    for (owner, conversation), count in sorted(scopes.items()):
+        state = dst.conversation_state(owner, conversation)
+        held = 0 if state is None else state.message_count
+        if held < count:
+            problems.append(f"owner {owner!r} conversation {conversation!r}: {count} messages in the source, "
+                            f"{held} in the target")
+    if dst.vector_count() < src.vector_count():
+        problems.append(f"{src.vector_count()} vectors in the source, {dst.vector_count()} in the target")
+    return problems
+
+
+def _compare_searches(src: Backend, dst: Backend, sample: int,
+                      seed: int) -> tuple[int, float | None, float | None, list[str]]:
+    """(messages sampled, knn recall@10, keyword found share, problems)."""
+    if sample <= 0:
+        return 0, None, None, []
+    rng = random.Random(seed)
+    with src.exporting(vectors=True, batch_size=BATCH) as exported:
+        wanted = set(rng.sample(range(exported.total), min(sample, exported.total)))
+        position = 0
+        rows: list[tuple[Row, bytes | None]] = []
+        for batch in exported.batches:
+            for row, vector in batch:
+                if position in wanted:
+                    rows.append((row, vector))
+                position += 1
+    recalls: list[float] = []
+    found = 0
+    problems: list[str] = []
+    for row, vector in rows:
+        if vector is not None and any(vector):
+            exact = src.knn(vector, _NEAREST, owner_id=row.owner_id, exact_max=10**12)
+            theirs = dst.knn(vector, _NEAREST, owner_id=row.owner_id)
+            if exact:
+                # Ties (equal cosines, as two float implementations round them) may be
+                # ordered either way: a target neighbour counts when it is as near as the
+                # source's last.
+                last = exact[-1][1] - _TIE
+                recalls.append(min(len(exact), sum(1 for _, cosine in theirs if cosine >= last)) / len(exact))
+        terms = keyword_terms(row.content)
+        hits = dst.keyword(terms, _NEAREST, owner_id=row.owner_id, conversation_id=row.conversation_id) if terms else []
+        if row.msg_id in {r.msg_id for r in dst.rows_by_id([i for i, _ in hits]).values()}:
+            found += 1
+    recall = round(sum(recalls) / len(recalls), 4) if recalls else None
+    share = round(found / len(rows), 4) if rows else None
+    if recall is not None and recall < 0.8:
+        problems.append(f"nearest-neighbour recall@10 of the target against the source's exact search: {recall}")
+    return len(rows), recall, share, problems
