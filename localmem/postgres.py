@@ -631,11 +631,10 @@ class PostgresStore:
             f" WHERE x IS NOT NULL AND x NOT IN (SELECT m.id FROM localmem.messages m{where})",
             [*args, *args, *args]).fetchall()]
 
-    def _remove(self, conn: Any, where: str, args: Sequence[Any]) -> list[tuple[str, str, str]]:
+    def _remove(self, conn: Any, where: str, args: Sequence[Any]) -> list[tuple[str, str, str, int, int]]:
         """Delete the selected messages (their vectors, queue and zero rows go by the
         foreign keys), lock and update their scopes first, rewrite their surviving
-        neighbours' terms, void the summaries that covered them. Returns (owner,
-        conversation, content) of each."""
+        neighbours' terms. Returns (owner, conversation, content, created_us, id) of each."""
         scopes = conn.execute(f"SELECT DISTINCT m.owner_id, m.conversation_id FROM localmem.messages m{where}"
                               " ORDER BY 1, 2", args).fetchall()
         if not scopes:
@@ -665,19 +664,19 @@ class PostgresStore:
             "UPDATE localmem.owners w SET version = %s, message_count = w.message_count - t.n"
             " FROM unnest(%s::text[], %s::bigint[]) AS t(o, n) WHERE w.owner_id = t.o",
             (stamp, sorted(owners), [owners[o] for o in sorted(owners)]))
-        return [(o, c, text) for o, c, text, _, _ in rows]
+        return [(o, c, text, created, row_id) for o, c, text, created, row_id in rows]
 
     def delete(self, msg_id: str) -> Deleted | None:
         def work(conn: Any) -> Deleted | None:
             rows = self._remove(conn, " WHERE m.msg_id = %s", [msg_id])
             if not rows:
                 return None
-            o, c, _ = rows[0]
-            # The summary covering it is emptied: the next fold rebuilds it without it.
-            conn.execute(_EMPTY_SUMMARY + " WHERE owner_id = %s AND conversation_id = %s AND through_us > -9223372036854775808",
-                         (now_us(), o, c))
+            o, c, text, created, row_id = rows[0]
+            # A summary that covered it is emptied: the next fold rebuilds it without it.
+            conn.execute(_EMPTY_SUMMARY + " WHERE owner_id = %s AND conversation_id = %s"
+                         " AND (%s, %s) <= (through_us, through_id)", (now_us(), o, c, created, row_id))
             self._drop_empty(conn, [(o, c)])
-            return Deleted(*rows[0])
+            return Deleted(o, c, text)
 
         return self._write(work)
 
@@ -707,7 +706,7 @@ class PostgresStore:
             rows = self._remove(conn, where, args)
             if not rows:
                 return Forgotten(0, (), (), (), secure=False)
-            scopes = sorted({(o, c) for o, c, _ in rows})
+            scopes = sorted({(o, c) for o, c, *_ in rows})
             for o, c in scopes:
                 conn.execute(_EMPTY_SUMMARY + " WHERE owner_id = %s AND conversation_id = %s", (now_us(), o, c))
             left = {tuple(r) for r in conn.execute(
@@ -1205,7 +1204,7 @@ class PostgresStore:
             raise ReadOnlyError(f"{self.path} was opened read_only: nothing can be written")
         with self._mapped_errors(), self._get_pool().connection() as conn:
             tables = [r[0] for r in conn.execute(
-                "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n"
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n"
                 " ON n.oid = c.relnamespace WHERE n.nspname = 'localmem' AND c.relkind = 'r'").fetchall()]
             conn.execute("VACUUM (ANALYZE) " + ", ".join(tables))
 
