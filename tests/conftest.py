@@ -1,9 +1,41 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from localmem import Memory
 from localmem.cli import main
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URI of a PostgreSQL server with pgvector, for the whole session: the one
+    ``LOCALMEM_TEST_POSTGRES`` names, else a private one started here and stopped (its
+    directory deleted) at the end of the session."""
+    from postgres_server import PostgresUnavailable, open_server
+
+    try:
+        server = open_server()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"no PostgreSQL for the tests that need one: {exc}", pytrace=False)
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on ``postgres_server`` (no extension created), dropped
+    after the test."""
+    from postgres_server import create_database, drop_database
+
+    uri = create_database(postgres_server)
+    try:
+        yield uri
+    finally:
+        drop_database(uri, server_uri=postgres_server)
 
 
 @pytest.fixture

@@ -145,9 +145,10 @@ def summarized(target, open_memory):
         mem.add("user" if i % 2 == 0 else "assistant", text, conversation_id="c", owner_id="u",
                 msg_id=f"m{i}", created_at=NOW - timedelta(minutes=60 - i))
     mem.add("user", "another conversation, okapi too", conversation_id="other", owner_id="u")
-    assert mem.fold_summary(conversation_id="c", owner_id="u") > 3
+    mem.fold_summary(conversation_id="c", owner_id="u")  # (the background worker may have folded some)
     summary = mem.get_conversation_summary(conversation_id="c", owner_id="u")
     assert summary is not None and "okapi" in summary.text and summary.summarizer == "cat"
+    assert summary.folded > 3
     assert summary.covers_until.utcoffset() == timedelta(0)
     return mem
 
