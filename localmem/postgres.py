@@ -884,42 +884,59 @@ class PostgresStore:
 
     # -- keyword search ---------------------------------------------------------------------
 
-    def _bounded(self, conn: Any, words: Sequence[str]) -> list[str]:
+    @staticmethod
+    def _count(conn: Any, word: str, limit: int) -> int:
+        """How many messages match ``word`` (own text or a neighbour's), counted up to ``limit``."""
+        query, args = _tsquery([word])
+        return int(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM localmem.messages WHERE terms @@ {query}"
+                                " LIMIT %s) t", [*args, limit]).fetchone()[0])
+
+    def _bounded(self, conn: Any, words: Sequence[str], *, budget: bool = True) -> list[tuple[str, int]]:
         """The words kept within the keyword budget (the rarest always), as
-        store._bounded_match: a common word makes a search cost in proportion to the table."""
-        if len(words) < 2:
-            return list(words)
-
-        def count(word: str, limit: int) -> int:
-            query, args = _tsquery([word])
-            return int(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM localmem.messages WHERE terms @@ {query}"
-                                    " LIMIT %s) t", [*args, limit]).fetchone()[0])
-
-        counted = sorted((count(w, _KEYWORD_BUDGET + 1), i, w) for i, w in enumerate(words))
+        store._bounded_match (a common word makes a search cost in proportion to the
+        table), each with how many messages it matches (counted up to the budget + 1; the
+        rarest further when every word is past it). ``budget=False``: every word, counted."""
+        counted = sorted((self._count(conn, w, _KEYWORD_BUDGET + 1), i, w) for i, w in enumerate(words))
+        if not budget or len(words) < 2:
+            return [(w, n) for n, _, w in sorted(counted, key=lambda t: t[1])]
         if counted[0][0] > _KEYWORD_BUDGET:
-            counted = sorted((count(w, _RANKING_COUNT * _KEYWORD_BUDGET), i, w) for _, i, w in counted)
+            counted = sorted((self._count(conn, w, _RANKING_COUNT * _KEYWORD_BUDGET), i, w) for _, i, w in counted)
         kept, rows = [counted[0]], counted[0][0]
         for n, i, w in counted[1:]:
             if rows + n > _KEYWORD_BUDGET:
                 break
             kept.append((n, i, w))
             rows += n
-        return [w for _, _, w in sorted(kept, key=lambda t: t[1])]
+        return [(w, n) for n, _, w in sorted(kept, key=lambda t: t[1])]
 
     def keyword(self, match: str | Sequence[str], k: int, *, owner_id: str, conversation_id: str | None = None,
                 since_us: int | None = None) -> list[tuple[int, float]]:
-        """The ``k`` best matches in the scope as (id, score: lower is better, the negated
-        ts_rank of the own text at 1.0 and the neighbours' at 0.5), best first."""
+        """The ``k`` best matches in the scope as (id, score: lower is better), best first.
+
+        The score is BM25's idea with PostgreSQL's parts: the sum over the query's words of
+        the word's IDF (``ln((N - n + 0.5) / (n + 0.5) + 1)``, N messages in the database, n
+        those matching the word, counted up to the keyword budget + 1) times ``ts_rank`` of
+        that word alone (own text at 1.0, the neighbours' at 0.5, divided by 1 + log of the
+        length), negated. ts_rank alone has no IDF: "the" counts as much as "okapi". On
+        LoCoMo (benchmarks/locomo.py, keyword only) recall@10 0.667 -> 0.717, SQLite's
+        FTS5 BM25 0.717; length normalisation 0 gave 0.720 but a lower recall@1, 2 (by
+        length) 0.547, ts_rank_cd 0.687."""
         words = _terms(match)
         if not words:
             return []
         with self._read() as conn:
-            if not isinstance(match, str):
-                words = self._bounded(conn, words)
-            query, args = _tsquery(words)
-            sql = (f"SELECT m.id, -ts_rank({_RANK_WEIGHTS}, m.terms, q.q, 1) AS score"
-                   f" FROM localmem.messages m, (SELECT {query} AS q) q WHERE m.terms @@ q.q AND m.owner_id = %s")
-            params: list[Any] = [*args, owner_id]
+            counted = self._bounded(conn, words, budget=not isinstance(match, str))
+            total = int(conn.execute("SELECT coalesce(sum(message_count), 0) FROM localmem.owners").fetchone()[0])
+            parts, args = [], []
+            for word, n in counted:
+                one, one_args = _tsquery([word])
+                idf = math.log((total - n + 0.5) / (n + 0.5) + 1.0)
+                parts.append(f"%s * ts_rank({_RANK_WEIGHTS}, m.terms, {one}, 1)")
+                args += [idf, *one_args]
+            match_any, any_args = _tsquery([word for word, _ in counted])
+            sql = (f"SELECT m.id, -({' + '.join(parts)}) AS score FROM localmem.messages m"
+                   f" WHERE m.terms @@ {match_any} AND m.owner_id = %s")
+            params: list[Any] = [*args, *any_args, owner_id]
             if conversation_id is not None:
                 sql += " AND m.conversation_id = %s"
                 params.append(conversation_id)
@@ -939,7 +956,7 @@ class PostgresStore:
         if not words:
             return False, False
         with self._read() as conn:
-            query, args = _tsquery(self._bounded(conn, words))
+            query, args = _tsquery([word for word, _ in self._bounded(conn, words)])
             base = (f"SELECT EXISTS (SELECT 1 FROM localmem.messages m, (SELECT {query} AS q) q"
                     " WHERE m.terms @@ q.q AND ts_filter(m.terms, '{a}') @@ q.q AND m.owner_id = %s")
             since, since_args = ("", []) if since_us is None else (" AND m.created_at >= %s", [since_us])

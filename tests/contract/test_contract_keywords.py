@@ -62,6 +62,15 @@ def test_a_reply_is_found_by_the_words_of_its_question(mem):
     assert result.messages[0].score > result.messages[1].score > 0
 
 
+def test_a_rare_word_counts_more_than_a_common_one(mem):
+    # Both messages hold one query word each, the same number of times, at the same length:
+    # only how rare each word is in the memory tells them apart (BM25's IDF).
+    add(mem, "the yak walks to the lake", "the llama grazes on the hill")  # the yak first: ties go to it
+    add(mem, *[f"the yak number {i} says hello" for i in range(12)], start=10, conversation_id="herd")
+    assert words(mem, "yak llama")[0] == "the llama grazes on the hill"
+    assert words(mem, "llama yak")[0] == "the llama grazes on the hill"
+
+
 def test_neighbours_are_those_of_the_same_conversation_and_owner(mem):
     # Stored interleaved: the message stored just before each reply is another chat's.
     mem.add("user", "Where do penguins live?", conversation_id="a", owner_id="u1", created_at=T0)
