@@ -38,6 +38,16 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         drop_database(uri, server_uri=postgres_server)
 
 
+@pytest.fixture(params=("sqlite", "postgres"))
+def any_backend(request, tmp_path) -> str:
+    """A fresh, empty database of each backend in turn (a test using it runs twice): a
+    file, then a PostgreSQL database. For the integrations, which must behave the same on
+    both; Memory(any_backend, cache_dir=tmp_path / "cache") needs no folder beside a URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "memory.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def db_path(tmp_path):
     """A fresh database path (nothing created yet) in this test's own directory."""

@@ -53,8 +53,8 @@ OWNER, CONV = "alice", "chat-1"
 
 
 @pytest.fixture
-def mem(tmp_path):
-    with Memory(tmp_path / "m.db", embed="off") as m:
+def mem(any_backend, tmp_path):
+    with Memory(any_backend, embed="off", cache_dir=tmp_path / "cache") as m:
         yield m
 
 

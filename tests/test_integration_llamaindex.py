@@ -45,8 +45,8 @@ OWNER = "alice"
 
 
 @pytest.fixture
-def memory(tmp_path):
-    with Memory(tmp_path / "memory.db", embed="off") as m:
+def memory(any_backend, tmp_path):
+    with Memory(any_backend, embed="off", cache_dir=tmp_path / "cache") as m:
         yield m
 
 

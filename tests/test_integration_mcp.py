@@ -36,8 +36,8 @@ READ_ONLY = {"recall", "recent", "build_context", "stats"}
 
 
 @pytest.fixture
-def memory(tmp_path):
-    with Memory(tmp_path / "m.db", embedder=HashEmbedder(), embed="sync") as mem:
+def memory(any_backend, tmp_path):
+    with Memory(any_backend, embedder=HashEmbedder(), embed="sync", cache_dir=tmp_path / "cache") as mem:
         yield mem
 
 
@@ -250,6 +250,26 @@ async def test_over_stdio_every_tool_answers_and_errors_keep_the_server_up(tmp_p
         assert gone.structured_content["deleted"] == 1
     with Memory(db, read_only=True) as mem:  # the server closed it cleanly
         assert mem.stats()["messages"] == 0 and mem.check_integrity() == "ok"
+
+
+async def test_over_stdio_on_postgresql(postgres_url, tmp_path):
+    """The deployment of many agents on many machines: each host's MCP server on one
+    PostgreSQL database, named by LOCALMEM_DB as an MCP client's env would."""
+    env = {"LOCALMEM_DB": postgres_url, "LOCALMEM_OWNER": "me", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "localmem", "mcp", "--keywords-only"],
+                                   env={"HF_HUB_OFFLINE": "1", **env})
+    for host in ("first", "second"):  # two servers in turn, as two machines would be
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+            await s.initialize()
+            said = await s.call_tool("remember", {"content": f"the {host} host says the door code is 4417"})
+            assert not said.is_error, said.content
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+        await s.initialize()
+        found = await s.call_tool("recall", {"query": "door code", "scope": "conversation"})
+        assert not found.is_error, found.content
+        assert "first host" in found.content[0].text and "second host" in found.content[0].text
+    with Memory(postgres_url, read_only=True, cache_dir=tmp_path / "reader") as mem:
+        assert mem.stats()["messages"] == 2 and mem.check_integrity() == "ok"
 
 
 class RawClient:

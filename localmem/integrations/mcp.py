@@ -53,6 +53,7 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from .._version import __version__
+from ..backend import is_postgres_url
 from ..driver import can_write
 from ..errors import InvalidInputError, LocalMemError, ModelError
 from ..memory import Memory
@@ -399,14 +400,15 @@ def serve(path: str, *, owner_id: str | None = None, conversation_id: str | None
     )
     if keywords_only:
         options["embed"] = "off"
-    if path != ":memory:":
+    a_file = path != ":memory:" and not is_postgres_url(path)
+    if a_file:
         # Said plainly here: a client sees only that the server closed.
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise InvalidInputError(f"{path} is a folder; name the database file, e.g. {os.path.join(path, 'memory.db')}")
         if not os.path.isdir(folder):
             raise InvalidInputError(f"the folder {folder} does not exist: create it, or name a file in another one")
-    if path != ":memory:" and os.path.exists(path) and not can_write(path):
+    if a_file and os.path.exists(path) and not can_write(path):
         # As the other commands read such a file: remember and forget answer with an error.
         print(f"localmem mcp: note: {path} cannot be written here; serving it read-only", file=sys.stderr)
         options["read_only"] = True
