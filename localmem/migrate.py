@@ -9,7 +9,8 @@ target holds already with the same fields is skipped, so a migration stopped hal
 stops it (``InvalidInputError``) before that batch is written.
 
 What is copied: every message (ids, times, metadata) and its vector as stored, so nothing
-is embedded again (the target records the source's model; a target holding vectors of
+is embedded again (into an empty PostgreSQL target, the HNSW index is built once at the end:
+``Backend.bulk_load``) (the target records the source's model; a target holding vectors of
 another model is refused: ``ModelMismatchError``). Messages still waiting for their vector
 wait in the target too. Not copied: the running summaries (their positions are the
 source's row ids; the target folds them again from the messages), the strategy log and the
@@ -98,7 +99,7 @@ def migrate(source: str, target: str, *, sample: int = 50, batch_size: int = BAT
 
 def _copy(src: Backend, dst: Backend, batch_size: int, progress: ProgressCallback | None) -> tuple[int, int, int]:
     copied = vectors = 0
-    with src.exporting(vectors=True, batch_size=batch_size) as exported:
+    with dst.bulk_load(), src.exporting(vectors=True, batch_size=batch_size) as exported:
         reporter = Reporter(progress, "migrate", exported.total, stage="copy")
         identity = exported.embedder
         if identity is not None and dst.embedder_identity() is None:

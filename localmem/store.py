@@ -1540,6 +1540,11 @@ class Store:
                 with contextlib.suppress(OSError):
                     path.unlink()
 
+    def bulk_load(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to defer: FTS5 and sqlite-vec index as rows come, and an owner's vector
+        index file is built when its first search needs it."""
+        return contextlib.nullcontext()
+
     def vector_count(self) -> int:
         with self.read() as conn:
             if self._vector_table(conn) is None:

@@ -345,6 +345,8 @@ def test_migrate_copies_messages_and_vectors_and_checks_them(postgres_url, tmp_p
     report = json.loads(done.stdout)
     assert report["messages"] == report["copied"] == 501 and report["vectors"] == 501
     assert report["counts_match"] and report["ok"] and report["knn_recall"] >= 0.9
+    with _closing(PostgresStore(postgres_url)) as copy:
+        assert copy.check_integrity() == "ok"  # the HNSW index built at the end of the load
     again = json.loads(_run("migrate", "--from", source, "--to", postgres_url).stdout)
     assert again["copied"] == 0 and again["ok"]  # a second run changes nothing
     with Memory(postgres_url, embedder=HashEmbedder(), cache_dir=tmp_path / "c2") as pg:
@@ -362,3 +364,27 @@ def test_migrate_refuses_a_msg_id_the_target_holds_with_other_fields(postgres_ur
         pg.add("user", "another thing", conversation_id="c1", owner_id="u1", msg_id="x")
     done = _run("migrate", "--from", source, "--to", postgres_url)
     assert done.returncode == 1 and "msg_id 'x' already exists" in done.stderr
+
+
+def test_a_bulk_load_indexes_at_the_end_and_a_broken_one_is_finished_by_maintain(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        store.insert_many([_msg(i) for i in range(40)])
+        batch = store.pending_batch(40)
+        with store.bulk_load():
+            store.write_vectors(IDENTITY, [i for i, _ in batch[:20]], [_vector(i) for i, _ in batch[:20]])
+            assert "no HNSW index" in store.check_integrity()  # deferred while loading
+            # searches are exact meanwhile: the nearest of a stored vector is itself
+            assert store.knn(_vector(batch[0][0]), 1, owner_id="u1", exact_max=0)[0][0] == batch[0][0]
+        assert store.check_integrity() == "ok"  # built at the end
+        store.reset_vectors()
+        batch = store.pending_batch(40)
+        with pytest.raises(RuntimeError), store.bulk_load():
+            store.write_vectors(IDENTITY, [i for i, _ in batch], [_vector(i) for i, _ in batch])
+            raise RuntimeError("the load stops here")
+        assert "no HNSW index" in store.check_integrity()
+        assert store.refresh_vector_indexes() == (1, 0)  # what maintain() runs
+        assert store.check_integrity() == "ok"
+        assert store.knn(_vector(batch[3][0]), 1, owner_id="u1", exact_max=0)[0][0] == batch[3][0]
+    finally:
+        store.close()
