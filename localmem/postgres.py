@@ -97,7 +97,10 @@ _CONFIG = "localmem.localmem"  # the text search configuration
 # batch in well under this (64 texts: ~0.3 s with the default model on 2 cores).
 CLAIM_SECONDS = 120.0
 EXACT_SEARCH_MAX = 5_000  # as store.EXACT_SEARCH_MAX: exact search up to this scope size
-_EF_SEARCH_MIN = 40  # hnsw.ef_search floor (pgvector's default)
+# hnsw.ef_search floor. pgvector's default, 40, gave recall@10 0.83 against exact at 100k
+# LoCoMo-like vectors (benchmarks/backends.py); 100 gave 0.956 for about the same time on
+# this machine (/work/exp16/ef.py: 64 -> 0.911, 160 -> 0.969).
+_EF_SEARCH_MIN = 100
 _EF_SEARCH_MAX = 1000  # pgvector's limit
 _MAX_SCAN_TUPLES = 20_000  # pgvector's default for iterative scans; raised for selective scopes
 _KEYWORD_BUDGET = 5_000  # as store.KEYWORD_BUDGET: rows the kept words of a query may match
@@ -1219,11 +1222,14 @@ class PostgresStore:
 
     @staticmethod
     def _build_hnsw(conn: Any) -> None:
+        """Build the HNSW index, then ANALYZE: without statistics of the loaded tables, the
+        planner scanned all 100k vectors (250 ms a search) until autovacuum came by."""
         conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (_BUILD_MEMORY,))
         try:
             conn.execute(_HNSW)
         finally:
             conn.execute("RESET maintenance_work_mem")
+        conn.execute("ANALYZE localmem.messages, localmem.message_vectors")
 
     @contextlib.contextmanager
     def bulk_load(self) -> Iterator[None]:
