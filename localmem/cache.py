@@ -439,6 +439,21 @@ class Window:
         """Does it hold the newest ``limit`` messages?"""
         return self.complete or limit <= len(self.rows)
 
+    @classmethod
+    def newest(cls, rows: Sequence[Row], size: int, state: ConversationState) -> Window:
+        """The window of ``size`` made of a conversation's newest ``rows`` (oldest first),
+        read at ``state``."""
+        return cls(list(rows[-size:]), len(rows) >= state.message_count)
+
+    @classmethod
+    def from_json(cls, rows: Any, complete: Any) -> Window | None:
+        """The window a cache entry's ``rows`` and ``complete`` describe, or None when they
+        are not of the right shape (see ``message_rows``)."""
+        checked = message_rows(rows)
+        if checked is None or type(complete) is not bool:
+            return None
+        return cls([Row._make(r) for r in checked], complete)
+
 
 class HotTier(Protocol):
     """What localmem asks of a hot window: ``HotWindow`` here, or
@@ -501,11 +516,7 @@ class HotWindow(_DiskTier):
         entry = self._get_json(self._key(owner_id, conversation_id), "using the database")
         if type(entry) is not dict or entry.get("f") != _FORMAT or entry.get("v") != state.version:
             return None
-        rows = message_rows(entry.get("rows"))
-        complete = entry.get("complete")
-        if rows is None or type(complete) is not bool:
-            return None
-        return Window([Row._make(r) for r in rows], complete)
+        return Window.from_json(entry.get("rows"), entry.get("complete"))
 
     def put(
         self,
@@ -516,7 +527,7 @@ class HotWindow(_DiskTier):
     ) -> Window:
         """Remember the newest rows (oldest first) of a conversation at ``state``; returns
         the window as stored."""
-        window = Window(list(rows[-self.size :]), len(rows) >= state.message_count)
+        window = Window.newest(rows, self.size, state)
         value = json.dumps(
             {"f": _FORMAT, "v": state.version, "complete": window.complete, "rows": window.rows},
             ensure_ascii=False,
