@@ -70,8 +70,8 @@ from .records import Row
 if TYPE_CHECKING:
     import redis
 
+    from .backend import ConversationState
     from .cache import HotTier, QueryTier
-    from .store import ConversationState
 
 __all__ = ["REDIS_TIMEOUT", "RETRY_AFTER", "SCHEMES", "RedisHotWindow", "RedisQueryCache", "open_tiers"]
 

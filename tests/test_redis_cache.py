@@ -27,11 +27,11 @@ from hash_embedder import HashEmbedder
 from redis_server import RedisServer
 
 from localmem import Memory, redis_cache
+from localmem.backend import ConversationState
 from localmem.cache import HotWindow, QueryCache
 from localmem.errors import InvalidInputError
 from localmem.records import Row
 from localmem.redis_cache import RedisHotWindow, RedisQueryCache, open_tiers
-from localmem.store import ConversationState
 
 T0 = 1_700_000_000_000_000  # µs
 
