@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import diskcache
 
@@ -255,7 +255,27 @@ def message_rows(value: Any, extra: int = 0) -> list[list[Any]] | None:
     return value
 
 
-class _DiskTier:
+class TierWarnings:
+    """Rate-limited log lines for one tier's trouble, ``_label`` naming the tier (the
+    diskcache tiers' and the Redis ones', redis_cache.py)."""
+
+    _label = "cache"
+    _warned_at = -WARN_EVERY
+    _held_warnings = 0
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        """Log cache trouble: the first time, then at most once per ``WARN_EVERY`` seconds,
+        counting the repeats held back meanwhile."""
+        now = time.monotonic()
+        if now - self._warned_at < WARN_EVERY:
+            self._held_warnings += 1
+            return
+        held, self._held_warnings, self._warned_at = self._held_warnings, 0, now
+        more = f" ({held} more cache problems since the last report)" if held else ""
+        log.warning("localmem %s %s: %s: %s%s", self._label, what, type(exc).__name__, exc, more)
+
+
+class _DiskTier(TierWarnings):
     """One ``diskcache.Cache`` in a private directory: the plumbing every tier shares.
 
     ``directory`` None means a throwaway temp directory, removed on ``close()`` by the
@@ -270,8 +290,6 @@ class _DiskTier:
     SQLite connection: its first use abandons it (``driver.abandon``) and opens one of its
     own; a lock the parent held at the fork is replaced in the child.
     """
-
-    _label = "cache"  # names the tier in log lines
 
     def __init__(
         self,
@@ -295,8 +313,6 @@ class _DiskTier:
         self._cache: diskcache.Cache | None = None
         self._closed = False
         self._retry_at = 0.0
-        self._warned_at = -WARN_EVERY
-        self._held_warnings = 0
         driver.reset_locks_after_fork(self)
         self._current()
 
@@ -337,17 +353,6 @@ class _DiskTier:
                         self._retry_at = time.monotonic() + RETRY_OPEN_AFTER
                         self._warn(f"unusable, working without it for {RETRY_OPEN_AFTER:.0f} s", exc)
         return self._cache
-
-    def _warn(self, what: str, exc: BaseException) -> None:
-        """Log cache trouble: the first time, then at most once per ``WARN_EVERY`` seconds,
-        counting the repeats held back meanwhile."""
-        now = time.monotonic()
-        if now - self._warned_at < WARN_EVERY:
-            self._held_warnings += 1
-            return
-        held, self._held_warnings, self._warned_at = self._held_warnings, 0, now
-        more = f" ({held} more cache problems since the last report)" if held else ""
-        log.warning("localmem %s %s: %s: %s%s", self._label, what, type(exc).__name__, exc, more)
 
     def _get_json(self, key: str, fallback: str) -> Any:
         """The JSON value stored under ``key``, or None when absent or unreadable (logged,
@@ -434,6 +439,50 @@ class Window:
         """Does it hold the newest ``limit`` messages?"""
         return self.complete or limit <= len(self.rows)
 
+    @classmethod
+    def newest(cls, rows: Sequence[Row], size: int, state: ConversationState) -> Window:
+        """The window of ``size`` made of a conversation's newest ``rows`` (oldest first),
+        read at ``state``."""
+        return cls(list(rows[-size:]), len(rows) >= state.message_count)
+
+    @classmethod
+    def from_json(cls, rows: Any, complete: Any) -> Window | None:
+        """The window a cache entry's ``rows`` and ``complete`` describe, or None when they
+        are not of the right shape (see ``message_rows``)."""
+        checked = message_rows(rows)
+        if checked is None or type(complete) is not bool:
+            return None
+        return cls([Row._make(r) for r in checked], complete)
+
+
+class HotTier(Protocol):
+    """What localmem asks of a hot window: ``HotWindow`` here, or
+    ``redis_cache.RedisHotWindow`` for a database many machines share."""
+
+    size: int
+    ttl: float
+
+    def get(self, owner_id: str, conversation_id: str, state: ConversationState) -> Window | None: ...
+    def put(self, owner_id: str, conversation_id: str, state: ConversationState, rows: Sequence[Row]) -> Window: ...
+    def forget(self, owner_id: str, conversation_id: str) -> None: ...
+    def erase_conversations(self, scopes: Iterable[tuple[str, str]]) -> str | None: ...
+    def erase(self) -> str | None: ...  # maintain(): expired entries out, deletions made final
+    def close(self) -> None: ...
+
+
+class QueryTier(Protocol):
+    """What localmem asks of a query cache: ``QueryCache`` here, or
+    ``redis_cache.RedisQueryCache``."""
+
+    ttl: float
+
+    def get(self, key: Sequence[Any], scope: Any) -> Any | None: ...
+    def put(self, key: Sequence[Any], scope: Any, value: Any, *, group: str) -> None: ...
+    def forget_group(self, group: str) -> None: ...
+    def erase_groups(self, groups: Iterable[str] | None) -> str | None: ...
+    def erase(self) -> str | None: ...
+    def close(self) -> None: ...
+
 
 class HotWindow(_DiskTier):
     """Last ``size`` messages per conversation, as rows in the store's column order.
@@ -467,11 +516,7 @@ class HotWindow(_DiskTier):
         entry = self._get_json(self._key(owner_id, conversation_id), "using the database")
         if type(entry) is not dict or entry.get("f") != _FORMAT or entry.get("v") != state.version:
             return None
-        rows = message_rows(entry.get("rows"))
-        complete = entry.get("complete")
-        if rows is None or type(complete) is not bool:
-            return None
-        return Window([Row._make(r) for r in rows], complete)
+        return Window.from_json(entry.get("rows"), entry.get("complete"))
 
     def put(
         self,
@@ -482,7 +527,7 @@ class HotWindow(_DiskTier):
     ) -> Window:
         """Remember the newest rows (oldest first) of a conversation at ``state``; returns
         the window as stored."""
-        window = Window(list(rows[-self.size :]), len(rows) >= state.message_count)
+        window = Window.newest(rows, self.size, state)
         value = json.dumps(
             {"f": _FORMAT, "v": state.version, "complete": window.complete, "rows": window.rows},
             ensure_ascii=False,
@@ -891,3 +936,9 @@ class QueryCache(_DiskTier):
         if groups is None:
             return self.erase(everything=True)
         return self.erase(tags=[self._tag(g) for g in groups])
+
+
+if TYPE_CHECKING:  # (for mypy: the disk tiers are what the protocols say)
+
+    def _conforms(hot: HotWindow, queries: QueryCache) -> tuple[HotTier, QueryTier]:
+        return hot, queries
