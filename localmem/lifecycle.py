@@ -36,6 +36,7 @@ from typing import Any
 
 from . import driver
 from .backend import Backend
+from .cache import HotTier, QueryTier
 from .errors import ClosedError, InvalidInputError, LockTimeoutError
 from .progress import ProgressCallback, Reporter
 from .records import ForgetReport
@@ -229,8 +230,8 @@ class Lifecycle:
         self,
         store: Backend,
         *,
-        hot: Any,  # cache.HotWindow | None
-        queries: Any,  # cache.QueryCache | None
+        hot: HotTier | None,
+        queries: QueryTier | None,
         embeddings: Any,  # embedding.Embeddings
         log: StrategyLog | None,
         refold: Callable[[str, str], None] | None,

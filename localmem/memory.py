@@ -31,8 +31,10 @@ from .cache import (
     CACHE_TIMEOUT,
     DEFAULT_HOT_TTL,
     DEFAULT_HOT_WINDOW,
+    HotTier,
     HotWindow,
     QueryCache,
+    QueryTier,
 )
 from .embedding import Embeddings, load_model, model_arg, model_name
 from .errors import (
@@ -64,6 +66,7 @@ from .records import (
     Selection,
     Strategy,
 )
+from .redis_cache import check_url as check_redis_url
 from .retrieval import Rerank, Searcher, keyword_query, keyword_terms
 from .store import EXACT_SEARCH_MAX
 from .strategy_log import LogEntry, StrategyLog, log_path
@@ -139,15 +142,27 @@ def default_path(*, create: bool = True) -> Path:
 
 
 class Memory:
-    """Conversation memory in one SQLite file.
+    """Conversation memory in one SQLite file, or in a PostgreSQL database shared by many
+    processes and machines.
 
-    ``path``: a file path, ``":memory:"``, or None for ``default_path()``.
+    ``path``: a file path, ``":memory:"``, None for ``default_path()``, or a
+    ``postgresql://`` URL (the ``postgres`` extra; ``localmem.postgres`` says what it keeps
+    there). Every method behaves the same on both (tests/contract runs one suite against
+    each); on PostgreSQL, ``durability`` changes nothing (a commit is durable), the caches
+    and the strategy log are this machine's (``cache_dir``, default a folder named after the
+    database's instance id in the user cache directory), and embedding workers on every
+    machine share the database's queue.
     ``durability``: ``"normal"`` (WAL + synchronous=NORMAL: a returned ``add()`` survives a
     crash of the process) or ``"full"`` (also survives power loss, slower).
     ``lock_timeout``: seconds a write waits for another writer before ``LockTimeoutError``.
     ``hot_window``: messages per conversation kept in the hot window (0 turns it off);
     ``hot_window_ttl``: seconds an unused window lives.
     ``cache_dir``: where the diskcache tiers live; default ``<path>-cache`` beside the file.
+    ``cache``: a Redis URL (``redis://``, ``rediss://``, ``unix://``; the ``redis`` extra)
+    for the hot window and the query cache, shared by every process and machine that uses
+    the database (``localmem.redis_cache``); the embedding cache stays in ``cache_dir``.
+    An entry is served only for the version the database reports, as on disk; Redis down
+    or slow (0.25 s) is a miss, logged, never an error.
     ``max_content_bytes``: the largest message accepted, in UTF-8 bytes.
     ``embedder``: a registry name, or any object with ``embed(texts) -> float32 array``
     (and optionally ``embed_query``, ``name``, ``dim``). None: the model recorded in the
@@ -218,6 +233,7 @@ class Memory:
         hot_window: int = DEFAULT_HOT_WINDOW,
         hot_window_ttl: float = DEFAULT_HOT_TTL,
         cache_dir: str | os.PathLike[str] | None = None,
+        cache: str | None = None,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
         embedder: Any = None,
         reranker: Any = None,
@@ -271,6 +287,8 @@ class Memory:
         for name, value in (("embedding_cache_ttl", embedding_cache_ttl), ("query_cache_ttl", query_cache_ttl)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10**10:
                 raise InvalidInputError(f"{name} must be seconds >= 0; got {value!r}")
+        if cache is not None:
+            check_redis_url(cache)  # (imports no Redis client: that waits for the first tier)
         if path is None:
             path = default_path(create=not read_only)
         self.path = os.fspath(path)
@@ -310,7 +328,8 @@ class Memory:
                 cache_dir, hot_window, query_cache_ttl = None, 0, 0  # no cache folder: nothing created
             self._cache_dir = None if cache_dir is None else Path(cache_dir)
             namespace = self._store.instance_id or ""
-            self._hot = self._queries = None
+            self._hot: HotTier | None = None
+            self._queries: QueryTier | None = None
             # A lock on a cache file is waited out no longer than a cache is worth.
             self._cache_timeout = min(CACHE_TIMEOUT, float(lock_timeout))
             self._embedding = Embeddings(
@@ -318,16 +337,22 @@ class Memory:
                 cache_dir=self._cache_dir, ttl=float(embedding_cache_ttl), timeout=self._cache_timeout,
                 disk_cache=not read_only,
             )
-            if hot_window:
-                self._hot = HotWindow(
-                    self._cache_dir, namespace=namespace, size=hot_window, ttl=hot_window_ttl,
-                    timeout=self._cache_timeout,
-                )
-            if query_cache_ttl:
-                self._queries = QueryCache(
-                    self._cache_dir, namespace=namespace, ttl=float(query_cache_ttl),
-                    timeout=self._cache_timeout,
-                )
+            if cache is not None and not read_only:
+                from .redis_cache import open_tiers
+
+                self._hot, self._queries = open_tiers(cache, namespace=namespace, hot_size=hot_window,
+                                                      hot_ttl=hot_window_ttl, query_ttl=float(query_cache_ttl))
+            else:
+                if hot_window:
+                    self._hot = HotWindow(
+                        self._cache_dir, namespace=namespace, size=hot_window, ttl=hot_window_ttl,
+                        timeout=self._cache_timeout,
+                    )
+                if query_cache_ttl:
+                    self._queries = QueryCache(
+                        self._cache_dir, namespace=namespace, ttl=float(query_cache_ttl),
+                        timeout=self._cache_timeout,
+                    )
             self._log = StrategyLog(
                 (str(Path(cache_dir) / "strategy-log") if shared and cache_dir is not None else log_path(self.path)),
                 keep_queries=self.log_queries,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .backend import Backend
-from .cache import HotWindow, message_rows
+from .cache import HotTier, message_rows
 from .records import RetrievedMessage, Row, SearchStages, Strategy
 from .retrieval import Candidate, Rerank, Retrieval, Searcher, Trace, retrieve
 from .validate import from_utc_us, now_us, to_utc_us
@@ -55,7 +55,7 @@ class Sources:
     strategies that search, ``searcher()`` giving the ``Searcher`` of this call."""
 
     store: Backend
-    hot: HotWindow | None
+    hot: HotTier | None
     make_searcher: Callable[[], Searcher] | None = None
 
     def searcher(self) -> Searcher:
@@ -152,7 +152,7 @@ def recent_history(sources: Sources, request: Request) -> Recall:
 
 def _recent_rows(
     store: Backend,
-    hot: HotWindow | None,
+    hot: HotTier | None,
     owner_id: str,
     conversation_id: str,
     limit: int,

@@ -568,15 +568,9 @@ def test_urls_and_arguments(redis_url):
 # -- in a Memory -----------------------------------------------------------------------
 
 
-def test_a_memory_with_redis_tiers_serves_current_answers(redis_url, raw, tmp_path):
-    """Until Memory takes a Redis URL itself, its tiers are replaced by hand here."""
-    with Memory(tmp_path / "m.db", embedder=HashEmbedder(), embed="sync") as mem:
+def test_a_memory_with_a_redis_cache_serves_current_answers(redis_url, raw, tmp_path):
+    with Memory(tmp_path / "m.db", embedder=HashEmbedder(), embed="sync", cache=redis_url) as mem:
         namespace = mem._store.instance_id
-        hot, queries = open_tiers(redis_url, namespace=namespace, hot_size=10, hot_ttl=60, query_ttl=60)
-        for disk in (mem._hot, mem._queries):
-            disk.close()
-        mem._hot = mem._lifecycle._hot = hot
-        mem._queries = mem._lifecycle._queries = queries
         where = {"conversation_id": "c1", "owner_id": "u1"}
         for i in range(3):
             mem.add("user", f"apples {i}", **where)
@@ -599,3 +593,33 @@ def test_a_memory_with_redis_tiers_serves_current_answers(redis_url, raw, tmp_pa
         report = mem.forget(owner_id="u1")
         assert report.complete, report.pending
         assert keys_of(raw, namespace) == []
+
+
+def test_memories_of_two_machines_on_postgresql_share_one_redis_tier(redis_url, raw, postgres_url, tmp_path):
+    """Two clients of one PostgreSQL database, each with a cache folder of its own (two
+    machines), one Redis: what one cached the other is served, and never a stale answer."""
+    where = {"conversation_id": "c1", "owner_id": "u1"}
+    options = {"embedder": HashEmbedder(), "embed": "sync", "cache": redis_url}
+    with Memory(postgres_url, cache_dir=tmp_path / "a", **options) as a, \
+            Memory(postgres_url, cache_dir=tmp_path / "b", **options) as b:
+        for i in range(3):
+            a.add("user", f"pears {i}", **where)
+        first = a.get_memory("recent_history", **where)
+        served = b.get_memory("recent_history", **where)
+        assert not first.cache_hit and served.cache_hit and served.messages == first.messages
+        assert not a.get_memory("hybrid", query="pears", **where).cache_hit
+        assert b.get_memory("hybrid", query="pears", **where).cache_hit
+        b.add("assistant", "pears 3", **where)  # the other machine writes
+        after = a.get_memory("recent_history", **where)
+        assert not after.cache_hit and after.messages[-1].content == "pears 3"
+        again = a.get_memory("hybrid", query="pears", **where)
+        assert not again.cache_hit and "pears 3" in [m.content for m in again.messages]
+        assert keys_of(raw, a._store.instance_id)
+        assert a.forget(owner_id="u1").complete
+        assert keys_of(raw, a._store.instance_id) == []
+
+
+def test_a_redis_cache_url_is_checked(tmp_path):
+    with pytest.raises(InvalidInputError, match="redis"):
+        Memory(tmp_path / "m.db", cache="http://localhost:6379")
+    assert not (tmp_path / "m.db").exists()
