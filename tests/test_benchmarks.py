@@ -255,6 +255,29 @@ def test_scale_quick_run(tmp_path):
     assert "faster with the index" in stdout
 
 
+def test_backends_quick_run(tmp_path, postgres_server):
+    """PostgreSQL beside SQLite (issue 16), on the session's real PostgreSQL (the
+    ``postgres_server`` fixture: its URI) through LOCALMEM_BENCH_POSTGRES: every row of
+    both backends, including the 8 client processes, with no error."""
+    stdout, results = run_benchmark(tmp_path, "backends.py", "--quick", timeout=300,
+                                    env={**os.environ, "LOCALMEM_BENCH_POSTGRES": postgres_server})
+    (size,) = results["sizes"]
+    assert size["n"] == 3000 and results["postgres"]["origin"] == "LOCALMEM_BENCH_POSTGRES"
+    latency = size["latency"]
+    for name in ("SQLite", "PostgreSQL"):
+        assert size["ingest"][name]["total_s"] > 0 and size["ingest"][name]["disk_mb"] > 0
+        for label in ("dense k=10 owner-wide", "dense k=10 one conversation"):
+            assert 0 < latency["recall_at_10"][label][name] <= 1 and latency["p50_ms"][label][name] > 0
+        for strategy in ("semantic_search", "hybrid", "cross_conversation"):
+            assert latency["p50_ms"][f"fused {strategy}"][name] > 0
+        run = size["throughput"][name]
+        assert run["clients"] == 8 and run["errors"] == 0, run["error_samples"]
+        assert all(op["count"] > 0 and op["p50_ms"] > 0 for op in run["per_op"].values())
+    rows = {row["name"]: row for row in size["rows"]}
+    assert rows["ingest rate"]["ratio"] > 0 and rows["8 processes: total"]["ratio"] > 0
+    assert "PG/SQLite" in stdout and "8 processes: semantic_search p95" in stdout
+
+
 def test_mcp_overhead_quick_run(tmp_path):
     stdout, results = run_benchmark(tmp_path, "mcp_overhead.py", "--quick", "--no-model", timeout=300)
     assert [r["op"] for r in results["rows"]] == ["recall", "recent", "remember"]
