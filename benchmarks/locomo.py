@@ -138,6 +138,9 @@ def main() -> int:
     parser.add_argument("--reranker", metavar="NAME|PATH",
                         help="also measure fused search reranked by this cross-encoder (registry name or folder)")
     parser.add_argument("--int8", action="store_true", help="with --reranker: its int8 copy (default: fp32)")
+    parser.add_argument("--db", metavar="PATH|URL",
+                        help="an empty database to run in (e.g. a postgresql:// URL, to measure that backend;"
+                             " default: a temporary file)")
     parser.add_argument("--limit-questions", type=int, metavar="N",
                         help="only N questions, spread evenly (shorter run; recall not comparable)")
     args = parser.parse_args()
@@ -166,7 +169,11 @@ def main() -> int:
     stages: dict[str, list[Any]] = {name: [] for name in reranked}
     returned: dict[str, list[int]] = {name: [] for name in reranked}
     with tempfile.TemporaryDirectory() as tmp, \
-            Memory(Path(tmp) / "locomo.db", query_cache_ttl=0, reranker=reranker) as mem:
+            Memory(args.db or Path(tmp) / "locomo.db", query_cache_ttl=0, reranker=reranker,
+                   cache_dir=Path(tmp) / "cache") as mem:
+        if mem.stats()["messages"]:
+            print(f"{args.db} is not empty: --db takes an empty database", file=sys.stderr)
+            return 2
         started = time.perf_counter()
         questions, total = ingest(mem, files, args.limit_questions)
         print(f"{mem.stats()['messages']} messages embedded in {time.perf_counter() - started:.1f} s; "
