@@ -388,3 +388,18 @@ def test_a_bulk_load_indexes_at_the_end_and_a_broken_one_is_finished_by_maintain
         assert store.knn(_vector(batch[3][0]), 1, owner_id="u1", exact_max=0)[0][0] == batch[3][0]
     finally:
         store.close()
+
+
+def test_word_counts_are_reused_and_dropped_by_a_delete(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        store.insert_many([_msg(i, text=f"the quokka number {i}") for i in range(6)])
+        assert [i for i, _ in store.keyword(['"quokka"', '"number"'], 3, owner_id="u1")]
+        assert store._counts  # the words' counts, kept for the next search
+        store.delete("m0")
+        assert not store._counts  # a count would say the deleted words were there
+        store.keyword(['"quokka"'], 3, owner_id="u1")
+        store.forget("u1", None, None)
+        assert not store._counts
+    finally:
+        store.close()
