@@ -167,13 +167,15 @@ class Deleted:
 class Forgotten:
     """What ``Store.forget`` deleted: how many messages, the (owner, conversation) pairs
     that lost some (``emptied``: those left with none), the texts (for the caches), and
-    whether the file was written with secure_delete on all along (``secure``)."""
+    whether the file was written with secure_delete on all along (``secure``), and what
+    the backend keeps of them that it cannot erase (``remains``)."""
 
     messages: int
     scopes: tuple[tuple[str, str], ...]
     emptied: tuple[tuple[str, str], ...]
     contents: tuple[str, ...]
     secure: bool
+    remains: str | None = None  # what the backend could not erase, said plainly (None: nothing)
 
 
 @dataclass(frozen=True, slots=True)

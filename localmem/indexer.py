@@ -50,6 +50,8 @@ DEFAULT_BATCH = 64
 # 1.05x. The vector is then written after the search instead of during it; the search
 # found the turn by its keywords either way (a pending vector is not searched).
 YIELD_TO_SEARCHES = 0.5
+# flush(): the longest pause between two looks at a queue another process still holds rows of.
+FLUSH_POLL_MAX = 0.5
 
 
 def check_vectors(vectors: Any, count: int, dim: int | None, who: str) -> np.ndarray:
@@ -229,6 +231,7 @@ class Indexer:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         retry = True
+        pause = 0.005
         while True:
             with self._cond:
                 waits = self._lock_waits
@@ -252,8 +255,14 @@ class Indexer:
                 ) from lock_error
             if not done:
                 raise TimeoutError(f"embeddings still pending after {timeout} s")
-            if not self._store.pending_count():  # else queued by another process meanwhile
+            if not self._store.pending_count():
                 return
+            # Still pending: queued by another process meanwhile (this worker takes it next
+            # round), or claimed by another process's worker (PostgreSQL: until it writes,
+            # or its lease ends). A pause, growing, so the rounds do not spin: without it
+            # a flush() waiting on another worker's claim ran 3,300 transactions a second.
+            time.sleep(pause)
+            pause = min(pause * 2, FLUSH_POLL_MAX)
 
     def raise_error(self) -> None:
         """Raise the last attempt's failure, if it failed, as a localmem error."""

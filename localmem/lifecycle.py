@@ -302,6 +302,8 @@ class Lifecycle:
         if gone.messages and not gone.secure:
             self._store.vacuum()  # stale copies from before secure_delete: once per file
             lap("vacuum")
+        if gone.messages:
+            pending.append(gone.remains)
         pending.append(self._checkpoint(wait))
         lap("checkpoint")
         if self._refold is not None:  # conversations that keep messages get their summary rebuilt

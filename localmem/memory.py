@@ -300,6 +300,8 @@ class Memory:
         # (an in-memory read_only store is refused there: it would be empty)
         self._store: Backend = open_backend(self.path, durability=durability, lock_timeout=lock_timeout,
                                            read_only=read_only)
+        shared = is_postgres_url(self.path)  # a server's database: no folder beside it
+        self.path = self._store.path  # (a URL without its secrets, for every message from here on)
         try:
             embedder = model_arg(embedder, "embedder", "embed")
             self._reranker_arg = model_arg(reranker, "reranker", "score")
@@ -317,13 +319,13 @@ class Memory:
             # a no-op, so start-up code that passes it stays safe to run again.
             self.embed_mode = embed
             in_memory = self._store.in_memory
-            shared = is_postgres_url(self.path)  # a server's database: no folder beside it
-            self.path = self._store.path  # (a URL without its password)
             if cache_dir is None and shared:
                 # This machine's tiers of that database, found again by its instance id.
                 cache_dir = platformdirs.user_cache_path("localmem", appauthor=False) / f"db-{self._store.instance_id}"
             elif cache_dir is None and not in_memory:
                 cache_dir = self.path + "-cache"
+            # A shared database's log is this machine's, in its cache folder (read even read-only).
+            log_file = str(Path(cache_dir) / "strategy-log") if shared and cache_dir is not None else log_path(self.path)
             if read_only:
                 cache_dir, hot_window, query_cache_ttl = None, 0, 0  # no cache folder: nothing created
             self._cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -354,8 +356,7 @@ class Memory:
                         timeout=self._cache_timeout,
                     )
             self._log = StrategyLog(
-                (str(Path(cache_dir) / "strategy-log") if shared and cache_dir is not None else log_path(self.path)),
-                keep_queries=self.log_queries,
+                log_file, keep_queries=self.log_queries,
                 retention_days=log_retention, read_only=read_only,
             ) if strategy_log else None
             self._metrics: Any = None

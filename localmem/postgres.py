@@ -47,7 +47,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import psycopg
@@ -93,6 +93,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA = "localmem"
+# What a forget on PostgreSQL cannot promise (ForgetReport.pending says it each time).
+_REMAINS = (
+    "PostgreSQL: the rows are deleted and VACUUMed (their space reusable), but their bytes stay in the "
+    "table files until overwritten, and in the WAL (and any archive, replica or backup) until recycled; "
+    "other machines' own cache folders keep their copies until those expire (never served: the version "
+    "moved), unless the Memories share a Redis tier (cache=), which this forget erased"
+)
 _CONFIG = "localmem.localmem"  # the text search configuration
 # Seconds a worker's claim on a batch of the embedding queue lasts: past it, a batch whose
 # worker died (or lost its connection) is claimed by another. A live worker embeds a
@@ -121,10 +128,15 @@ _TERM = re.compile(r'"((?:[^"]|"")*)"')  # an FTS5 string, as retrieval.keyword_
 # message; this costs ~20 us on non-ASCII text: /work/exp16/fold.py.) normalize() needs a
 # UTF8 database, which the schema's creation checks.
 _FOLD = "CASE WHEN t ~ '[^[:ascii:]]' THEN regexp_replace(normalize(t, NFD), '[\u0300-\u036f]', '', 'g') ELSE t END"
+# A tsvector holds at most 1 MiB: a message's terms take the first OWN_CHARS characters of
+# its text and NEIGHBOUR_CHARS of each neighbour's (a 900 KB message, within
+# max_content_bytes, was refused before). Its vector sees far less (the model's 256 tokens).
+OWN_CHARS = 200_000
+NEIGHBOUR_CHARS = 50_000
 _TERMS_OF = (
-    "setweight(to_tsvector('{cfg}', localmem.fold({own})), 'A')"
-    " || setweight(to_tsvector('{cfg}', localmem.fold(coalesce({prev}, ''))), 'B')"
-    " || setweight(to_tsvector('{cfg}', localmem.fold(coalesce({next}, ''))), 'C')"
+    f"setweight(to_tsvector('{{cfg}}', localmem.fold(left({{own}}, {OWN_CHARS}))), 'A')"
+    f" || setweight(to_tsvector('{{cfg}}', localmem.fold(left(coalesce({{prev}}, ''), {NEIGHBOUR_CHARS}))), 'B')"
+    f" || setweight(to_tsvector('{{cfg}}', localmem.fold(left(coalesce({{next}}, ''), {NEIGHBOUR_CHARS}))), 'C')"
 )
 # The message just before ("<", DESC) or after (">", ASC) message m in its conversation.
 _NEIGHBOUR = (
@@ -229,17 +241,46 @@ _BULK_LOCK = "hashtext('localmem bulk load')"
 _BUILD_MEMORY = "1GB"
 
 
+_SECRET_KEYS = ("password", "sslpassword")  # libpq parameters whose values are secrets
+
+
 def redact(url: str) -> str:
-    """``url`` without its password: what messages and logs may show."""
+    """``url`` without its secrets (the password in ``user:pw@``, and ``password=`` or
+    ``sslpassword=`` in the query): what messages and logs may show."""
     try:
         parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, host = netloc.rsplit("@", 1)
+            if user.partition(":")[2]:
+                netloc = f"{user.split(':', 1)[0]}:***@{host}"
+        query = "&".join(
+            f"{pair.split('=', 1)[0]}=***" if pair.split("=", 1)[0].lower() in _SECRET_KEYS else pair
+            for pair in parts.query.split("&")) if parts.query else ""
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url
+        return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+                + (f"#{parts.fragment}" if parts.fragment else ""))
     except ValueError:
         return "postgresql://..."
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def _secrets(url: str) -> list[str]:
+    """The secret values in ``url``, as written and percent-decoded (longest first)."""
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        user = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
+        if ":" in user:
+            found.add(user.split(":", 1)[1])
+        for pair in parts.query.split("&"):
+            key, _, value = pair.partition("=")
+            if key.lower() in _SECRET_KEYS:
+                found.add(value)
+    except ValueError:
+        return []
+    found |= {unquote(v) for v in found}
+    return sorted((v for v in found if v), key=len, reverse=True)
 
 
 def _terms(match: str | Sequence[str]) -> list[str]:
@@ -289,6 +330,7 @@ class PostgresStore:
             raise InvalidInputError(f"read_only must be True or False; got {read_only!r}")
         self._url = url
         self.path = redact(url)
+        self._secrets = _secrets(url)
         self.durability = durability
         self.lock_timeout = float(lock_timeout)
         self.read_only = read_only
@@ -299,7 +341,6 @@ class PostgresStore:
         self._pool_lock = threading.Lock()
         driver.reset_locks_after_fork(self)
         self._closed = False
-        self._has_vectors = False
         self._bulk: Any = None  # the connection holding _BULK_LOCK while bulk_load() runs
         self._counts: OrderedDict[tuple[str, int], tuple[int, float]] = OrderedDict()  # see _count
         self._counts_lock = threading.Lock()
@@ -314,8 +355,16 @@ class PostgresStore:
 
     # -- connections ------------------------------------------------------------------
 
+    def _scrub(self, exc: BaseException) -> str:
+        """The driver's message with any secret of the URL replaced (libpq quotes bits of
+        a conninfo it cannot parse)."""
+        text = str(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def _connect_error(self, exc: Exception) -> StoreError:
-        return StoreError(f"{self.path}: cannot connect to PostgreSQL ({exc})")
+        return StoreError(f"{self.path}: cannot connect to PostgreSQL ({self._scrub(exc)})")
 
     def _prepare(self) -> None:
         """Create or upgrade the schema (one transaction, under an advisory lock: many
@@ -353,7 +402,7 @@ class PostgresStore:
             if version >= SCHEMA_VERSION:
                 return
             if version == 0:
-                encoding = conn.execute("SHOW server_encoding").fetchone()[0]
+                encoding = conn.execute("SELECT current_setting('server_encoding')::text").fetchone()[0]
                 if encoding != "UTF8":
                     raise StoreError(f"{self.path}: the database's encoding is {encoding}; localmem needs UTF8 "
                                      "(CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)")
@@ -395,6 +444,9 @@ class PostgresStore:
                 pool = psycopg_pool.ConnectionPool(
                     self._url, min_size=1, max_size=self._pool_size, kwargs={"autocommit": True},
                     configure=self._configure, timeout=max(self.lock_timeout, 5.0), open=False,
+                    # A connection is checked as it is taken: after a server restart (or
+                    # an idle connection's end) each pooled one would fail once, else.
+                    check=psycopg_pool.ConnectionPool.check_connection,
                     name="localmem",
                 )
                 try:
@@ -410,22 +462,31 @@ class PostgresStore:
         try:
             yield
         except psycopg_pool.PoolTimeout as exc:
+            # Every connection busy, or none can be made (the server is down): not the same.
+            try:
+                psycopg.connect(self._url, connect_timeout=2).close()
+            except psycopg.Error as down:
+                raise self._connect_error(down) from exc
             raise LockTimeoutError(f"{self.path}: no database connection free within "
                                    f"{max(self.lock_timeout, 5.0):g} s ({exc})") from exc
         except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled) as exc:
             raise LockTimeoutError(f"{self.path}: waited past lock_timeout ({self.lock_timeout:g} s) for a lock "
-                                   f"another client holds ({exc})") from exc
+                                   f"another client holds ({self._scrub(exc)})") from exc
         except pg_errors.DiskFull as exc:
-            raise StorageFullError(f"{self.path}: the database server's disk is full ({exc})") from exc
-        except (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege) as exc:
-            raise ReadOnlyError(f"{self.path}: the database cannot be written with these settings or "
-                                f"privileges ({exc})") from exc
+            raise StorageFullError(f"{self.path}: the database server's disk is full ({self._scrub(exc)})") from exc
+        except pg_errors.ReadOnlySqlTransaction as exc:
+            raise ReadOnlyError(f"{self.path}: the database cannot be written here ({self._scrub(exc)})") from exc
+        except pg_errors.InsufficientPrivilege as exc:
+            raise ReadOnlyError(f"{self.path}: permission denied: this role cannot do that here "
+                                f"({self._scrub(exc)})") from exc
+        except pg_errors.ProgramLimitExceeded as exc:
+            raise InvalidInputError(f"{self.path}: a value is past a PostgreSQL limit ({self._scrub(exc)})") from exc
         except pg_errors.DataCorrupted as exc:
-            raise CorruptDatabaseError(f"{self.path}: {exc}") from exc
+            raise CorruptDatabaseError(f"{self.path}: {self._scrub(exc)}") from exc
         except psycopg.OperationalError as exc:
-            raise StoreError(f"{self.path}: the database connection failed ({exc})") from exc
+            raise StoreError(f"{self.path}: the database connection failed ({self._scrub(exc)})") from exc
         except psycopg.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise StoreError(f"{self.path}: {self._scrub(exc)}") from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Any]:
@@ -656,6 +717,11 @@ class PostgresStore:
         if bordering:
             conn.execute(_REINDEX, (bordering,))
         stamp = new_stamp()
+        # A scope emptied here loses its row, and an absent row reads as version 0: the
+        # token would repeat one from before its first message. The delete stamp, in
+        # every token, changes with every delete.
+        conn.execute("INSERT INTO localmem.meta (key, value) VALUES ('delete_stamp', %s)"
+                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(stamp),))
         counts: dict[tuple[str, str], int] = {}
         for o, c, _, _, _ in rows:
             counts[(o, c)] = counts.get((o, c), 0) + 1
@@ -726,7 +792,8 @@ class PostgresStore:
                 ([o for o, _ in scopes], [c for _, c in scopes])).fetchall()}
             self._drop_empty(conn, scopes)
             emptied = tuple(s for s in scopes if s not in left)
-            return Forgotten(len(rows), tuple(scopes), emptied, tuple(r[2] for r in rows), secure=False)
+            return Forgotten(len(rows), tuple(scopes), emptied, tuple(r[2] for r in rows), secure=False,
+                             remains=_REMAINS)
 
         forgotten = self._write(work)
         self._forget_counts()
@@ -831,11 +898,12 @@ class PostgresStore:
                                    " WHERE owner_id = %s AND conversation_id = %s", (owner_id, conversation_id)).fetchone()
                 scoped, args = "m.owner_id = %s AND m.conversation_id = %s", [owner_id, conversation_id]
             version, count = row if row is not None else (0, 0)
-            generation = conn.execute("SELECT coalesce((SELECT value::bigint FROM localmem.meta"
-                                      " WHERE key = 'vector_generation'), 0)").fetchone()[0]
+            generation, deleted = conn.execute(
+                "SELECT coalesce((SELECT value::bigint FROM localmem.meta WHERE key = 'vector_generation'), 0),"
+                " coalesce((SELECT value::bigint FROM localmem.meta WHERE key = 'delete_stamp'), 0)").fetchone()
             pending = conn.execute(f"SELECT EXISTS (SELECT 1 FROM localmem.pending_vectors p JOIN localmem.messages m"
                                    f" ON m.id = p.id WHERE {scoped})", args).fetchone()[0]
-        return Scope(token=[version, generation], size=count, pending=bool(pending))
+        return Scope(token=[version, generation, deleted], size=count, pending=bool(pending))
 
     @contextlib.contextmanager
     def exporting(self, *, owner_id: str | None = None, conversation_id: str | None = None,
@@ -1018,9 +1086,8 @@ class PostgresStore:
     # -- vectors ---------------------------------------------------------------------------
 
     def _vectors_exist(self, conn: Any) -> bool:
-        if not self._has_vectors:
-            self._has_vectors = conn.execute("SELECT to_regclass('localmem.message_vectors')").fetchone()[0] is not None
-        return self._has_vectors
+        """Asked each time (a catalog lookup): another client's reset_vectors drops the table."""
+        return conn.execute("SELECT to_regclass('localmem.message_vectors')").fetchone()[0] is not None
 
     def pending_batch(self, limit: int, after_id: int = 0) -> list[tuple[int, str]]:
         """Claim up to ``limit`` queued messages (``FOR UPDATE SKIP LOCKED``: a row another
@@ -1078,7 +1145,6 @@ class PostgresStore:
                 "INSERT INTO localmem.message_vectors (id, owner_id, conversation_id, created_at, embedding)"
                 " SELECT id, owner_id, conversation_id, created_at, %s FROM localmem.messages WHERE id = %s",
                 [(v, i) for i, v in real])
-        self._has_vectors = True
         return len(real)
 
     def reset_vectors(self) -> int:
@@ -1092,7 +1158,6 @@ class PostgresStore:
             return int(conn.execute("SELECT count(*) FROM localmem.pending_vectors").fetchone()[0])
 
         queued = self._write(work)
-        self._has_vectors = False
         return queued
 
     def vector_count(self) -> int:
@@ -1105,13 +1170,8 @@ class PostgresStore:
     def _vector_read(self) -> Iterator[Any]:
         """A read snapshot in which the vector table exists (None: it does not, or was
         dropped by another client's reset)."""
-        try:
-            with self._read() as conn:
-                yield conn if self._vectors_exist(conn) else None
-        except StoreError as exc:
-            if isinstance(exc.__cause__, pg_errors.UndefinedTable):
-                self._has_vectors = False
-            raise
+        with self._read() as conn:
+            yield conn if self._vectors_exist(conn) else None
 
     def knn(self, vector: bytes, k: int, *, owner_id: str, conversation_id: str | None = None,
             since_us: int | None = None, exact_max: int = EXACT_SEARCH_MAX, spare: bool = False) -> list[tuple[int, float]]:
@@ -1282,8 +1342,9 @@ class PostgresStore:
                 deferred = holder.execute(
                     "SELECT to_regclass('localmem.message_vectors') IS NULL").fetchone()[0]
                 if not deferred:
-                    empty = holder.execute("SELECT NOT EXISTS (SELECT 1 FROM localmem.message_vectors)").fetchone()[0]
-                    if empty:
+                    if not holder.execute(_HAS_HNSW).fetchone()[0]:
+                        deferred = True  # an earlier load stopped before its end: built at this one's
+                    elif holder.execute("SELECT NOT EXISTS (SELECT 1 FROM localmem.message_vectors)").fetchone()[0]:
                         holder.execute("DROP INDEX IF EXISTS localmem.message_vectors_hnsw")
                         deferred = True
             self._bulk = holder if deferred else None

@@ -53,7 +53,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .cache import (
     DEFAULT_HOT_TTL,
@@ -102,15 +102,23 @@ return 1
 
 
 def redact(url: str) -> str:
-    """``url`` without its password: what messages and logs may show."""
+    """``url`` without its password (in ``user:pw@`` or a ``password=`` query parameter,
+    which redis-py also takes): what messages and logs may show."""
     try:
         parts = urlsplit(url)
-        if not parts.password:
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, host = netloc.rsplit("@", 1)
+            if user.partition(":")[2]:
+                netloc = f"{user.split(':', 1)[0]}:***@{host}"
+        query = "&".join(f"{pair.split('=', 1)[0]}=***" if pair.split("=", 1)[0].lower() == "password" else pair
+                         for pair in parts.query.split("&")) if parts.query else ""
+        if (netloc, query) == (parts.netloc, parts.query):
             return url
+        return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+                + (f"#{parts.fragment}" if parts.fragment else ""))
     except ValueError:
         return "redis://..."
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def check_url(url: Any) -> str:

@@ -403,3 +403,89 @@ def test_word_counts_are_reused_and_dropped_by_a_delete(postgres_url):
         assert not store._counts
     finally:
         store.close()
+
+
+# -- found by review (each failed before its fix) ----------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:pw1@/db?host=/nowhere",
+    "postgresql://u@/db?host=/nowhere&password=pw1",
+    "postgresql:///db?host=/nowhere&sslpassword=pw1&password=pw1",
+    "postgresql://u:Top%zzpw1@/db?host=/nowhere",
+])
+def test_no_secret_of_the_url_reaches_a_message(url):
+    assert "pw1" not in redact(url)
+    with pytest.raises(StoreError) as raised:
+        open_backend(url, lock_timeout=1)
+    assert "pw1" not in str(raised.value)
+
+
+def test_another_clients_reset_leaves_stats_and_integrity_working(postgres_url):
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        a.insert_many([_msg(i) for i in range(3)])
+        batch = a.pending_batch(3)
+        a.write_vectors(IDENTITY, [i for i, _ in batch], [_vector(i) for i, _ in batch])
+        assert b.vector_count() == 3
+        a.reset_vectors()  # drops the vector table
+        assert b.vector_count() == 0 and b.check_integrity() == "ok"
+        with b.exporting(vectors=True) as exported:
+            assert [v for batch in exported.batches for _, v in batch] == [None, None, None]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_scope_token_never_comes_back_after_a_forget(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        empty = store.scope("u1", None).token
+        store.insert(_msg(1))
+        store.forget("u1", None, None)
+        assert store.scope("u1", None).token != empty  # (an answer cached while it was empty)
+        assert store.scope("u1", "c1").token != empty
+    finally:
+        store.close()
+
+
+def test_a_long_message_with_long_neighbours_is_stored_and_found(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        words = " ".join(f"w{i}x" for i in range(120_000))  # ~900 KB, within max_content_bytes
+        for i in range(4):
+            store.insert(_msg(i, text=f"ocelot{i} " + words))
+        assert [i for i, _ in store.keyword(['"ocelot3"'], 5, owner_id="u1")]
+        assert store.check_integrity() == "ok"
+    finally:
+        store.close()
+
+
+def test_a_bulk_load_finishes_the_index_an_earlier_one_left(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        store.insert_many([_msg(i) for i in range(10)])
+        batch = store.pending_batch(10)
+        with pytest.raises(RuntimeError), store.bulk_load():
+            store.write_vectors(IDENTITY, [i for i, _ in batch[:5]], [_vector(i) for i, _ in batch[:5]])
+            raise RuntimeError("stopped")
+        with store.bulk_load():  # the re-run (localmem migrate again)
+            store.write_vectors(IDENTITY, [i for i, _ in batch[5:]], [_vector(i) for i, _ in batch[5:]])
+        assert store.check_integrity() == "ok"
+    finally:
+        store.close()
+
+
+def test_forget_says_what_postgresql_keeps(postgres_url, tmp_path):
+    with Memory(postgres_url, embed="off", cache_dir=tmp_path / "c") as m:
+        m.add("user", "the vault code is 1234", conversation_id="c1", owner_id="u1")
+        report = m.forget(owner_id="u1")
+        assert not report.complete and report.pending[0].startswith("PostgreSQL:")
+
+
+def test_read_only_reads_this_machines_strategy_log(postgres_url, tmp_path):
+    with Memory(postgres_url, embed="off", cache_dir=tmp_path / "c") as m:
+        m.add("user", "hello there", conversation_id="c1", owner_id="u1")
+        m.get_memory(Strategy.RECENT_HISTORY, conversation_id="c1", owner_id="u1")
+    with Memory(postgres_url, embed="off", cache_dir=tmp_path / "c", read_only=True) as r:
+        assert r.strategy_stats().total_calls == 1
