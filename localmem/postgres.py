@@ -79,13 +79,14 @@ from .errors import (
     ClosedError,
     CorruptDatabaseError,
     InvalidInputError,
+    LocalMemError,
     LockTimeoutError,
     ReadOnlyError,
     StorageFullError,
     StoreError,
 )
 from .records import Message, Row
-from .validate import MAX_US, NewMessage, now_us
+from .validate import MAX_US, NewMessage, now_us, redact_url
 
 __all__ = ["CLAIM_SECONDS", "SCHEMA_VERSION", "PostgresStore", "redact"]
 
@@ -247,22 +248,7 @@ _SECRET_KEYS = ("password", "sslpassword")  # libpq parameters whose values are 
 def redact(url: str) -> str:
     """``url`` without its secrets (the password in ``user:pw@``, and ``password=`` or
     ``sslpassword=`` in the query): what messages and logs may show."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            user, host = netloc.rsplit("@", 1)
-            if user.partition(":")[2]:
-                netloc = f"{user.split(':', 1)[0]}:***@{host}"
-        query = "&".join(
-            f"{pair.split('=', 1)[0]}=***" if pair.split("=", 1)[0].lower() in _SECRET_KEYS else pair
-            for pair in parts.query.split("&")) if parts.query else ""
-        if (netloc, query) == (parts.netloc, parts.query):
-            return url
-        return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-                + (f"#{parts.fragment}" if parts.fragment else ""))
-    except ValueError:
-        return "postgresql://..."
+    return redact_url(url, _SECRET_KEYS)
 
 
 def _secrets(url: str) -> list[str]:
@@ -281,6 +267,20 @@ def _secrets(url: str) -> list[str]:
         return []
     found |= {unquote(v) for v in found}
     return sorted((v for v in found if v), key=len, reverse=True)
+
+
+# The localmem error for a driver error (the first row whose classes match), and what it
+# says before the driver's own message (which closes the parenthesis).
+_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], type[LocalMemError], str], ...] = (
+    ((pg_errors.LockNotAvailable, pg_errors.QueryCanceled), LockTimeoutError,
+     "waited past lock_timeout ({self.lock_timeout:g} s) for a lock another client holds ("),
+    (pg_errors.DiskFull, StorageFullError, "the database server's disk is full ("),
+    (pg_errors.ReadOnlySqlTransaction, ReadOnlyError, "the database cannot be written here ("),
+    (pg_errors.InsufficientPrivilege, ReadOnlyError, "permission denied: this role cannot do that here ("),
+    (pg_errors.ProgramLimitExceeded, InvalidInputError, "a value is past a PostgreSQL limit ("),
+    (pg_errors.DataCorrupted, CorruptDatabaseError, "the database reports damage ("),
+    (psycopg.OperationalError, StoreError, "the database connection failed ("),
+)
 
 
 def _terms(match: str | Sequence[str]) -> list[str]:
@@ -469,23 +469,10 @@ class PostgresStore:
                 raise self._connect_error(down) from exc
             raise LockTimeoutError(f"{self.path}: no database connection free within "
                                    f"{max(self.lock_timeout, 5.0):g} s ({exc})") from exc
-        except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled) as exc:
-            raise LockTimeoutError(f"{self.path}: waited past lock_timeout ({self.lock_timeout:g} s) for a lock "
-                                   f"another client holds ({self._scrub(exc)})") from exc
-        except pg_errors.DiskFull as exc:
-            raise StorageFullError(f"{self.path}: the database server's disk is full ({self._scrub(exc)})") from exc
-        except pg_errors.ReadOnlySqlTransaction as exc:
-            raise ReadOnlyError(f"{self.path}: the database cannot be written here ({self._scrub(exc)})") from exc
-        except pg_errors.InsufficientPrivilege as exc:
-            raise ReadOnlyError(f"{self.path}: permission denied: this role cannot do that here "
-                                f"({self._scrub(exc)})") from exc
-        except pg_errors.ProgramLimitExceeded as exc:
-            raise InvalidInputError(f"{self.path}: a value is past a PostgreSQL limit ({self._scrub(exc)})") from exc
-        except pg_errors.DataCorrupted as exc:
-            raise CorruptDatabaseError(f"{self.path}: {self._scrub(exc)}") from exc
-        except psycopg.OperationalError as exc:
-            raise StoreError(f"{self.path}: the database connection failed ({self._scrub(exc)})") from exc
         except psycopg.Error as exc:
+            for kinds, error, says in _ERRORS:
+                if isinstance(exc, kinds):
+                    raise error(f"{self.path}: {says.format(self=self)}{self._scrub(exc)})") from exc
             raise StoreError(f"{self.path}: {self._scrub(exc)}") from exc
 
     @contextlib.contextmanager

@@ -66,6 +66,7 @@ from .cache import (
 )
 from .errors import InvalidInputError
 from .records import Row
+from .validate import redact_url
 
 if TYPE_CHECKING:
     import redis
@@ -104,21 +105,7 @@ return 1
 def redact(url: str) -> str:
     """``url`` without its password (in ``user:pw@`` or a ``password=`` query parameter,
     which redis-py also takes): what messages and logs may show."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            user, host = netloc.rsplit("@", 1)
-            if user.partition(":")[2]:
-                netloc = f"{user.split(':', 1)[0]}:***@{host}"
-        query = "&".join(f"{pair.split('=', 1)[0]}=***" if pair.split("=", 1)[0].lower() == "password" else pair
-                         for pair in parts.query.split("&")) if parts.query else ""
-        if (netloc, query) == (parts.netloc, parts.query):
-            return url
-        return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-                + (f"#{parts.fragment}" if parts.fragment else ""))
-    except ValueError:
-        return "redis://..."
+    return redact_url(url)
 
 
 def check_url(url: Any) -> str:

@@ -13,9 +13,11 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import CorruptDatabaseError, InvalidInputError
 from .records import Strategy
@@ -368,3 +370,25 @@ def check_query(value: Any) -> str | None:
         raise InvalidInputError(f"query must be a str or None, not {type(value).__name__}")
     _check_utf8(value, "query", nul=True)
     return value
+
+
+def redact_url(url: str, secret_keys: Sequence[str] = ("password",)) -> str:
+    """``url`` with its secrets replaced by ``***``: the password of ``user:pw@`` and the
+    values of the query parameters named in ``secret_keys`` (a server URL, as messages and
+    logs may show it). A URL that does not parse shows as its scheme only."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, host = netloc.rsplit("@", 1)
+            if user.partition(":")[2]:
+                netloc = f"{user.split(':', 1)[0]}:***@{host}"
+        keys = {k.lower() for k in secret_keys}
+        query = "&".join(f"{pair.split('=', 1)[0]}=***" if pair.split("=", 1)[0].lower() in keys else pair
+                         for pair in parts.query.split("&")) if parts.query else ""
+    except ValueError:
+        return f"{url.partition(':')[0]}://..."
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
