@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -28,9 +29,17 @@ from .validate import NewMessage, from_utc_us
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+# A libpq keyword/value connection string ("host=db dbname=memory user=agent"): words
+# joined by "=" to values, one of them a key only a connection string has.
+_CONNINFO = re.compile(r"\s*[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)(?:\s+[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*))*\s*")
+_CONNINFO_KEYS = re.compile(r"(?:^|\s)(?:host|hostaddr|dbname|user|password|port|service|sslmode)\s*=")
+
+
 def is_postgres_url(path: str) -> bool:
-    """Does ``path`` name a PostgreSQL database (a libpq URL) rather than a file?"""
-    return path.startswith(POSTGRES_SCHEMES)
+    """Does ``path`` name a PostgreSQL database (a libpq URL, ``postgresql://...``, or a
+    keyword/value connection string, ``host=... dbname=...``) rather than a file?"""
+    return path.startswith(POSTGRES_SCHEMES) or (
+        _CONNINFO.fullmatch(path) is not None and _CONNINFO_KEYS.search(path) is not None)
 
 
 def row_to_message(row: Row) -> Message:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import driver
-from .backend import Backend
+from .backend import Backend, is_postgres_url
 from .cache import HotTier, QueryTier
 from .errors import ClosedError, InvalidInputError, LockTimeoutError
 from .progress import ProgressCallback, Reporter
@@ -456,8 +456,9 @@ class Lifecycle:
                 return f"{described}: not worth a VACUUM (below {VACUUM_FREE_SHARE:.0%} or {VACUUM_MIN_BYTES >> 20} MiB)"
             if self._store.in_memory:
                 return f"{described}: an in-memory database is not vacuumed"
-            room = shutil.disk_usage(os.path.dirname(os.path.abspath(self._store.path))).free
-            if room < 2 * count * size:
+            local = not is_postgres_url(self._store.path)  # (a server's disk is not this machine's)
+            room = shutil.disk_usage(os.path.dirname(os.path.abspath(self._store.path))).free if local else None
+            if room is not None and room < 2 * count * size:
                 pending.append(f"space: VACUUM needs about {2 * count * size >> 20} MiB free, {room >> 20} MiB are")
                 return f"{described}: not enough disk for a VACUUM"
             try:

@@ -35,6 +35,7 @@ from .cache import (
     HotWindow,
     QueryCache,
     QueryTier,
+    private_dir,
 )
 from .embedding import Embeddings, load_model, model_arg, model_name
 from .errors import (
@@ -326,6 +327,11 @@ class Memory:
                 cache_dir = self.path + "-cache"
             # A shared database's log is this machine's, in its cache folder (read even read-only).
             log_file = str(Path(cache_dir) / "strategy-log") if shared and cache_dir is not None else log_path(self.path)
+            if shared and cache_dir is not None and strategy_log and not read_only:
+                # (no disk tier may make it: hot_window=0, or cache= Redis); a folder that
+                # cannot be had leaves the log to say so, as a cache tier would.
+                with contextlib.suppress(OSError):
+                    private_dir(Path(cache_dir))
             if read_only:
                 cache_dir, hot_window, query_cache_ttl = None, 0, 0  # no cache folder: nothing created
             self._cache_dir = None if cache_dir is None else Path(cache_dir)

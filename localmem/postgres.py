@@ -47,16 +47,18 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 import psycopg
 import psycopg_pool
 from pgvector.psycopg import register_vector
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import driver
 from .backend import (
+    POSTGRES_SCHEMES,
     ConversationState,
     Deleted,
     Exported,
@@ -246,26 +248,54 @@ _SECRET_KEYS = ("password", "sslpassword")  # libpq parameters whose values are 
 
 
 def redact(url: str) -> str:
-    """``url`` without its secrets (the password in ``user:pw@``, and ``password=`` or
-    ``sslpassword=`` in the query): what messages and logs may show."""
-    return redact_url(url, _SECRET_KEYS)
+    """``url`` without its secrets (``password`` and ``sslpassword``, wherever libpq would
+    read them: ``user:pw@``, the query, a keyword/value string): what messages and logs
+    may show. What libpq cannot parse shows as the scheme alone."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://(a connection string libpq cannot parse)"
+    values = {key: str(value) for key, value in params.items() if value is not None}
+    secrets = [values[k] for k in _SECRET_KEYS if values.get(k)]
+    if not url.startswith(POSTGRES_SCHEMES):  # keyword/value
+        return make_conninfo("", **{k: "***" if k in _SECRET_KEYS else v for k, v in values.items()})
+    shown = redact_url(url, _SECRET_KEYS)
+    if any(s in shown or quote(s, safe="") in shown for s in secrets):
+        # urllib reads this URL otherwise than libpq: rebuilt from what libpq reads.
+        user, host, port, dbname = (values.pop(k, "") for k in ("user", "host", "port", "dbname"))
+        password = values.pop("password", "")
+        if host.startswith("/"):
+            values["host"], host = host, ""
+        auth = f"{user}{':***' if password else ''}@" if user or password else ""
+        query = "&".join(f"{k}={'***' if k in _SECRET_KEYS else v}" for k, v in values.items())
+        shown = f"postgresql://{auth}{host}{':' + port if port else ''}/{dbname}" + (f"?{query}" if query else "")
+    scheme, rest = shown.split("://", 1)
+    for secret in _secrets(url):  # last: what a naive reading takes for a password, libpq not
+        rest = rest.replace(secret, "***")
+    return f"{scheme}://{rest}"
 
 
 def _secrets(url: str) -> list[str]:
-    """The secret values in ``url``, as written and percent-decoded (longest first)."""
+    """The secret values of ``url``, as libpq reads them and as urllib does, raw and
+    percent-encoded (longest first): what driver messages must not show."""
     found: set[str] = set()
     try:
-        parts = urlsplit(url)
-        user = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
-        if ":" in user:
-            found.add(user.split(":", 1)[1])
-        for pair in parts.query.split("&"):
+        params = conninfo_to_dict(url)
+        found |= {str(params[k]) for k in _SECRET_KEYS if params.get(k)}
+    except psycopg.Error:
+        pass
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    userinfo = rest.rsplit("@", 1)[0] if "@" in rest else ""
+    if ":" in userinfo:
+        found.add(userinfo.split(":", 1)[1])
+    try:
+        for pair in urlsplit(url).query.split("&"):
             key, _, value = pair.partition("=")
-            if key.lower() in _SECRET_KEYS:
+            if unquote(key).lower() in _SECRET_KEYS:
                 found.add(value)
     except ValueError:
-        return []
-    found |= {unquote(v) for v in found}
+        pass
+    found |= {unquote(v) for v in found} | {quote(v, safe="") for v in found}
     return sorted((v for v in found if v), key=len, reverse=True)
 
 
@@ -344,6 +374,7 @@ class PostgresStore:
         self._bulk: Any = None  # the connection holding _BULK_LOCK while bulk_load() runs
         self._counts: OrderedDict[tuple[str, int], tuple[int, float]] = OrderedDict()  # see _count
         self._counts_lock = threading.Lock()
+        self._counts_stamp: str | None = None  # the delete stamp the counts were made under
         self._token = uuid.uuid4().hex  # this handle's name on the queue rows it claims
         self.claim_seconds = CLAIM_SECONDS
         try:
@@ -462,11 +493,25 @@ class PostgresStore:
         try:
             yield
         except psycopg_pool.PoolTimeout as exc:
-            # Every connection busy, or none can be made (the server is down): not the same.
+            # Every connection busy, none can be made (the server is down), or the pool is
+            # still reconnecting after losing its connections (a restart): not the same.
             try:
                 psycopg.connect(self._url, connect_timeout=2).close()
             except psycopg.Error as down:
                 raise self._connect_error(down) from exc
+            pool = self._pool
+            stats = {} if pool is None else pool.get_stats()
+            if pool is not None and not stats.get("requests_waiting") and stats.get("pool_available") == stats.get(
+                    "pool_size"):
+                # Nobody holds a connection, the server answers, yet none came: the pool
+                # lost its connections (a server restart) and waits out its reconnect
+                # backoff. A new pool connects at once; this one closes in the background.
+                with self._pool_lock:
+                    if self._pool is pool:
+                        self._pool = None
+                threading.Thread(target=pool.close, name="localmem-pool-close", daemon=True).start()
+                raise StoreError(f"{self.path}: the connection pool had lost its connections (a server "
+                                 "restart?); the next call opens new ones") from exc
             raise LockTimeoutError(f"{self.path}: no database connection free within "
                                    f"{max(self.lock_timeout, 5.0):g} s ({exc})") from exc
         except psycopg.Error as exc:
@@ -704,9 +749,7 @@ class PostgresStore:
         if bordering:
             conn.execute(_REINDEX, (bordering,))
         stamp = new_stamp()
-        # A scope emptied here loses its row, and an absent row reads as version 0: the
-        # token would repeat one from before its first message. The delete stamp, in
-        # every token, changes with every delete.
+        # Every client's remembered word counts are void after a delete (see _count).
         conn.execute("INSERT INTO localmem.meta (key, value) VALUES ('delete_stamp', %s)"
                      " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(stamp),))
         counts: dict[tuple[str, str], int] = {}
@@ -752,8 +795,16 @@ class PostgresStore:
         conn.execute("DELETE FROM localmem.summaries s USING localmem.conversations c WHERE c.owner_id = s.owner_id"
                      " AND c.conversation_id = s.conversation_id AND c.message_count = 0 AND c.owner_id = ANY(%s)",
                      (owners,))
-        conn.execute("DELETE FROM localmem.conversations WHERE message_count = 0 AND owner_id = ANY(%s)", (owners,))
+        gone = conn.execute("DELETE FROM localmem.conversations WHERE message_count = 0 AND owner_id = ANY(%s)",
+                            (owners,)).rowcount
         conn.execute("DELETE FROM localmem.owners WHERE message_count = 0 AND owner_id = ANY(%s)", (owners,))
+        if gone:
+            # An emptied scope has no row, and an absent row reads as version 0: a token
+            # would repeat one from before its first message. This stamp, in every token,
+            # changes whenever a scope is emptied (not at every delete: that voided every
+            # owner's cached answers).
+            conn.execute("INSERT INTO localmem.meta (key, value) VALUES ('emptied_stamp', %s)"
+                         " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(new_stamp()),))
 
     def forget(self, owner_id: str | None, conversation_id: str | None, before_us: int | None, *,
                exclude_owners: Sequence[str] = (), through_id: int | None = None, scrub: bool = True) -> Forgotten:
@@ -887,7 +938,7 @@ class PostgresStore:
             version, count = row if row is not None else (0, 0)
             generation, deleted = conn.execute(
                 "SELECT coalesce((SELECT value::bigint FROM localmem.meta WHERE key = 'vector_generation'), 0),"
-                " coalesce((SELECT value::bigint FROM localmem.meta WHERE key = 'delete_stamp'), 0)").fetchone()
+                " coalesce((SELECT value::bigint FROM localmem.meta WHERE key = 'emptied_stamp'), 0)").fetchone()
             pending = conn.execute(f"SELECT EXISTS (SELECT 1 FROM localmem.pending_vectors p JOIN localmem.messages m"
                                    f" ON m.id = p.id WHERE {scoped})", args).fetchone()[0]
         return Scope(token=[version, generation, deleted], size=count, pending=bool(pending))
@@ -978,6 +1029,17 @@ class PostgresStore:
         with self._counts_lock:
             self._counts.clear()
 
+    def _fresh_counts(self, conn: Any) -> None:
+        """Drop the remembered counts if any client deleted since they were counted: a
+        count made high by messages since forgotten would leave a word out of the budget,
+        and a search would miss a message that matches."""
+        stamp = conn.execute("SELECT value FROM localmem.meta WHERE key = 'delete_stamp'").fetchone()
+        stamp = None if stamp is None else stamp[0]
+        with self._counts_lock:
+            if stamp != self._counts_stamp:
+                self._counts.clear()
+                self._counts_stamp = stamp
+
     def _bounded(self, conn: Any, words: Sequence[str], *, budget: bool = True) -> list[tuple[str, int]]:
         """The words kept within the keyword budget (the rarest always), as
         store._bounded_match (a common word makes a search cost in proportion to the
@@ -1012,6 +1074,7 @@ class PostgresStore:
         if not words:
             return []
         with self._read() as conn:
+            self._fresh_counts(conn)
             counted = self._bounded(conn, words, budget=not isinstance(match, str))
             total = int(conn.execute("SELECT coalesce(sum(message_count), 0) FROM localmem.owners").fetchone()[0])
             parts, args = [], []
@@ -1043,6 +1106,7 @@ class PostgresStore:
         if not words:
             return False, False
         with self._read() as conn:
+            self._fresh_counts(conn)
             query, args = _tsquery([word for word, _ in self._bounded(conn, words)])
             base = (f"SELECT EXISTS (SELECT 1 FROM localmem.messages m, (SELECT {query} AS q) q"
                     " WHERE m.terms @@ q.q AND ts_filter(m.terms, '{a}') @@ q.q AND m.owner_id = %s")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import CorruptDatabaseError, InvalidInputError
 from .records import Strategy
@@ -384,7 +384,7 @@ def redact_url(url: str, secret_keys: Sequence[str] = ("password",)) -> str:
             if user.partition(":")[2]:
                 netloc = f"{user.split(':', 1)[0]}:***@{host}"
         keys = {k.lower() for k in secret_keys}
-        query = "&".join(f"{pair.split('=', 1)[0]}=***" if pair.split("=", 1)[0].lower() in keys else pair
+        query = "&".join(f"{pair.split('=', 1)[0]}=***" if unquote(pair.split("=", 1)[0]).lower() in keys else pair
                          for pair in parts.query.split("&")) if parts.query else ""
     except ValueError:
         return f"{url.partition(':')[0]}://..."

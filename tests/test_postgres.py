@@ -413,6 +413,11 @@ def test_word_counts_are_reused_and_dropped_by_a_delete(postgres_url):
     "postgresql://u@/db?host=/nowhere&password=pw1",
     "postgresql:///db?host=/nowhere&sslpassword=pw1&password=pw1",
     "postgresql://u:Top%zzpw1@/db?host=/nowhere",
+    "postgresql://u:pa#pw1@/db?host=/nowhere",  # libpq reads these as passwords, urllib not
+    "postgresql://u:pa?pw1@/db?host=/nowhere",
+    "postgresql://u@/db?host=/nowhere&%70assword=pw1",
+    "postgresql://u:pa/pw1@/db",
+    "host=/nowhere dbname=db user=u password=pw1",  # a keyword/value connection string
 ])
 def test_no_secret_of_the_url_reaches_a_message(url):
     assert "pw1" not in redact(url)
@@ -489,3 +494,57 @@ def test_read_only_reads_this_machines_strategy_log(postgres_url, tmp_path):
         m.get_memory(Strategy.RECENT_HISTORY, conversation_id="c1", owner_id="u1")
     with Memory(postgres_url, embed="off", cache_dir=tmp_path / "c", read_only=True) as r:
         assert r.strategy_stats().total_calls == 1
+
+
+# -- found by the second review (/work/review16b) ----------------------------------------
+
+
+def test_a_keyword_value_connection_string_is_postgresql_not_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError) as raised:
+        Memory("host=/nowhere dbname=db user=u password=pw1", cache_dir=tmp_path / "c", lock_timeout=1)
+    assert "pw1" not in str(raised.value) and "cannot connect to PostgreSQL" in str(raised.value)
+    assert [p.name for p in tmp_path.iterdir()] == []  # no SQLite file named after it
+
+
+def test_another_clients_forget_voids_the_remembered_word_counts(postgres_url, monkeypatch):
+    import localmem.postgres as pg
+
+    monkeypatch.setattr(pg, "_KEYWORD_BUDGET", 3)  # a word matching more than 3 messages is left out
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        a.insert_many([_msg(i, owner="crowd", text=f"zebra crossing {i}") for i in range(5)])
+        a.insert(_msg(101, text="apple pie"))  # (first: an apple-only search ranks these first)
+        a.insert(_msg(102, text="apple tart"))
+        a.insert(_msg(100, text="zebra apple"))
+        # "zebra" matches 6 messages: past the budget, so only "apple" is searched
+        assert a.keyword(['"zebra"', '"apple"'], 10, owner_id="u1")
+        b.forget("crowd", None, None)  # now "zebra" is the rare word
+        found = a.rows_by_id([i for i, _ in a.keyword(['"zebra"', '"apple"'], 1, owner_id="u1")])
+        assert [r.content for r in found.values()] == ["zebra apple"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_one_owners_delete_leaves_another_owners_tokens(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        store.insert(_msg(1, owner="alice"))
+        store.insert_many([_msg(2, owner="bob"), _msg(3, owner="bob")])
+        before = store.scope("alice", None).token
+        store.delete("m2")  # bob keeps a message: no scope emptied
+        assert store.scope("alice", None).token == before
+        store.delete("m3")  # bob's last: his scope is emptied
+        assert store.scope("bob", None).token != [0, *before[1:]]
+    finally:
+        store.close()
+
+
+def test_maintain_with_vacuum_and_a_log_without_disk_tiers(postgres_url, tmp_path):
+    with Memory(postgres_url, embed="off", cache_dir=tmp_path / "c", hot_window=0, query_cache_ttl=0) as m:
+        m.add("user", "hello", conversation_id="c1", owner_id="u1")
+        m.get_memory(Strategy.RECENT_HISTORY, conversation_id="c1", owner_id="u1")
+        assert m.strategy_stats().total_calls == 1  # the log's folder is made though no tier made it
+        report = m.maintain(vacuum=True)
+        assert report.complete and report.integrity == "ok"
