@@ -332,7 +332,7 @@ def open_backend(path: str, *, durability: str = "normal", lock_timeout: float =
         except ImportError as exc:  # psycopg is the postgres extra
             raise InvalidInputError(
                 f"{exc.name or 'psycopg'} is not installed: a PostgreSQL database needs the postgres extra "
-                "(pip install 'localmem[postgres]')"
+                "(pip install 'localmem-engine[postgres]')"
             ) from exc
         return PostgresStore(path, durability=durability, lock_timeout=lock_timeout, read_only=read_only)
     from .store import Store

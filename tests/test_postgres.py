@@ -548,3 +548,14 @@ def test_maintain_with_vacuum_and_a_log_without_disk_tiers(postgres_url, tmp_pat
         assert m.strategy_stats().total_calls == 1  # the log's folder is made though no tier made it
         report = m.maintain(vacuum=True)
         assert report.complete and report.integrity == "ok"
+
+
+def test_without_the_extra_a_url_names_the_extra_to_install(monkeypatch):
+    import sys
+
+    from localmem.errors import InvalidInputError
+
+    monkeypatch.delitem(sys.modules, "localmem.postgres", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(InvalidInputError, match=r"pip install 'localmem-engine\[postgres\]'"):
+        open_backend("postgresql://u@/db?host=/nowhere")
