@@ -17,7 +17,7 @@ import array
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -206,6 +206,32 @@ class Exported(NamedTuple):
     total: int
     embedder: dict[str, Any] | None
     batches: Iterator[list[tuple[Row, bytes | None]]]
+
+
+# Vector search: scopes of up to this many messages are searched exactly, on both backends
+# (store.py and postgres.py say what they do above it, and what it costs).
+EXACT_SEARCH_MAX = 5_000
+# When every word of a query matches more than the keyword budget, which is the rarest
+# takes a longer count (at 1M messages ~50 ns a row: 8 x 5000 rows cost ~2 ms a word).
+RANKING_COUNT = 8
+
+
+def within_budget(terms: Sequence[str], count: Callable[[str, int], int], budget: int) -> list[tuple[str, int]]:
+    """The keyword budget, one rule for both backends: ``terms`` (at least one) kept while
+    the rows they match add up to at most ``budget``, the rarest always, most common left
+    out first; each with its count (``count(term, limit)``: matches counted up to
+    ``limit``, here ``budget + 1``, or ``RANKING_COUNT x budget`` to find the rarest when
+    every term is past the budget). In the terms' own order."""
+    counted = sorted((count(term, budget + 1), position, term) for position, term in enumerate(terms))
+    if counted[0][0] > budget:
+        counted = sorted((count(term, RANKING_COUNT * budget), position, term) for _, position, term in counted)
+    kept, rows = [counted[0]], counted[0][0]
+    for n, position, term in counted[1:]:
+        if rows + n > budget:
+            break
+        kept.append((n, position, term))
+        rows += n
+    return [(term, n) for n, _, term in sorted(kept, key=lambda kept_term: kept_term[1])]
 
 
 class Backend(Protocol):

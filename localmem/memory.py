@@ -19,6 +19,7 @@ import platformdirs
 
 from . import analytics, context, driver, selector, strategies, transfer
 from .backend import (
+    EXACT_SEARCH_MAX,
     NO_MARK,
     Backend,
     SummaryRow,
@@ -69,7 +70,6 @@ from .records import (
 )
 from .redis_cache import check_url as check_redis_url
 from .retrieval import Rerank, Searcher, keyword_query, keyword_terms
-from .store import EXACT_SEARCH_MAX
 from .strategy_log import LogEntry, StrategyLog, log_path
 from .summaries import Folder, SummaryPolicy, Written, summarizer_name
 from .tokens import MESSAGE_OVERHEAD, check_counter

@@ -58,6 +58,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import driver
 from .backend import (
+    EXACT_SEARCH_MAX,
     POSTGRES_SCHEMES,
     ConversationState,
     Deleted,
@@ -76,6 +77,7 @@ from .backend import (
     same_model,
     unique_by_msg_id,
     vector_dim,
+    within_budget,
 )
 from .errors import (
     ClosedError,
@@ -108,15 +110,13 @@ _CONFIG = "localmem.localmem"  # the text search configuration
 # worker died (or lost its connection) is claimed by another. A live worker embeds a
 # batch in well under this (64 texts: ~0.3 s with the default model on 2 cores).
 CLAIM_SECONDS = 120.0
-EXACT_SEARCH_MAX = 5_000  # as store.EXACT_SEARCH_MAX: exact search up to this scope size
 # hnsw.ef_search floor. pgvector's default, 40, gave recall@10 0.83 against exact at 100k
 # LoCoMo-like vectors (benchmarks/backends.py); 100 gave 0.956 for about the same time on
 # this machine (/work/exp16/ef.py: 64 -> 0.911, 160 -> 0.969).
 _EF_SEARCH_MIN = 100
 _EF_SEARCH_MAX = 1000  # pgvector's limit
 _MAX_SCAN_TUPLES = 20_000  # pgvector's default for iterative scans; raised for selective scopes
-_KEYWORD_BUDGET = 5_000  # as store.KEYWORD_BUDGET: rows the kept words of a query may match
-_RANKING_COUNT = 8
+_KEYWORD_BUDGET = 5_000  # as store.KEYWORD_BUDGET (a knob of its own, as each backend's costs differ)
 _COUNT_TTL = 300.0  # seconds a word's match count is reused (see PostgresStore._count)
 _COUNTS_KEPT = 50_000  # words whose counts are kept, the least recently used dropped first
 _RANK_WEIGHTS = "'{0.0, 0.5, 0.5, 1.0}'::float4[]"  # ts_rank's weights of D, C (next), B (prev), A (own text)
@@ -1045,18 +1045,12 @@ class PostgresStore:
         store._bounded_match (a common word makes a search cost in proportion to the
         table), each with how many messages it matches (counted up to the budget + 1; the
         rarest further when every word is past it). ``budget=False``: every word, counted."""
-        counted = sorted((self._count(conn, w, _KEYWORD_BUDGET + 1), i, w) for i, w in enumerate(words))
+        def count(word: str, limit: int) -> int:
+            return self._count(conn, word, limit)
+
         if not budget or len(words) < 2:
-            return [(w, n) for n, _, w in sorted(counted, key=lambda t: t[1])]
-        if counted[0][0] > _KEYWORD_BUDGET:
-            counted = sorted((self._count(conn, w, _RANKING_COUNT * _KEYWORD_BUDGET), i, w) for _, i, w in counted)
-        kept, rows = [counted[0]], counted[0][0]
-        for n, i, w in counted[1:]:
-            if rows + n > _KEYWORD_BUDGET:
-                break
-            kept.append((n, i, w))
-            rows += n
-        return [(w, n) for n, _, w in sorted(kept, key=lambda t: t[1])]
+            return [(word, count(word, _KEYWORD_BUDGET + 1)) for word in words]
+        return within_budget(words, count, _KEYWORD_BUDGET)
 
     def keyword(self, match: str | Sequence[str], k: int, *, owner_id: str, conversation_id: str | None = None,
                 since_us: int | None = None) -> list[tuple[int, float]]:

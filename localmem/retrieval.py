@@ -32,11 +32,10 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple, TypedDict
 
 from . import signals
-from .backend import Backend
+from .backend import EXACT_SEARCH_MAX, Backend
 from .errors import ModelError, call_model
 from .records import Row, SearchStages
 from .signals import STOPWORDS, WORD
-from .store import EXACT_SEARCH_MAX
 
 __all__ = ["ADJUST_DEPTH", "CONFIDENT", "FUSION_DEPTH", "KEYWORD_WEIGHT", "SCORED_DEPTH", "STOPWORDS", "Candidate", "Lists",
            "Rerank", "Retrieval", "Searcher", "Trace", "adjust", "floor", "fuse", "gather", "keyword_query",

@@ -43,6 +43,7 @@ import numpy as np
 
 from . import driver, vector_index
 from .backend import (
+    EXACT_SEARCH_MAX,
     ConversationState,
     Deleted,
     Exported,
@@ -60,6 +61,7 @@ from .backend import (
     same_model,
     unique_by_msg_id,
     vector_dim,
+    within_budget,
 )
 from .errors import (
     ClosedError,
@@ -425,7 +427,6 @@ _MMAP_SIZE = 1 << 30  # bytes of the file read through mmap (SQLite caps it at i
 # sqlite-vec's top-k selection costs n x k, so candidates are the price: 160 of 100k
 # vectors take ~17 ms and give recall@10 0.92 against the exact ranking on LoCoMo-derived
 # vectors (benchmarks/semantic_speed.py; see the README's speed table).
-EXACT_SEARCH_MAX = 5_000
 OVERSAMPLE = 2
 MIN_CANDIDATES = 160
 # Owners past vector_index.INDEX_MIN: candidates asked of their index (at least), scored
@@ -459,27 +460,15 @@ _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8
 # keyword search's time (100k: 9.2 -> 18.4 ms on a loaded machine): not kept (branch
 # bm25-rescore), since it would take the fused search at 100k past its 10 ms.
 KEYWORD_BUDGET: int | None = 5_000
-_RANKING_COUNT = 8
 
 
 def _bounded_match(conn: Any, terms: Sequence[str], budget: int | None) -> str:
     """The FTS5 expression OR-ing the ``terms`` (each an FTS5 string) kept within
-    ``budget`` rows (the rarest always)."""
+    ``budget`` rows (the rarest always; ``backend.within_budget``)."""
     if budget is None or len(terms) < 2:
         return " OR ".join(terms)
-    counted = sorted((_count_matches(conn, term, budget + 1), position, term) for position, term in enumerate(terms))
-    if counted[0][0] > budget:
-        # Every word matches more than the budget: which is the rarest takes a longer
-        # count (at 1M messages ~50 ns a row: 8 x 5000 rows cost ~2 ms a word).
-        counted = sorted((_count_matches(conn, term, _RANKING_COUNT * budget), position, term)
-                         for _, position, term in counted)
-    kept, rows = [counted[0]], counted[0][0]
-    for count, position, term in counted[1:]:
-        if rows + count > budget:
-            break
-        kept.append((count, position, term))
-        rows += count
-    return " OR ".join(term for _, _, term in sorted(kept, key=lambda kept_term: kept_term[1]))
+    kept = within_budget(terms, lambda term, limit: _count_matches(conn, term, limit), budget)
+    return " OR ".join(term for term, _ in kept)
 
 
 def _count_matches(conn: Any, term: str, limit: int) -> int:
