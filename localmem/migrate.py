@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backend import Backend, open_backend
 from .errors import InvalidInputError
@@ -83,75 +83,83 @@ def migrate(source: str, target: str, *, sample: int = 50, batch_size: int = BAT
     try:
         dst = open_backend(target)
         try:
-            copied, vectors, total = _copy(src, dst, batch_size, progress)
-            problems = _compare_counts(src, dst)
+            read = _copy(src, dst, batch_size, progress, sample, seed)
+            problems = _compare_counts(src, dst, read.scopes)
             counts_match = not problems
-            searches, recall, found, more = _compare_searches(src, dst, sample, seed)
+            recall, found, more = _compare_searches(src, dst, read.sampled)
             problems.extend(more)
         finally:
             dst.close()
     finally:
         src.close()
-    return MigrationReport(source=src.path, target=dst.path, messages=total, copied=copied, vectors=vectors,
-                           counts_match=counts_match, searches=searches, knn_recall=recall, keyword_found=found,
-                           problems=tuple(problems), seconds=round(time.perf_counter() - start, 3))
+    return MigrationReport(source=src.path, target=dst.path, messages=read.total, copied=read.copied,
+                           vectors=read.vectors, counts_match=counts_match, searches=len(read.sampled),
+                           knn_recall=recall, keyword_found=found, problems=tuple(problems),
+                           seconds=round(time.perf_counter() - start, 3))
 
 
-def _copy(src: Backend, dst: Backend, batch_size: int, progress: ProgressCallback | None) -> tuple[int, int, int]:
-    copied = vectors = 0
+@dataclass
+class _Read:
+    """What one pass over the source gave: how many messages it holds, how many messages
+    and vectors the target took, each conversation's count, and the sampled messages."""
+
+    total: int
+    copied: int = 0
+    vectors: int = 0
+    scopes: dict[tuple[str, str], int] = field(default_factory=dict)
+    sampled: list[tuple[Row, bytes | None]] = field(default_factory=list)
+
+
+def _copy(src: Backend, dst: Backend, batch_size: int, progress: ProgressCallback | None, sample: int,
+          seed: int) -> _Read:
+    """Copy the source in one pass (one snapshot), counting its conversations and keeping
+    the ``sample`` messages (with vectors) the checks search with on the way."""
     with dst.bulk_load(), src.exporting(vectors=True, batch_size=batch_size) as exported:
-        reporter = Reporter(progress, "migrate", exported.total, stage="copy")
+        read = _Read(exported.total)
+        wanted = set(random.Random(seed).sample(range(read.total), min(max(sample, 0), read.total)))
+        reporter = Reporter(progress, "migrate", read.total, stage="copy")
         identity = exported.embedder
         if identity is not None and dst.embedder_identity() is None:
             dst.bind_embedder(identity)  # a target of another model raises here, before a write
+        position = 0
         for batch in exported.batches:
-            chunk = [NewMessage(msg_id=row.msg_id, conversation_id=row.conversation_id, owner_id=row.owner_id,
-                                feature=row.feature, role=row.role, content=row.content, metadata_json=row.metadata,
-                                created_us=row.created_us, explicit_msg_id=True, explicit_created_at=True)
-                     for row, _ in batch]
+            chunk = []
+            for row, vector in batch:
+                chunk.append(NewMessage(
+                    msg_id=row.msg_id, conversation_id=row.conversation_id, owner_id=row.owner_id,
+                    feature=row.feature, role=row.role, content=row.content, metadata_json=row.metadata,
+                    created_us=row.created_us, explicit_msg_id=True, explicit_created_at=True))
+                key = (row.owner_id, row.conversation_id)
+                read.scopes[key] = read.scopes.get(key, 0) + 1
+                if position in wanted:
+                    read.sampled.append((row, vector))
+                position += 1
             carried = {row.msg_id: vector for row, vector in batch if vector is not None}
             new, written = dst.import_chunk(chunk, carried, identity if carried else None)
-            copied += new
-            vectors += written
+            read.copied += new
+            read.vectors += written
             reporter.advance(len(batch))
         reporter.finish()
-        return copied, vectors, exported.total
+        return read
 
 
-def _compare_counts(src: Backend, dst: Backend) -> list[str]:
+def _compare_counts(src: Backend, dst: Backend, scopes: dict[tuple[str, str], int]) -> list[str]:
     problems: list[str] = []
-    with src.exporting(batch_size=BATCH) as exported:
-        scopes: dict[tuple[str, str], int] = {}
-        for batch in exported.batches:
-            for row, _ in batch:
-                key = (row.owner_id, row.conversation_id)
-                scopes[key] = scopes.get(key, 0) + 1
     for (owner, conversation), count in sorted(scopes.items()):
         state = dst.conversation_state(owner, conversation)
         held = 0 if state is None else state.message_count
         if held < count:
             problems.append(f"owner {owner!r} conversation {conversation!r}: {count} messages in the source, "
                             f"{held} in the target")
-    if dst.vector_count() < src.vector_count():
-        problems.append(f"{src.vector_count()} vectors in the source, {dst.vector_count()} in the target")
+    theirs, mine = src.vector_count(), dst.vector_count()
+    if mine < theirs:
+        problems.append(f"{theirs} vectors in the source, {mine} in the target")
     return problems
 
 
-def _compare_searches(src: Backend, dst: Backend, sample: int,
-                      seed: int) -> tuple[int, float | None, float | None, list[str]]:
-    """(messages sampled, knn recall@10, keyword found share, problems)."""
-    if sample <= 0:
-        return 0, None, None, []
-    rng = random.Random(seed)
-    with src.exporting(vectors=True, batch_size=BATCH) as exported:
-        wanted = set(rng.sample(range(exported.total), min(sample, exported.total)))
-        position = 0
-        rows: list[tuple[Row, bytes | None]] = []
-        for batch in exported.batches:
-            for row, vector in batch:
-                if position in wanted:
-                    rows.append((row, vector))
-                position += 1
+def _compare_searches(src: Backend, dst: Backend,
+                      rows: list[tuple[Row, bytes | None]]) -> tuple[float | None, float | None, list[str]]:
+    """(knn recall@10, keyword found share, problems) of the sampled messages."""
     recalls: list[float] = []
     found = 0
     problems: list[str] = []
@@ -173,4 +181,4 @@ def _compare_searches(src: Backend, dst: Backend, sample: int,
     share = round(found / len(rows), 4) if rows else None
     if recall is not None and recall < 0.8:
         problems.append(f"nearest-neighbour recall@10 of the target against the source's exact search: {recall}")
-    return len(rows), recall, share, problems
+    return recall, share, problems
