@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 
 import numpy as np
 import psycopg
@@ -54,7 +55,7 @@ def test_workers_claim_disjoint_batches(postgres_url):
         c = third.pending_batch(10)
         ids = [i for i, _ in a + b + c]
         assert len(ids) == 30 and len(set(ids)) == 30  # no message claimed twice
-        with _closing(PostgresStore(postgres_url)) as fourth:
+        with closing(PostgresStore(postgres_url)) as fourth:
             assert fourth.pending_batch(10) == []  # all claimed, none free
         assert first.pending_count() == 30  # claimed is still pending until written
         written = first.write_vectors(IDENTITY, [i for i, _ in a], [_vector(i) for i, _ in a])
@@ -113,7 +114,7 @@ def _embed_worker(url: str, done: multiprocessing.Queue) -> None:  # type: ignor
 
 
 def test_worker_processes_embed_the_queue_once(postgres_url):
-    with _closing(PostgresStore(postgres_url)) as store:
+    with closing(PostgresStore(postgres_url)) as store:
         store.insert_many([_msg(i) for i in range(300)])
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Queue()
@@ -125,20 +126,9 @@ def test_worker_processes_embed_the_queue_once(postgres_url):
         assert w.exitcode == 0
     counts = [done.get(timeout=5) for _ in workers]
     assert sum(counts) == 300  # every vector written once, by one worker
-    with _closing(PostgresStore(postgres_url)) as store:
+    with closing(PostgresStore(postgres_url)) as store:
         assert store.vector_count() == 300 and store.pending_count() == 0
         assert store.check_integrity() == "ok"
-
-
-class _closing:
-    def __init__(self, store: PostgresStore):
-        self.store = store
-
-    def __enter__(self) -> PostgresStore:
-        return self.store
-
-    def __exit__(self, *exc: object) -> None:
-        self.store.close()
 
 
 # -- concurrent writers -----------------------------------------------------------------
@@ -345,7 +335,7 @@ def test_migrate_copies_messages_and_vectors_and_checks_them(postgres_url, tmp_p
     report = json.loads(done.stdout)
     assert report["messages"] == report["copied"] == 501 and report["vectors"] == 501
     assert report["counts_match"] and report["ok"] and report["knn_recall"] >= 0.9
-    with _closing(PostgresStore(postgres_url)) as copy:
+    with closing(PostgresStore(postgres_url)) as copy:
         assert copy.check_integrity() == "ok"  # the HNSW index built at the end of the load
     again = json.loads(_run("migrate", "--from", source, "--to", postgres_url).stdout)
     assert again["copied"] == 0 and again["ok"]  # a second run changes nothing
